@@ -1,0 +1,61 @@
+"""A small registry so YAML configs can name reward functions.
+
+A reward function is a plain callable ``f(prompts, completions, **columns) -> list[float | None]``:
+one value per completion, ``None`` meaning "not applicable" (ignored by the statistics).
+``columns`` are the batch's other dataset columns (``answer``, ...), repeated per completion.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+RewardFunc = Callable[..., list[float | None]]
+
+_REGISTRY: dict[str, RewardFunc] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
+    """Decorator: make ``fn`` available to configs as ``name``."""
+
+    def decorate(fn: RewardFunc) -> RewardFunc:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"A reward named {name!r} is already registered ({_REGISTRY[name]!r}).")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorate
+
+
+def available_rewards() -> list[str]:
+    """Names that :func:`resolve_reward` accepts besides import paths."""
+    return sorted(_REGISTRY)
+
+
+def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
+    """Turn a registry name, an import path (``pkg.mod:fn`` or ``pkg.mod.fn``) or a callable into a callable."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"A reward must be a callable, a registered name or an import path; got {spec!r}.")
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"Unknown reward {spec!r}. Registered rewards: {', '.join(available_rewards()) or '(none)'}; "
+            "or give an import path such as 'my_pkg.rewards:my_reward'."
+        )
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"Could not import reward {spec!r} ({err}). Registered rewards: "
+            f"{', '.join(available_rewards()) or '(none)'}."
+        ) from err
+    if not callable(fn):
+        raise TypeError(f"Reward {spec!r} resolved to {fn!r}, which is not callable.")
+    return fn

@@ -1,0 +1,328 @@
+"""PromptDataModule: unique math prompts with their gold answers, batched for GRPO rollouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from grpo_lightning.data.prompts import (
+    DEFAULT_PROMPT_TEMPLATE,
+    EpochRandomSampler,
+    LongPromptPolicy,
+    PromptCollator,
+    PromptFormatter,
+    ResumableDataLoader,
+    check_template,
+    tokenize_prompts,
+)
+from grpo_lightning.data.sources import (
+    DatasetSource,
+    DataSourceError,
+    describe_source,
+    load_source,
+    normalize_columns,
+    synthetic_splits,
+)
+
+SYNTHETIC = "synthetic"
+_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+class PromptDataModule(LightningDataModule):
+    """Math prompts for GRPO: each training batch holds ``batch_size`` distinct problems per device.
+
+    A batch is ``{"prompt": list[str], "input_ids": LongTensor [P, L] (left-padded), "attention_mask":
+    LongTensor [P, L], "question": list[str], "answer": list[str], ...}``: every other column of the
+    data set comes along as a list, and the module hands those to the reward functions.
+
+    Args:
+        dataset: ``"synthetic"`` (generated offline; see ``synthetic``), a Hub name (``"openai/gsm8k"``),
+            a local ``.json``/``.jsonl``/``.parquet``/``.csv`` file, a ``{split: file}`` mapping, a directory
+            (``save_to_disk`` output or a local copy of a Hub repository), or a ``datasets.Dataset``/``DatasetDict``.
+        config_name: the Hub configuration (GSM8K: ``"main"``).
+        tokenizer: the policy's tokenizer or its name/path. None: taken from the attached module's
+            ``tokenizer`` attribute at setup, so ``trainer.fit(module, datamodule=dm)`` just works.
+        batch_size: prompts per training step per device (each is sampled G times by the module).
+        val_batch_size: prompts per validation/test batch (default ``batch_size``).
+        prompt_template: text with ``{question}`` (and optionally other ``{column}`` placeholders).
+        system_prompt: optional system message.
+        use_chat_template: None = use the tokenizer's chat template when it has one.
+        chat_template_kwargs: extra ``apply_chat_template`` arguments (e.g. ``{"enable_thinking": False}``).
+        max_prompt_length: longest prompt in tokens (None: no limit); longer ones follow ``long_prompts``.
+        long_prompts: ``"drop"`` (with a warning giving the count) or ``"raise"``; never truncated.
+        column_map: canonical name -> source column, e.g. ``{"question": "problem", "answer": "final"}``.
+        require_answer: refuse a source without gold answers (set False for reward-model-only training).
+        train_split / val_split / test_split: split names. ``val_split=None`` uses ``"validation"`` when
+            the source has it, else holds out ``val_fraction`` of the training split. ``test_split=None``
+            uses ``"test"`` when the source has it (and it is not the training split).
+        val_fraction: share of the training split held out (seeded) when there is no validation split;
+            0 turns validation off.
+        max_train_samples / max_val_samples / max_test_samples: caps (a seeded random subset).
+        synthetic: for ``dataset="synthetic"``: ``train_size``, ``val_size``, ``test_size`` and the knobs of
+            :func:`grpo_lightning.synthetic.generate_problems` (``max_steps``, ``max_operand``, ...).
+        seed: seeds the synthetic problems, the held-out split, the caps and the shuffling.
+        num_workers: DataLoader workers (0 is right for prompts: collation is trivial).
+        load_kwargs: extra ``datasets.load_dataset`` arguments (``revision``, ``cache_dir``, ...).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetSource = SYNTHETIC,
+        config_name: str | None = None,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        system_prompt: str | None = None,
+        use_chat_template: bool | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        max_prompt_length: int | None = 512,
+        long_prompts: LongPromptPolicy = "drop",
+        column_map: dict[str, str] | None = None,
+        require_answer: bool = True,
+        train_split: str = "train",
+        val_split: str | None = None,
+        test_split: str | None = None,
+        val_fraction: float = 0.05,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = 500,
+        max_test_samples: int | None = None,
+        synthetic: dict[str, Any] | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        load_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_template(prompt_template)
+        if batch_size <= 0 or (val_batch_size is not None and val_batch_size <= 0):
+            raise ValueError(
+                f"batch_size and val_batch_size must be positive; got {batch_size}, {val_batch_size}."
+            )
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}.")
+        if synthetic and dataset != SYNTHETIC:
+            raise ValueError(
+                f"synthetic settings were given, but dataset={describe_source(dataset)}, not 'synthetic'."
+            )
+        # Objects (a Dataset, a tokenizer) stay out of the saved hyperparameters and checkpoints.
+        objects = [
+            name
+            for name, value in (("dataset", dataset), ("tokenizer", tokenizer))
+            if not isinstance(value, str)
+        ]
+        self.save_hyperparameters(ignore=objects)
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.where = (
+            "the synthetic problems" if dataset == SYNTHETIC else describe_source(dataset, config_name)
+        )
+        self._raw: DatasetDict | None = None
+        self._normalized: dict[str, Dataset | None] = {}
+        self._splits: dict[str, Dataset | None] = {}
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Download a Hub data set once per node before every rank reads it from the cache."""
+        dataset = self.dataset
+        if isinstance(dataset, str) and dataset != SYNTHETIC and not Path(dataset).expanduser().exists():
+            load_source(dataset, self.hparams.config_name, self.hparams.load_kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, check and tokenize the splits this stage needs; errors about the data surface here."""
+        self._resolve_tokenizer()
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ())
+        if stage is None:
+            needed = ("train", "val", "test")
+        for split in needed:
+            self.get_split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        data = self._require("train")
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if len(data) < self.hparams.batch_size * world_size:
+            raise ValueError(
+                f"The training split of {self.where} has {len(data)} prompts, fewer than batch_size="
+                f"{self.hparams.batch_size} x {world_size} device(s): lower batch_size or add data."
+            )
+        return ResumableDataLoader(
+            data,
+            batch_size=self.hparams.batch_size,
+            sampler=EpochRandomSampler(data, seed=self.hparams.seed),
+            # Every step gets exactly batch_size prompts: the rollout's mini-batch split depends on it.
+            drop_last=True,
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        data = self.get_split("val")
+        return self._eval_loader(data) if data is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require("test"))
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def train_dataset(self) -> Dataset | None:
+        return self.get_split("train")
+
+    @property
+    def val_dataset(self) -> Dataset | None:
+        return self.get_split("val")
+
+    @property
+    def test_dataset(self) -> Dataset | None:
+        return self.get_split("test")
+
+    @property
+    def collator(self) -> PromptCollator:
+        tokenizer = self._resolve_tokenizer()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            raise ValueError(
+                "The tokenizer has neither a pad nor an EOS token id to pad prompts with; give it a pad token."
+            )
+        return PromptCollator(pad_id)
+
+    def get_split(self, split: str) -> Dataset | None:
+        """The tokenized ``"train"``, ``"val"`` or ``"test"`` split (None when the source has none)."""
+        if split not in self._splits:
+            data = self._normalized_split(split)
+            self._splits[split] = None if data is None else self._tokenize(data, split)
+        return self._splits[split]
+
+    def _require(self, split: str) -> Dataset:
+        data = self.get_split(split)
+        if data is None:
+            splits = list(self._raw_splits())
+            raise DataSourceError(
+                f"{self.where} has no {_SPLIT_NAMES[split]} split (splits: {splits}); set {split}_split=<name>."
+            )
+        return data
+
+    def _raw_splits(self) -> DatasetDict:
+        if self._raw is None:
+            if self.dataset == SYNTHETIC:
+                self._raw = synthetic_splits(self.hparams.synthetic, self.hparams.seed)
+            else:
+                self._raw = load_source(self.dataset, self.hparams.config_name, self.hparams.load_kwargs)
+        return self._raw
+
+    def _select_split(self, split: str) -> Dataset | None:
+        """The raw rows of one split, before column checks and tokenization."""
+        raw = self._raw_splits()
+        hp = self.hparams
+        for setting in ("train_split", "val_split", "test_split"):
+            name = hp[setting]
+            if name is not None and name not in raw:
+                raise DataSourceError(
+                    f"{self.where} has no split {name!r} (splits: {list(raw)}); set {setting}."
+                )
+        train_name = hp.train_split
+        if split == "test":
+            name = hp.test_split or ("test" if "test" in raw and train_name != "test" else None)
+            return None if name is None else self._cap(raw[name], hp.max_test_samples)
+        val_name = hp.val_split or ("validation" if "validation" in raw else None)
+        if val_name is not None and val_name != train_name:
+            return raw[train_name] if split == "train" else self._cap(raw[val_name], hp.max_val_samples)
+        if self.dataset == SYNTHETIC:  # its val_size decides; 0 means no validation
+            return raw[train_name] if split == "train" else None
+        return self._hold_out(raw[train_name], split)
+
+    def _hold_out(self, train: Dataset, split: str) -> Dataset | None:
+        """No separate validation split: hold out a seeded share of the training split."""
+        hp = self.hparams
+        n_val = min(round(hp.val_fraction * len(train)), hp.max_val_samples or len(train))
+        if n_val == 0:
+            return train if split == "train" else None
+        if n_val >= len(train):
+            raise DataSourceError(
+                f"Holding out {n_val} of the {len(train)} rows of {self.where} for validation leaves none to "
+                "train on: lower val_fraction, or name a validation split with val_split."
+            )
+        parts = train.train_test_split(test_size=n_val, seed=hp.seed, shuffle=True)
+        return parts["train"] if split == "train" else parts["test"]
+
+    def _cap(self, data: Dataset, cap: int | None) -> Dataset:
+        if cap is None or len(data) <= cap:
+            return data
+        return data.shuffle(seed=self.hparams.seed).select(range(cap))
+
+    def _normalized_split(self, split: str) -> Dataset | None:
+        """One split with checked, canonical columns; held-out splits without training questions."""
+        if split not in self._normalized:
+            raw = self._select_split(split)
+            where = f"{self.where}, {_SPLIT_NAMES[split]} split"
+            if raw is not None and len(raw) == 0:
+                raise DataSourceError(f"{where} is empty.")
+            data = (
+                None
+                if raw is None
+                else normalize_columns(raw, where, self.hparams.column_map, self.hparams.require_answer)
+            )
+            if data is not None and split != "train":
+                data = self._drop_seen_in_training(data, where)
+            self._normalized[split] = data
+        return self._normalized[split]
+
+    def _drop_seen_in_training(self, data: Dataset, where: str) -> Dataset:
+        """Held-out prompts must not appear in training: drop questions the training split also has."""
+        train = self._normalized_split("train")
+        seen = set(train["question"]) if train is not None else set()
+        keep = [i for i, question in enumerate(data["question"]) if question not in seen]
+        if len(keep) < len(data):
+            rank_zero_warn(
+                f"{where}: dropped {len(data) - len(keep)} questions that also appear in training."
+            )
+            data = data.select(keep, keep_in_memory=True)
+        return data
+
+    def _tokenize(self, data: Dataset, split: str) -> Dataset:
+        where = f"{self.where}, {_SPLIT_NAMES[split]} split"
+        if split == "train":
+            data = self._cap(data, self.hparams.max_train_samples)
+        formatter = PromptFormatter(
+            self._resolve_tokenizer(),
+            self.hparams.prompt_template,
+            self.hparams.system_prompt,
+            self.hparams.use_chat_template,
+            self.hparams.chat_template_kwargs,
+        )
+        data = tokenize_prompts(
+            data, formatter, self.hparams.max_prompt_length, self.hparams.long_prompts, where
+        )
+        if len(data) == 0:
+            raise DataSourceError(f"{where} has no usable prompts left (see the warnings above).")
+        rank_zero_info(f"{where}: {len(data)} prompts.")
+        return data
+
+    def _resolve_tokenizer(self) -> PreTrainedTokenizerBase:
+        if isinstance(self.tokenizer, str):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
+        if self.tokenizer is None and self.trainer is not None:
+            module = self.trainer.lightning_module
+            self.tokenizer = getattr(module, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ValueError(
+                "PromptDataModule needs the policy's tokenizer: pass tokenizer=<tokenizer or name>, or attach it "
+                "to a LightningModule that has a `tokenizer` attribute (trainer.fit(module, datamodule=dm))."
+            )
+        return self.tokenizer
+
+    def _eval_loader(self, data: Dataset) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=self.hparams.val_batch_size or self.hparams.batch_size,
+            shuffle=False,
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+        )

@@ -1,0 +1,320 @@
+"""Where prompts come from: the synthetic generator, the Hub, local files, or a ``datasets.Dataset``.
+
+Every source ends up as a ``DatasetDict`` whose splits have the canonical columns
+
+- ``question``: the problem text put into the prompt template;
+- ``answer``: the gold final answer (``"72"``, ``"\\frac{14}{3}"``), read by the accuracy rewards;
+- ``solution``: the worked solution, when the source has one;
+
+plus any other columns of the source, passed through to the reward functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from lightning.pytorch.utilities import rank_zero_warn
+
+from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
+
+CANONICAL_COLUMNS = ("question", "answer", "solution")
+# Source column names recognised without a column_map, in order of preference.
+QUESTION_ALIASES = ("question", "problem", "prompt", "query")
+ANSWER_ALIASES = ("answer", "final_answer", "gold", "target")
+SOLUTION_ALIASES = ("solution", "response", "rationale")
+# Keys the data module itself puts in a batch: a source column of that name would be overwritten.
+RESERVED_COLUMNS = ("prompt", "input_ids", "attention_mask")
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+SYNTHETIC_SIZES = {"train_size": 2000, "val_size": 200, "test_size": 200}
+_MAX_SYNTHETIC_ROUNDS = 20
+
+DatasetSource = str | Mapping[str, str] | Dataset | DatasetDict
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide the datasets library's progress bars for our small in-memory passes, then restore them."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+class DataSourceError(ValueError):
+    """The data set cannot be used as given; the message names the source and the fix."""
+
+
+def describe_source(dataset: DatasetSource, config_name: str | None = None) -> str:
+    """A short human description of a source, for error messages."""
+    if isinstance(dataset, Dataset):
+        return f"the Dataset passed in (columns {dataset.column_names})"
+    if isinstance(dataset, DatasetDict):
+        return f"the DatasetDict passed in (splits {list(dataset)})"
+    if isinstance(dataset, Mapping):
+        return f"files {dict(dataset)}"
+    return f"{dataset!r}" + (f" (config {config_name!r})" if config_name else "")
+
+
+def load_source(
+    dataset: DatasetSource, config_name: str | None = None, load_kwargs: Mapping[str, Any] | None = None
+) -> DatasetDict:
+    """Load any non-synthetic source as a ``DatasetDict`` (a single table becomes split ``"train"``).
+
+    ``dataset`` may be a ``Dataset``/``DatasetDict``; a path to a ``.json``/``.jsonl``/``.parquet``/``.csv``
+    file; a mapping ``{split: file}``; a directory written by ``save_to_disk``; a local copy of a Hub
+    data set repository; or a Hub name (``"openai/gsm8k"`` with ``config_name="main"``).
+    """
+    kwargs = dict(load_kwargs or {})
+    where = describe_source(dataset, config_name)
+    if isinstance(dataset, DatasetDict):
+        return dataset
+    if isinstance(dataset, Dataset):
+        return DatasetDict({"train": dataset})
+    if isinstance(dataset, Mapping):
+        files = {split: Path(path) for split, path in dataset.items()}
+        builders = {_file_builder(path) for path in files.values()}
+        if len(builders) != 1:
+            raise DataSourceError(
+                f"All files of {where} must have the same format (found {sorted(builders)})."
+            )
+        return _load(where, builders.pop(), data_files={s: str(p) for s, p in files.items()}, **kwargs)
+    if not isinstance(dataset, str):
+        raise DataSourceError(
+            f"dataset must be 'synthetic', a Hub name, a file or directory path, a {{split: file}} mapping, "
+            f"or a datasets.Dataset/DatasetDict; got {type(dataset).__name__}."
+        )
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return _load(where, _file_builder(path), data_files=str(path), **kwargs)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        try:
+            loaded = load_from_disk(str(path))
+        except Exception as err:  # datasets raises several types for a damaged directory
+            raise DataSourceError(f"Could not read the saved data set at {where}: {err}") from err
+        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    if not path.exists() and (path.suffix in FILE_BUILDERS or dataset.startswith((".", "/", "~"))):
+        raise DataSourceError(f"No such file or directory: {where}.")
+    # A local repository copy or a Hub name: the datasets library resolves both.
+    return _load(where, dataset, config_name, **kwargs)
+
+
+def _file_builder(path: Path) -> str:
+    if not path.is_file():
+        raise DataSourceError(f"No such file: {str(path)!r}.")
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataSourceError(
+            f"Unsupported file type {path.suffix!r} for {str(path)!r}: use one of {sorted(FILE_BUILDERS)}."
+        )
+    return builder
+
+
+def _load(where: str, *args: Any, **kwargs: Any) -> DatasetDict:
+    try:
+        loaded = load_dataset(*args, **kwargs)
+    except Exception as err:  # the datasets library raises many types (parse errors, missing repos, ...)
+        raise DataSourceError(f"Could not load {where}: {type(err).__name__}: {err}") from err
+    if isinstance(loaded, Dataset):
+        return DatasetDict({"train": loaded})
+    if not isinstance(loaded, DatasetDict):
+        raise DataSourceError(
+            f"{where} loaded as {type(loaded).__name__}; streaming data sets are not supported."
+        )
+    return loaded
+
+
+def _find(columns: list[str], mapped: str | None, aliases: tuple[str, ...]) -> str | None:
+    if mapped is not None:
+        return mapped
+    return next((name for name in aliases if name in columns), None)
+
+
+def _gold_from_solution(text: Any) -> str | None:
+    """The final answer written in a worked solution (``#### N`` or the last ``\\boxed{}``); None if unmarked."""
+    if text is None:
+        return None
+    text = str(text)
+    return extract_hash_answer(text) if "####" in text else extract_last_boxed(text)
+
+
+def _gold_from_answer(text: Any) -> str | None:
+    """A gold answer column may hold a bare answer or a whole GSM8K answer text (``... #### 72``)."""
+    if text is None:
+        return None
+    text = str(text)
+    if "####" in text or "\\boxed" in text:
+        return _gold_from_solution(text)
+    return text.strip() or None
+
+
+def normalize_columns(
+    data: Dataset,
+    where: str,
+    column_map: Mapping[str, str] | None = None,
+    require_answer: bool = True,
+) -> Dataset:
+    """Rename the source's columns to ``question``/``answer``/``solution`` and extract gold answers.
+
+    - ``column_map`` maps canonical names to source columns (``{"question": "problem"}``); without it
+      the usual names are recognised (question: ``question``, ``problem``, ``prompt``, ``query``).
+    - ``answer`` holding a GSM8K answer text (``... #### 72``) becomes ``solution`` and its ``72`` the
+      answer; without an answer column the answer is read from ``solution`` (``####`` or last ``\\boxed{}``).
+    - Rows without a question or a gold answer are dropped with a warning.
+    """
+    column_map = dict(column_map or {})
+    unknown = sorted(set(column_map) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise DataSourceError(f"column_map keys must be among {list(CANONICAL_COLUMNS)}; got {unknown}.")
+    columns = data.column_names
+    for canonical, source in column_map.items():
+        if source not in columns:
+            raise DataSourceError(
+                f"column_map maps {canonical!r} to {source!r}, but {where} has no column {source!r}; "
+                f"columns found: {columns}."
+            )
+    q_col = _find(columns, column_map.get("question"), QUESTION_ALIASES)
+    a_col = _find(columns, column_map.get("answer"), ANSWER_ALIASES)
+    s_col = _find(columns, column_map.get("solution"), SOLUTION_ALIASES)
+    if q_col is None:
+        raise DataSourceError(
+            f"Missing column 'question' in {where}: looked for {list(QUESTION_ALIASES)}; columns found: "
+            f"{columns}. Name yours with column_map={{'question': '<column>'}}."
+        )
+    if require_answer and a_col is None and s_col is None:
+        raise DataSourceError(
+            f"Missing column 'answer' in {where}: looked for {list(ANSWER_ALIASES)} (or a solution column "
+            f"{list(SOLUTION_ALIASES)} to extract it from); columns found: {columns}. Name yours with "
+            "column_map={'answer': '<column>'}, or set require_answer=False for rewards without gold answers."
+        )
+    used = {q_col, a_col, s_col} - {None}
+    # Columns passed through as they are; canonical and reserved names must not be shadowed.
+    extras = [c for c in columns if c not in used and c not in (*CANONICAL_COLUMNS, *RESERVED_COLUMNS)]
+    dropped = [c for c in columns if c not in used and c not in extras]
+    if dropped:
+        rank_zero_warn(f"{where}: columns {dropped} clash with names the data module uses and are ignored.")
+
+    def convert(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"question": batch[q_col]}
+        raw_answers = batch[a_col] if a_col is not None else None
+        solutions = batch[s_col] if s_col is not None else None
+        if raw_answers is not None:
+            out["answer"] = [_gold_from_answer(a) for a in raw_answers]
+            if solutions is None and any("####" in str(a) for a in raw_answers):
+                # GSM8K keeps the worked solution in `answer`: keep it as the solution.
+                solutions = [None if a is None else str(a) for a in raw_answers]
+        elif solutions is not None:
+            out["answer"] = [_gold_from_solution(s) for s in solutions]
+        if solutions is not None:
+            out["solution"] = [None if s is None else str(s) for s in solutions]
+        out.update({c: batch[c] for c in extras})
+        return out
+
+    fingerprint = hashlib.sha256(
+        f"{data._fingerprint}|{q_col}|{a_col}|{s_col}|{extras}".encode()
+    ).hexdigest()[:32]
+    with quiet_progress():
+        data = data.map(
+            convert,
+            batched=True,
+            remove_columns=columns,
+            keep_in_memory=True,
+            new_fingerprint=fingerprint,
+        )
+    return drop_rows_without(
+        data, ("question", "answer") if "answer" in data.column_names else ("question",), where
+    )
+
+
+def drop_rows_without(data: Dataset, required: tuple[str, ...], where: str) -> Dataset:
+    """Drop rows where a required column is None or blank text; warn with the count."""
+
+    def keep(batch: dict[str, list[Any]]) -> list[bool]:
+        return [
+            all(v is not None and (not isinstance(v, str) or v.strip()) for v in values)
+            for values in zip(*(batch[c] for c in required), strict=True)
+        ]
+
+    if len(data) == 0:
+        return data
+    question_type = data.features["question"]
+    if getattr(question_type, "dtype", None) not in ("string", "large_string"):
+        raise DataSourceError(
+            f"The question column of {where} must hold text, but holds {question_type}. "
+            "Conversation-style prompts (lists of messages) are not supported: give the problem text."
+        )
+    with quiet_progress():
+        kept = data.filter(keep, batched=True, keep_in_memory=True)
+    if len(kept) < len(data):
+        rank_zero_warn(
+            f"{where}: dropped {len(data) - len(kept)} of {len(data)} rows without a {' or '.join(required)} "
+            "(an answer is read from '#### N' or the last '\\boxed{...}')."
+        )
+    return kept
+
+
+def _derived_seed(seed: int, *parts: object) -> int:
+    """A seed for one split and round, independent of Python's hash randomisation."""
+    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def synthetic_splits(settings: Mapping[str, Any] | None, seed: int) -> DatasetDict:
+    """Train, validation and test splits from :func:`grpo_lightning.synthetic.generate_problems`.
+
+    ``settings`` holds ``train_size``/``val_size``/``test_size`` and the generator's knobs (``max_steps``,
+    ``max_operand``, ``operations``, ``style``, ...). Each split has its own seed, and a problem whose
+    worked chain already appears in an earlier split (train, then validation, then test) is replaced,
+    so held-out problems are never seen in training, whatever the wording. A size of 0 leaves the
+    split out.
+    """
+    from grpo_lightning.synthetic import generate_problems
+
+    settings = dict(settings or {})
+    knobs = [p for p in inspect.signature(generate_problems).parameters if p != "n"]
+    unknown = sorted(set(settings) - set(SYNTHETIC_SIZES) - set(knobs))
+    if unknown:
+        raise DataSourceError(
+            f"Unknown synthetic setting(s) {unknown}. Valid: {sorted(SYNTHETIC_SIZES)} and the generator's "
+            f"{[k for k in knobs if k != 'seed']}."
+        )
+    if "seed" in settings:
+        raise DataSourceError(
+            "Set the synthetic data's seed with the data module's `seed`, not synthetic['seed']."
+        )
+    sizes = {name: int(settings.pop(name, default)) for name, default in SYNTHETIC_SIZES.items()}
+    seen: set[str] = set()
+    splits = {}
+    for split, size in zip(("train", "validation", "test"), sizes.values(), strict=True):
+        if size < 0:
+            raise DataSourceError(f"synthetic size for {split} must be >= 0, got {size}.")
+        rows: list[dict[str, str]] = []
+        for round_ in range(_MAX_SYNTHETIC_ROUNDS):
+            if len(rows) == size:
+                break
+            # Draw generously: near the end of a small problem space most draws are repeats.
+            draws = max(2 * (size - len(rows)), 1000)
+            for row in generate_problems(draws, seed=_derived_seed(seed, split, round_), **settings):
+                key = row["solution"]
+                if key not in seen and len(rows) < size:
+                    seen.add(key)
+                    rows.append(row)
+        if len(rows) < size:
+            raise DataSourceError(
+                f"The synthetic settings {settings} allow too few distinct problems: only {len(rows)} of the "
+                f"{size} {split} problems are new. Raise max_operand or max_steps, or ask for fewer problems."
+            )
+        if rows:  # a size of 0 means no such split
+            splits[split] = Dataset.from_list(rows)
+    return DatasetDict(splits)

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-#: Rows (token positions) per chunk: a [512, 152k] float32 block is 300 MB.
+#: Rows (token positions) per chunk. A [512, 152k] float32 block is 300 MB, and the peak is about
+#: five such blocks (logits, log-softmax, entropy terms, their gradients): lower it for big vocabularies.
 DEFAULT_CHUNK_SIZE = 512
 
 # Models found to post-process their logits (soft-capping, scaling): they take the logits path.

@@ -1,0 +1,135 @@
+"""Side effects that observe training: sample-completion tables and reference-model sync.
+
+GRPOModule adds these itself (``configure_callbacks``) when its settings ask for them; they can
+also be given to the Trainer directly. Schedules count optimizer steps (``trainer.global_step``).
+A training step makes ``num_iterations * steps_per_rollout`` optimizer steps, so "every n steps"
+fires at the end of the training step in which the count crosses a multiple of n.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from grpo_lightning.models import mix_reference
+
+
+def _crossed(trainer: Trainer, module: LightningModule, every: int) -> bool:
+    """True when the training step that just ended took ``global_step`` past a multiple of ``every``."""
+    h = module.hparams
+    after = trainer.global_step
+    before = after - h.get("num_iterations", 1) * h.get("steps_per_rollout", 1)
+    return after // every > before // every
+
+
+class RefModelSync(Callback):
+    """TR-DPO: every ``sync_steps`` optimizer steps, ``ref <- alpha * policy + (1 - alpha) * ref``.
+
+    The module then keeps the reference in its checkpoints, so a resumed run continues from the
+    mixed reference, not from the starting weights.
+    """
+
+    def __init__(self, alpha: float = 0.6, sync_steps: int = 512) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha={alpha} must be in (0, 1].")
+        if sync_steps < 1:
+            raise ValueError(f"sync_steps={sync_steps} must be >= 1.")
+        self.alpha = alpha
+        self.sync_steps = sync_steps
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        ref = getattr(pl_module, "ref_model", None)
+        if ref is None:
+            raise RuntimeError("RefModelSync needs a reference model: set beta > 0 (and no LoRA).")
+        if _crossed(trainer, pl_module, self.sync_steps):
+            mix_reference(ref, pl_module.policy, self.alpha)
+
+
+class CompletionLogger(Callback):
+    """Every ``every_n_steps`` optimizer steps, show a few sampled completions of rank 0.
+
+    Prints a readable block to the console (``print_to_console``) and logs a table (step, prompt,
+    completion, total reward, one column per reward function, advantage) to a wandb logger
+    (``log_table``) or as markdown text to TensorBoard.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 10,
+        num_completions: int = 4,
+        print_to_console: bool = True,
+        key: str = "completions",
+        max_chars: int = 500,
+    ) -> None:
+        if every_n_steps < 1 or num_completions < 1:
+            raise ValueError("every_n_steps and num_completions must be >= 1.")
+        self.every_n_steps = every_n_steps
+        self.num_completions = num_completions
+        self.print_to_console = print_to_console
+        self.key = key
+        self.max_chars = max_chars
+
+    def rows(
+        self, pl_module: LightningModule, outputs: dict[str, Any], step: int
+    ) -> tuple[list[str], list[list[Any]]]:
+        """Table columns and rows of the first ``num_completions`` completions of this step."""
+        samples, advantages = outputs["samples"], outputs["advantages"]
+        names = list(pl_module.scorer.names)
+        columns = ["step", "prompt", "completion", "reward", *names, "advantage"]
+        data = []
+        for i in range(min(self.num_completions, len(samples.completions))):
+            per_func = [float(v) for v in samples.per_func[i].tolist()]
+            data.append(
+                [
+                    step,
+                    samples.prompts[i],
+                    samples.completions[i],
+                    float(samples.total[i]),
+                    *per_func,
+                    float(advantages[i]),
+                ]
+            )
+        return columns, data
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not trainer.is_global_zero or not isinstance(outputs, dict) or "samples" not in outputs:
+            return
+        if not _crossed(trainer, pl_module, self.every_n_steps):
+            return
+        step = trainer.global_step
+        columns, data = self.rows(pl_module, outputs, step)
+        if self.print_to_console:
+            print(self.format(columns, data))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key=self.key, columns=columns, data=data, step=step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(self.key, self._markdown(columns, data), global_step=step)
+
+    def format(self, columns: list[str], data: list[list[Any]]) -> str:
+        """A console-friendly block: one entry per completion, with its rewards."""
+        lines = [f"---- sample completions at step {data[0][0] if data else '?'} ----"]
+        for row in data:
+            named = dict(zip(columns, row, strict=True))
+            scores = ", ".join(f"{c}={named[c]:.3g}" for c in columns[3:])
+            lines.append(f"[{scores}]")
+            lines.append(f"  prompt:     {self._clip(named['prompt'])!r}")
+            lines.append(f"  completion: {self._clip(named['completion'])!r}")
+        return "\n".join(lines)
+
+    def _clip(self, text: str) -> str:
+        return text if len(text) <= self.max_chars else text[: self.max_chars] + " ..."
+
+    def _markdown(self, columns: list[str], data: list[list[Any]]) -> str:
+        def cell(v: Any) -> str:
+            text = f"{v:.4g}" if isinstance(v, float) else str(v)
+            return self._clip(text).replace("|", "\\|").replace("\n", "<br>")
+
+        head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+        return head + "".join("\n| " + " | ".join(cell(v) for v in row) + " |" for row in data)

@@ -1,0 +1,76 @@
+"""Validation and test: greedy pass@1, sampled pass@k, reward and length, as torchmetrics.
+
+The metrics are ``MeanMetric`` objects logged with ``on_epoch=True``, so Lightning reduces them
+over every batch and every device before they reach the loggers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from grpo_lightning.rollout import rollout_seed
+from grpo_lightning.training import ScoredRollout, sample_and_score
+
+if TYPE_CHECKING:
+    from grpo_lightning.module import GRPOModule
+
+
+class EvalMetrics(nn.Module):
+    """The running means of one evaluation loop (validation or test)."""
+
+    def __init__(self, num_samples: int) -> None:
+        super().__init__()
+        self.num_samples = num_samples
+        self.accuracy = MeanMetric()
+        # A reward of None (NaN) means "not applicable": leave it out of the mean.
+        self.reward = MeanMetric(nan_strategy="ignore")
+        self.mean_length = MeanMetric()
+        self.pass_at_k = MeanMetric() if num_samples > 1 else None
+
+
+def correct(module: GRPOModule, scored: ScoredRollout) -> Tensor:
+    """``[N]`` bool: the accuracy reward of each completion is >= ``accuracy_threshold`` (NaN: wrong)."""
+    scorer = module.accuracy_scorer
+    fn = scorer.funcs[0]
+    if scored.per_func.shape[1] == len(module.scorer) and fn in module.scorer.funcs:
+        values = scored.per_func[:, module.scorer.funcs.index(fn)]  # already computed
+    else:
+        values = scorer.score(scored.prompts, scored.completions, scored.columns)[:, 0]
+    return values >= module.hparams.accuracy_threshold  # NaN compares False
+
+
+@torch.no_grad()
+def evaluate(
+    module: GRPOModule, batch: dict[str, Any], batch_idx: int, metrics: EvalMetrics, stage: str
+) -> None:
+    """Score greedy completions (and ``num_samples`` sampled ones for pass@k) of one batch; log the means."""
+    h = module.hparams
+    # Seeds depend on the batch, not on training progress: the same prompts get the same samples.
+    seed = rollout_seed(module.base_seed(), module.global_rank, batch_idx, round_=-1)
+    greedy = sample_and_score(
+        module, batch, num_generations=1, sampling=module.greedy, seed=seed, scorer=module.scorer
+    )
+    metrics.accuracy.update(correct(module, greedy).float())
+    metrics.reward.update(greedy.total)
+    metrics.mean_length.update(greedy.rollout.lengths.float())
+    size = len(greedy.total)
+    module.log(f"{stage}/accuracy", metrics.accuracy, on_epoch=True, prog_bar=True, batch_size=size)
+    module.log(f"{stage}/reward", metrics.reward, on_epoch=True, batch_size=size)
+    module.log(f"{stage}/completions/mean_length", metrics.mean_length, on_epoch=True, batch_size=size)
+    if metrics.pass_at_k is not None:
+        k = metrics.num_samples
+        sampled = sample_and_score(
+            module,
+            batch,
+            num_generations=k,
+            sampling=module.sampling,
+            seed=seed + 1,
+            scorer=module.accuracy_scorer,
+        )
+        solved = (sampled.per_func[:, 0] >= h.accuracy_threshold).view(-1, k).any(dim=1)
+        metrics.pass_at_k.update(solved.float())
+        module.log(f"{stage}/pass@{k}", metrics.pass_at_k, on_epoch=True, batch_size=size)

@@ -1,0 +1,260 @@
+"""Loading the policy and its tokenizer, LoRA wrapping, the frozen reference, export.
+
+A model is named the way ``transformers`` names it (a Hub id or a local ``save_pretrained``
+folder), by a built-in alias (``"builtin:tiny-math"``, shipped inside the package), or passed
+already built (a ``PreTrainedModel``, e.g. from a notebook).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+BUILTIN_PREFIX = "builtin:"
+
+#: ``LoraConfig`` defaults applied when a ``lora`` dict leaves them out.
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+}
+
+
+def builtin_models() -> list[str]:
+    """The aliases ``"builtin:<name>"`` that ship with the package."""
+    assets = importlib.resources.files("grpo_lightning") / "assets"
+    if not assets.is_dir():
+        return []
+    return sorted(BUILTIN_PREFIX + p.name for p in assets.iterdir() if p.is_dir())
+
+
+def resolve_model_path(name: str) -> str:
+    """Map ``"builtin:<name>"`` to the folder inside the package; any other string is returned as is."""
+    if not name.startswith(BUILTIN_PREFIX):
+        return name
+    folder = importlib.resources.files("grpo_lightning") / "assets" / name[len(BUILTIN_PREFIX) :]
+    if not folder.is_dir():
+        raise ValueError(
+            f"Unknown built-in model {name!r}. Available: {', '.join(builtin_models()) or '(none installed)'}; "
+            "or pass a Hub id, a local path, or a built PreTrainedModel."
+        )
+    return str(folder)
+
+
+def _dtype(value: Any) -> Any:
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"``, dtypes and None pass through."""
+    if isinstance(value, str) and value != "auto":
+        dtype = getattr(torch, value, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"model_kwargs dtype={value!r} is not a torch dtype name (e.g. 'bfloat16').")
+        return dtype
+    return value
+
+
+def load_policy(
+    model: str | PreTrainedModel, model_kwargs: Mapping[str, Any] | None = None
+) -> PreTrainedModel:
+    """The causal LM to train: ``model`` itself when built, else ``AutoModelForCausalLM.from_pretrained``.
+
+    ``model_kwargs`` go to ``from_pretrained`` (``dtype``, ``attn_implementation``, ``revision``...);
+    a dtype may be given by name. They cannot apply to a model that is already built.
+    """
+    if isinstance(model, nn.Module):
+        if model_kwargs:
+            raise ValueError(
+                "model_kwargs only apply when the model is loaded by name; the model was passed already built. "
+                "Drop model_kwargs or pass the model's Hub id / path instead."
+            )
+        return model  # type: ignore[return-value]
+    if not isinstance(model, str):
+        raise TypeError(
+            f"model must be a Hub id, a local path, 'builtin:<name>' or a PreTrainedModel; got {model!r}."
+        )
+    kwargs = dict(model_kwargs or {})
+    for key in ("dtype", "torch_dtype"):
+        if key in kwargs:
+            kwargs[key] = _dtype(kwargs[key])
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
+
+
+def load_tokenizer(
+    tokenizer: str | PreTrainedTokenizerBase | None, model: str | PreTrainedModel
+) -> PreTrainedTokenizerBase:
+    """The tokenizer given, else the model's; set up for generation (left padding, a pad token).
+
+    A model passed already built has no tokenizer attached: its ``name_or_path`` is tried, and
+    when that is empty the error asks for ``tokenizer=``.
+    """
+    if tokenizer is None:
+        source = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+        if not source:
+            raise ValueError(
+                "The model was passed already built, so its tokenizer is unknown: pass tokenizer= (a tokenizer "
+                "object, a Hub id or a local path)."
+            )
+        tokenizer = source
+    if isinstance(tokenizer, str):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
+    # Batched generation appends to the right end of each prompt: prompts must be left-padded.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                "The tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token."
+            )
+        tokenizer.pad_token = tokenizer.eos_token  # usual for base models; masks keep pads out of the loss
+    return tokenizer
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for i in [value] if isinstance(value, int) else list(value):
+            if int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError(
+            "Neither the model's generation config nor the tokenizer defines an EOS token: completions could "
+            "never end. Set model.generation_config.eos_token_id."
+        )
+    return ids
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0: the ratio pi/pi_old must compare the same function."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward (non-reentrant, so frozen inputs are fine with LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False  # caches are only useful in generate, which asks for one itself
+
+
+def apply_lora(model: PreTrainedModel, lora: Mapping[str, Any] | Any) -> nn.Module:
+    """Wrap ``model`` with a LoRA adapter; ``lora`` is a ``peft.LoraConfig`` or a dict of its fields.
+
+    Dict defaults: ``r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"``.
+    """
+    from peft import LoraConfig, PeftConfig, get_peft_model
+
+    if isinstance(lora, PeftConfig):
+        config = lora
+    elif isinstance(lora, Mapping):
+        fields = {**LORA_DEFAULTS, "task_type": "CAUSAL_LM", **lora}
+        try:
+            config = LoraConfig(**fields)
+        except TypeError as err:
+            raise ValueError(f"lora={dict(lora)!r} is not a valid peft LoraConfig: {err}") from err
+    else:
+        raise TypeError(
+            f"lora must be a dict of LoraConfig fields or a peft LoraConfig, got {type(lora).__name__}."
+        )
+    return get_peft_model(model, config)
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """True for a PEFT-wrapped model (its reference is the base model with the adapter disabled)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def create_reference(policy: nn.Module) -> nn.Module:
+    """A frozen in-memory copy of ``policy`` (eval mode, no gradients), for the KL penalty."""
+    ref = copy.deepcopy(policy)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref
+
+
+@contextmanager
+def reference_context(policy: nn.Module, ref: nn.Module | None) -> Iterator[nn.Module]:
+    """Yield the model that computes reference log-probs: ``ref``, or ``policy`` with its adapter off."""
+    if ref is not None:
+        yield ref
+    elif is_peft_model(policy):
+        with policy.disable_adapter():
+            yield policy
+    else:
+        raise RuntimeError(
+            "No reference model: it exists only when beta > 0 (or as the base of a LoRA policy)."
+        )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily switch ``model`` to eval mode (HF ``generate`` drops the KV cache under checkpointing in train mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def mix_reference(ref: nn.Module, policy: nn.Module, alpha: float) -> None:
+    """TR-DPO reference update: ``ref <- alpha * policy + (1 - alpha) * ref``, parameter by parameter."""
+    ref_params = dict(ref.named_parameters())
+    for name, p in policy.named_parameters():
+        target = ref_params.get(name)
+        if target is None:
+            raise RuntimeError(f"The reference has no parameter {name!r}: it must be a copy of the policy.")
+        target.lerp_(p.detach().to(target.dtype), alpha)
+
+
+def save_pretrained(
+    policy: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, merge_lora: bool = False
+) -> Path:
+    """Write the policy and tokenizer in ``save_pretrained`` format; returns the folder.
+
+    A LoRA policy is saved as its adapter, or with ``merge_lora=True`` as a plain model with the
+    adapter merged into the weights (on a copy: the policy being trained stays as it is).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = policy
+    if is_peft_model(policy) and merge_lora:
+        model = copy.deepcopy(policy).merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def shard_fsdp2(model: nn.Module, mesh: Any) -> None:
+    """Apply FSDP2 ``fully_shard`` to each decoder layer, then to the root (ModelParallelStrategy).
+
+    Decoder layers are the modules whose class is listed in the HF model's ``_no_split_modules``.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if is_peft_model(model) else model
+    layer_classes = set(getattr(base, "_no_split_modules", None) or [])
+    if not layer_classes:
+        raise ValueError(
+            f"{type(base).__name__} does not list its decoder layer class (_no_split_modules): cannot shard it "
+            "per layer. Use strategy='ddp' for this model."
+        )
+    dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+    for module in model.modules():
+        if type(module).__name__ in layer_classes:
+            fully_shard(module, mesh=dp_mesh)
+    fully_shard(model, mesh=dp_mesh)

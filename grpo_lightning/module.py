@@ -1,0 +1,360 @@
+"""GRPOModule: the Lightning system that wires rollout, rewards, advantages and the clipped loss.
+
+One ``training_step`` = one rollout and every optimizer step made from it (SPEC section 2)::
+
+    rollout  = sample num_generations completions of each of the batch's P prompts
+    rewards  = score them; advantages over the global batch (all ranks)
+    old, ref = no-grad log-probs, only when needed
+    for each of num_iterations passes, for each of steps_per_rollout mini-batches:
+        accumulate gradients over micro-batches, clip, optimizer step, LR scheduler step
+
+So ``trainer.global_step`` counts optimizer steps (``num_iterations * steps_per_rollout`` per
+training step) and ``Trainer(max_steps=...)`` counts those; loggers draw one point per training
+step. Nothing is carried from one training step to the next: a checkpoint taken between steps
+resumes exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grpo_lightning.advantages import ScaleRewards
+from grpo_lightning.config import BatchLayout, batch_layout, validate_settings
+from grpo_lightning.evaluation import EvalMetrics, evaluate
+from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
+from grpo_lightning.losses import ImportanceSamplingLevel, LossType
+from grpo_lightning.models import (
+    apply_lora,
+    create_reference,
+    disable_dropout,
+    enable_gradient_checkpointing,
+    eos_token_ids,
+    load_policy,
+    load_tokenizer,
+    save_pretrained,
+    shard_fsdp2,
+)
+from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
+from grpo_lightning.scoring import RewardFunc, RewardScorer
+from grpo_lightning.training import TrainingStep
+
+
+class GRPOModule(LightningModule):
+    """GRPO (Group Relative Policy Optimization) of a causal LM on verifiable rewards.
+
+    Use it from LightningCLI YAML (each argument is a ``model.*`` key), from a notebook
+    (``Trainer(...).fit(GRPOModule(...), datamodule=...)``) or in an existing pipeline. A batch is
+    a dict with ``prompt`` (P texts), ``input_ids``/``attention_mask`` ([P, L], left-padded;
+    tokenized from ``prompt`` when absent) and any other columns, which reach the reward functions
+    repeated once per completion.
+
+    Model:
+        model: Hub id, local path, ``"builtin:tiny-math"``, or a built ``PreTrainedModel``.
+        tokenizer: tokenizer object, Hub id or path; default: the model's.
+        model_kwargs: passed to ``from_pretrained`` (``dtype``, ``attn_implementation``, ...).
+        lora: LoRA adapter (a dict of ``peft.LoraConfig`` fields, or a ``LoraConfig``); the
+            reference is then the base model with the adapter disabled (no copy).
+        gradient_checkpointing: recompute activations in the backward pass (less memory).
+        disable_dropout: set dropout to 0 so pi and pi_old are the same function.
+
+    Rewards:
+        reward_funcs: callables ``f(prompts, completions, **columns) -> list[float | None]``,
+            registered names, or import paths. Besides the dataset's columns they receive
+            ``completion_ids``, ``completion_lengths``, ``truncated`` (lists, one per completion)
+            and ``max_completion_length`` (an int).
+        reward_weights: one weight per function (default 1 each).
+
+    Sampling (TRL names): num_generations (G), max_completion_length, temperature, top_p,
+        top_k (None/0 = off), min_p, repetition_penalty, generation_kwargs (any other
+        ``GenerationConfig`` field), mask_truncated_completions (completions that hit the length
+        limit without an EOS leave the loss), rollout_engine (replaces HF ``generate``).
+
+    Loss (see ``losses.py``): beta (KL weight; 0 = no reference model at all), epsilon,
+        epsilon_high, delta, loss_type, scale_rewards, importance_sampling_level ("sequence" =
+        GSPO), top_entropy_quantile, logprob_chunk_size. The ratio is taken against the sampling
+        policy; the reference enters only the KL term.
+
+    Cadence: num_iterations (passes over each rollout), steps_per_rollout (optimizer steps per
+        pass), micro_batch_size (rows per forward/backward; default: the whole mini-batch). Per
+        device ``P * G`` must divide by ``steps_per_rollout``, and the quotient by
+        ``micro_batch_size``; the first step checks it and names the setting to change. Gradients
+        do not depend on micro_batch_size or on the number of devices (except loss_type="bnpo").
+
+    Optimization: optimizer / lr_scheduler (LightningCLI callables; default AdamW with
+        ``learning_rate`` and ``weight_decay`` on matrices, and linear warmup over ``warmup_steps``
+        optimizer steps, constant after), max_grad_norm (None = no clipping). The scheduler steps
+        once per optimizer step. Use ``max_grad_norm``, not the Trainer's ``gradient_clip_val``.
+
+    Reference sync (TR-DPO): sync_ref_model, ref_model_mixup_alpha, ref_model_sync_steps
+        (optimizer steps): ``ref <- alpha * policy + (1 - alpha) * ref``. The reference is then
+        saved in checkpoints; otherwise it is rebuilt from ``model`` on resume and left out.
+
+    Dynamic sampling (DAPO): dynamic_sampling drops groups whose rewards are all equal (they carry
+        no gradient) and tops the rollout up with groups of fresh prompts taken from the training
+        dataloader's iterator, for at most ``max_dynamic_sampling_rounds`` extra generation
+        rounds; groups still missing are filled with dropped ones so every step has P groups. The
+        extra batches come out of the current epoch (it then has fewer training steps) and do not
+        move ``global_step``, which counts optimizer steps only. All ranks do the same number of
+        rounds.
+
+    Validation: ``val/accuracy`` (greedy pass@1 with ``accuracy_reward``, default the first
+        reward function; a completion is correct when it scores >= ``accuracy_threshold``),
+        ``val/pass@<k>`` (k = ``val_num_samples`` > 1 sampled completions), ``val/reward``,
+        ``val/completions/mean_length``. The test loop logs the same under ``test/``.
+
+    Logging: log_completions_every_n_steps (0 = never) prints sample completions and logs them as
+        a table (wandb / TensorBoard), ``num_completions_to_log`` at a time.
+
+    seed: base of the per-rank, per-step sampling seeds (default: the ``seed_everything`` seed).
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        reward_funcs: Sequence[str | RewardFunc] | str | RewardFunc | None = None,
+        reward_weights: Sequence[float] | None = None,
+        num_generations: int = 8,
+        max_completion_length: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        generation_kwargs: dict[str, Any] | None = None,
+        beta: float = 0.0,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        delta: float | None = None,
+        loss_type: LossType = "dapo",
+        scale_rewards: ScaleRewards = "group",
+        importance_sampling_level: ImportanceSamplingLevel = "token",
+        num_iterations: int = 1,
+        steps_per_rollout: int = 1,
+        micro_batch_size: int | None = None,
+        mask_truncated_completions: bool = False,
+        top_entropy_quantile: float = 1.0,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 10,
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        disable_dropout: bool = True,
+        sync_ref_model: bool = False,
+        ref_model_mixup_alpha: float = 0.6,
+        ref_model_sync_steps: int = 512,
+        dynamic_sampling: bool = False,
+        max_dynamic_sampling_rounds: int = 4,
+        val_num_samples: int = 1,
+        accuracy_reward: str | Callable[..., Any] | None = None,
+        accuracy_threshold: float = 1.0,
+        log_completions_every_n_steps: int = 0,
+        num_completions_to_log: int = 4,
+        logprob_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        rollout_engine: RolloutEngine | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if reward_funcs is None:
+            raise ValueError(
+                "reward_funcs is required: give callables f(prompts, completions, **columns), registered "
+                "names (grpo_lightning.rewards.available_rewards()) or import paths."
+            )
+        funcs = (
+            [reward_funcs] if isinstance(reward_funcs, str) or callable(reward_funcs) else list(reward_funcs)
+        )
+        # Objects (built models, callables) cannot go into a checkpoint's hyper-parameters: leave them out.
+        ignore = ["rollout_engine", "optimizer", "lr_scheduler"]
+        ignore += [name for name, value in (("model", model), ("tokenizer", tokenizer)) if not _plain(value)]
+        ignore += [] if all(isinstance(f, str) for f in funcs) else ["reward_funcs"]
+        ignore += [] if _plain(accuracy_reward) else ["accuracy_reward"]
+        ignore += [] if lora is None or isinstance(lora, dict) else ["lora"]
+        self.save_hyperparameters(ignore=ignore)
+        validate_settings({**self.hparams, "lora": lora})
+        self.automatic_optimization = False
+
+        self.scorer = RewardScorer(funcs, reward_weights)
+        self.accuracy_scorer = RewardScorer([accuracy_reward] if accuracy_reward is not None else funcs[:1])
+        self.tokenizer = load_tokenizer(tokenizer, model)
+        self._model_spec = model if isinstance(model, str) else None
+        self._lora = lora
+        # A built model is registered right away (Lightning moves it); a named one loads in configure_model.
+        self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
+        self.ref_model: nn.Module | None = None
+        self._configured = False
+        self.sampling = SamplingConfig(
+            max_completion_length=max_completion_length,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k or 0,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            generation_kwargs=dict(generation_kwargs or {}),
+        )
+        self.greedy = replace(self.sampling, do_sample=False)
+        self.rollout_engine: RolloutEngine = (
+            rollout_engine if rollout_engine is not None else HFGenerateEngine()
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.val_metrics = EvalMetrics(val_num_samples)
+        self.test_metrics = EvalMetrics(val_num_samples)
+        self._train = TrainingStep(self)
+
+    # ---- models ----------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Build the policy (and the reference when beta > 0). Idempotent; called by Lightning before
+        fitting (under the strategy's device and sharding context) and by any method that needs it."""
+        if self._configured:
+            return
+        h = self.hparams
+        policy = self.policy if self.policy is not None else load_policy(self._model_spec, h.model_kwargs)
+        if h.disable_dropout:
+            disable_dropout(policy)
+        if h.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        # A LoRA policy's reference is its base with the adapter off: no copy. Otherwise beta > 0
+        # needs a frozen copy of the starting weights (made before any update, in memory).
+        ref = create_reference(policy) if h.beta > 0 and self._lora is None else None
+        if self._lora is not None:
+            policy = apply_lora(policy, self._lora)
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 sharding per decoder layer
+            shard_fsdp2(policy, self.device_mesh)
+            if ref is not None:
+                shard_fsdp2(ref, self.device_mesh)
+        self.policy, self.ref_model = policy, ref
+        self.eos_token_ids = eos_token_ids(policy, self.tokenizer)
+        self._configured = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen reference out of the checkpoint unless ref sync changes it: it is rebuilt
+        from ``model`` on load. Only for plain state dicts (single device, DDP)."""
+        state = checkpoint.get("state_dict")
+        if self.ref_model is None or self.hparams.sync_ref_model or not isinstance(state, dict):
+            return
+        for key in [k for k in state if k.startswith("ref_model.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the rebuilt reference back into the state to load, and refuse a checkpoint of another
+        configuration with a readable message."""
+        self.configure_model()
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            return
+        mine = self.state_dict()
+        if self.ref_model is not None and not any(k.startswith("ref_model.") for k in state):
+            state.update({k: v for k, v in mine.items() if k.startswith("ref_model.")})
+        missing = sorted(set(mine) - set(state))
+        unexpected = sorted(set(state) - set(mine))
+        if missing or unexpected:
+            raise ValueError(
+                "This checkpoint was written by a GRPOModule with another model configuration (model, lora, "
+                f"beta or sync_ref_model differ): {len(missing)} weights missing (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). Resume with the settings it was saved with."
+            )
+
+    # ---- optimizer -------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the trainable parameters (weight decay on matrices only) with linear warmup,
+        unless ``optimizer`` / ``lr_scheduler`` callables were given. The frozen reference is never
+        in the optimizer."""
+        self.configure_model()
+        assert self.policy is not None
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("The policy has no trainable parameter (all frozen?): nothing to optimize.")
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(trainable)
+        else:
+            decay = self.hparams.weight_decay
+            groups = [
+                {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": decay},
+                {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+            ]
+            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.learning_rate)
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(optimizer)
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                raise ValueError(
+                    "lr_scheduler: ReduceLROnPlateau is not supported, the scheduler is stepped once per "
+                    "optimizer step. Choose a step-based scheduler."
+                )
+        else:
+            warmup = max(int(self.hparams.warmup_steps), 0)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[Any]:
+        """Callbacks that the settings ask for: reference sync and completion logging."""
+        from grpo_lightning.callbacks import CompletionLogger, RefModelSync
+
+        h = self.hparams
+        callbacks: list[Any] = []
+        if h.sync_ref_model:
+            callbacks.append(RefModelSync(h.ref_model_mixup_alpha, h.ref_model_sync_steps))
+        if h.log_completions_every_n_steps > 0:
+            callbacks.append(CompletionLogger(h.log_completions_every_n_steps, h.num_completions_to_log))
+        return callbacks
+
+    # ---- steps -----------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """One rollout and ``num_iterations * steps_per_rollout`` optimizer steps (see the module docs)."""
+        return self._train.run(batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        evaluate(self, batch, batch_idx, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        evaluate(self, batch, batch_idx, self.test_metrics, "test")
+
+    # ---- helpers used by the steps ---------------------------------------------------------------
+
+    def layout(self, prompts_per_device: int) -> BatchLayout:
+        """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked)."""
+        h = self.hparams
+        return batch_layout(prompts_per_device, h.num_generations, h.steps_per_rollout, h.micro_batch_size)
+
+    def base_seed(self) -> int:
+        """``seed`` if given, else the ``seed_everything`` seed (0 when none was set)."""
+        return (
+            int(self.hparams.seed)
+            if self.hparams.seed is not None
+            else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        )
+
+    # ---- export ----------------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str, merge_lora: bool = False) -> str:
+        """Write the policy and tokenizer (``from_pretrained`` format) to ``path``; returns the path.
+
+        A LoRA policy is saved as its adapter, or merged into a plain model with ``merge_lora=True``.
+        """
+        self.configure_model()
+        assert self.policy is not None
+        return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora))
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _warmup(step: int, warmup: int) -> float:
+    """Linear warmup factor: (step + 1) / warmup for the first ``warmup`` optimizer steps, then 1."""
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0

@@ -1,0 +1,432 @@
+"""The body of GRPOModule.training_step: rollout, rewards, advantages, then the update loop.
+
+Kept apart from ``module.py`` so the module reads as a list of Lightning hooks; everything here
+goes through the module's Lightning API (``manual_backward``, ``optimizers``, ``log_dict``,
+``all_gather``, the strategy's collectives), so it works unchanged under DDP and FSDP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from grpo_lightning.advantages import compute_advantages, group_stats
+from grpo_lightning.losses import aggregation_count, grpo_loss
+from grpo_lightning.models import reference_context
+from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts, rollout_seed
+from grpo_lightning.scoring import EXTRA_COLUMNS, RewardScorer, repeat_columns
+from grpo_lightning.update import StepMetrics, UpdateBatch, full_logprobs, micro_logprobs
+
+if TYPE_CHECKING:
+    from grpo_lightning.module import GRPOModule
+
+PROMPT_KEYS = ("prompt", "input_ids", "attention_mask")
+
+
+@dataclass
+class ScoredRollout:
+    """A rollout with its texts and rewards; N rows, G per prompt."""
+
+    rollout: Rollout
+    prompts: list[str]
+    """[N] prompt text of each row."""
+    completions: list[str]
+    """[N] decoded completions (up to the first EOS, special tokens dropped)."""
+    per_func: Tensor
+    """[N, K] reward of each function (NaN = not applicable), CPU float32."""
+    total: Tensor
+    """[N] weighted total reward, CPU float32."""
+    columns: dict[str, Any]
+    """The columns the rewards saw (dataset columns repeated per row, plus the extras)."""
+
+    def select(self, rows: Tensor) -> ScoredRollout:
+        idx = rows.tolist()
+        return ScoredRollout(
+            self.rollout.select(rows.to(self.rollout.completion_ids.device)),
+            [self.prompts[i] for i in idx],
+            [self.completions[i] for i in idx],
+            self.per_func[rows],
+            self.total[rows],
+            {k: _take(v, idx) for k, v in self.columns.items()},
+        )
+
+
+def _take(value: Any, idx: list[int]) -> Any:
+    """Rows ``idx`` of a per-row column (list or tensor); other values (scalars) unchanged."""
+    if isinstance(value, Tensor) and value.dim() > 0:
+        return value[torch.as_tensor(idx, device=value.device)]
+    if isinstance(value, (list, tuple)):
+        return [value[i] for i in idx]
+    return value
+
+
+def prompt_batch(module: GRPOModule, batch: dict[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
+    """``input_ids, attention_mask: [P, L]`` and the P prompt texts of a batch.
+
+    A batch without ``input_ids`` is tokenized from ``prompt`` with the module's tokenizer; one
+    without ``prompt`` is decoded from ``input_ids``.
+    """
+    tok = module.tokenizer
+    if "input_ids" not in batch:
+        if "prompt" not in batch:
+            raise KeyError(f"A batch needs 'prompt' (texts) or 'input_ids'; got keys {sorted(batch)}.")
+        enc = tok(list(batch["prompt"]), return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(module.device), enc["attention_mask"].to(module.device)
+    else:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask", torch.ones_like(ids))
+    texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
+    limit = getattr(getattr(module.policy, "config", None), "max_position_embeddings", None)
+    need = int(mask.sum(dim=1).max()) + module.sampling.max_completion_length
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"A prompt of {int(mask.sum(dim=1).max())} tokens plus max_completion_length="
+            f"{module.sampling.max_completion_length} exceeds the model's context of {limit} tokens. Shorten the "
+            "prompts (the DataModule's max_prompt_length) or lower max_completion_length."
+        )
+    return ids, mask, texts
+
+
+def sample_and_score(
+    module: GRPOModule,
+    batch: dict[str, Any],
+    *,
+    num_generations: int,
+    sampling: SamplingConfig,
+    seed: int,
+    scorer: RewardScorer,
+    mask_truncated: bool = False,
+) -> ScoredRollout:
+    """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
+    ids, mask, texts = prompt_batch(module, batch)
+    rollout = module.rollout_engine.generate(
+        module.policy,
+        ids,
+        mask,
+        num_generations=num_generations,
+        sampling=sampling,
+        eos_token_ids=module.eos_token_ids,
+        pad_token_id=module.tokenizer.pad_token_id,
+        seed=seed,
+        mask_truncated=mask_truncated,
+    )
+    lengths = rollout.lengths.tolist()  # host sync: decoding needs the ids on the CPU anyway
+    token_lists = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), lengths, strict=True)]
+    completions = module.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
+    prompts = [t for t in texts for _ in range(num_generations)]
+    columns = repeat_columns(batch, num_generations, skip=PROMPT_KEYS)
+    clash = sorted(set(columns) & set(EXTRA_COLUMNS))
+    if clash:
+        raise ValueError(
+            f"Dataset columns {clash} clash with columns the module passes to rewards; rename them."
+        )
+    columns.update(
+        completion_ids=token_lists,
+        completion_lengths=lengths,
+        truncated=rollout.truncated.tolist(),
+        max_completion_length=sampling.max_completion_length,
+    )
+    per_func = scorer.score(prompts, completions, columns)
+    return ScoredRollout(rollout, prompts, completions, per_func, scorer.combine(per_func), columns)
+
+
+def _concat(parts: list[ScoredRollout], pad_token_id: int) -> ScoredRollout:
+    return ScoredRollout(
+        concat_rollouts([p.rollout for p in parts], pad_token_id),
+        [t for p in parts for t in p.prompts],
+        [t for p in parts for t in p.completions],
+        torch.cat([p.per_func for p in parts]),
+        torch.cat([p.total for p in parts]),
+        {k: _join([p.columns[k] for p in parts]) for k in parts[0].columns},
+    )
+
+
+def _join(values: list[Any]) -> Any:
+    """Concatenate one column of several rollouts (lists or tensors; scalars are taken from the first)."""
+    if isinstance(values[0], Tensor) and values[0].dim() > 0:
+        return torch.cat(values)
+    if isinstance(values[0], (list, tuple)):
+        return [v for part in values for v in part]
+    return values[0]
+
+
+@contextmanager
+def _no_grad_sync(module: GRPOModule) -> Iterator[None]:
+    """Accumulate gradients locally (no all-reduce) for every micro-batch but a mini-batch's last."""
+    policy = module.policy
+    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2 module
+        policy.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            policy.set_requires_gradient_sync(True)
+    elif hasattr(module.trainer.strategy, "block_backward_sync"):  # DDP: model.no_sync()
+        with module.trainer.strategy.block_backward_sync():
+            yield
+    else:
+        yield
+
+
+def _grad_norm(params: list[Tensor]) -> Tensor:
+    """The total L2 norm of the gradients (a full tensor under FSDP2)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+    norm = torch.linalg.vector_norm(norms)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+class TrainingStep:
+    """Runs one training step for ``module``; holds no state of its own between steps."""
+
+    def __init__(self, module: GRPOModule) -> None:
+        self.module = module
+
+    def run(self, batch: dict[str, Any]) -> dict[str, Any]:
+        m = self.module
+        step = m.trainer.global_step  # optimizer steps so far: fixes the seeds, so resume is exact
+        t0 = time.perf_counter()
+        scored = self.collect(batch, step)
+        advantages, stats = self.advantages(scored)
+        t1 = time.perf_counter()
+        losses = self.update(scored, advantages, step)
+        t2 = time.perf_counter()
+        self.log(scored, advantages, stats, losses, rollout_s=t1 - t0, update_s=t2 - t1)
+        return {"loss": losses["loss"], "samples": scored, "advantages": advantages.cpu()}
+
+    # ---- rollout ---------------------------------------------------------------------------------
+
+    def collect(self, batch: dict[str, Any], step: int) -> ScoredRollout:
+        """Sample and score; with dynamic sampling, replace all-equal groups by fresh ones."""
+        m, h = self.module, self.module.hparams
+        rank, base = m.global_rank, m.base_seed()
+
+        def sample(b: dict[str, Any], round_: int) -> ScoredRollout:
+            return sample_and_score(
+                m,
+                b,
+                num_generations=h.num_generations,
+                sampling=m.sampling,
+                seed=rollout_seed(base, rank, step, round_),
+                scorer=m.scorer,
+                mask_truncated=h.mask_truncated_completions,
+            )
+
+        parts = [sample(batch, 0)]
+        if not h.dynamic_sampling:
+            return parts[0]
+        G = h.num_generations
+        groups = len(parts[0].total) // G
+        for round_ in range(1, h.max_dynamic_sampling_rounds + 1):
+            informative = sum(int((~group_stats(p.total, G).zero_std).sum()) for p in parts)
+            # Every rank must agree (generation can be collective under FSDP): go on if any needs more.
+            if not m.trainer.strategy.reduce_boolean_decision(informative < groups, all=False):
+                break
+            extra = self._next_train_batch()
+            if extra is None:
+                break
+            parts.append(sample(extra, round_))
+        merged = _concat(parts, m.tokenizer.pad_token_id)
+        zero = group_stats(merged.total, G).zero_std
+        order = torch.cat([(~zero).nonzero().flatten(), zero.nonzero().flatten()])[:groups]
+        rows = (order.unsqueeze(1) * G + torch.arange(G)).flatten()
+        return merged.select(rows)
+
+    def _next_train_batch(self) -> dict[str, Any] | None:
+        """The next batch of the training dataloader's own iterator (None when the epoch is over)."""
+        trainer = self.module.trainer
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if fetcher is None:
+            return None
+        try:
+            batch, _, _ = next(fetcher)
+        except StopIteration:
+            return None
+        # Let Lightning see that the epoch's data ran out during this step (validation at epoch end).
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch = fetcher.done
+        batch = trainer.precision_plugin.convert_input(batch)
+        batch = self.module._on_before_batch_transfer(batch, dataloader_idx=0)
+        return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+    def advantages(self, scored: ScoredRollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """Local advantages ``[N]`` from statistics over every rank's rewards, and gathered values for
+        the metrics."""
+        m, h = self.module, self.module.hparams
+        rollout = scored.rollout
+        local = {
+            "total": scored.total.to(m.device),
+            "per_func": scored.per_func.to(m.device),
+            "lengths": rollout.lengths.float(),
+            "truncated": rollout.truncated.float(),
+        }
+        gathered = {
+            k: v.reshape(-1, *v.shape[2:]) if m.trainer.world_size > 1 else v
+            for k, v in m.all_gather(local).items()
+        }
+        adv = compute_advantages(gathered["total"], h.num_generations, h.scale_rewards)
+        n = len(scored.total)
+        gathered["advantages"] = adv
+        return adv[m.global_rank * n : (m.global_rank + 1) * n], gathered
+
+    # ---- update ----------------------------------------------------------------------------------
+
+    def update(self, scored: ScoredRollout, advantages: Tensor, step: int) -> dict[str, Tensor]:
+        """``num_iterations`` passes of ``steps_per_rollout`` optimizer steps over the rollout."""
+        m, h = self.module, self.module.hparams
+        rollout = scored.rollout
+        layout = m.layout(len(rollout) // h.num_generations)
+        batch = UpdateBatch(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, advantages)
+        opts = {"temperature": h.temperature, "chunk_size": h.logprob_chunk_size}
+        # pi_old is only needed when the policy moves before the rollout is used again.
+        if h.num_iterations > 1 or h.steps_per_rollout > 1:
+            batch.old_logp = full_logprobs(m.policy, batch, layout.micro_batch_size, **opts)
+        if h.beta > 0:
+            with reference_context(m.policy, m.ref_model) as ref:
+                batch.ref_logp = full_logprobs(ref, batch, layout.micro_batch_size, **opts)
+
+        # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
+        gen = torch.Generator().manual_seed(rollout_seed(m.base_seed(), m.global_rank, step, 7))
+        device = rollout.completion_ids.device
+        plan: list[list[Tensor]] = []
+        for _ in range(h.num_iterations):
+            order = torch.randperm(layout.num_rows, generator=gen) if h.steps_per_rollout > 1 else None
+            order = (order if order is not None else torch.arange(layout.num_rows)).to(device)
+            for mini in order.split(layout.mini_batch_size):
+                plan.append(list(mini.split(layout.micro_batch_size)))
+        # Each step's loss normaliser counts its whole mini-batch on every rank: one all-reduce for all.
+        counts = torch.stack(
+            [sum(aggregation_count(batch.completion_mask[r], h.loss_type) for r in micro) for micro in plan]
+        )
+        counts = m.trainer.strategy.reduce(counts, reduce_op="sum")
+        world = m.trainer.world_size
+        # DDP/FSDP average gradients over ranks; the normaliser is already global, so undo the mean.
+        # bnpo is a local mean per micro-batch by definition: average the micro-batches instead.
+        scale = 1.0 / layout.micro_batches_per_step if h.loss_type == "bnpo" else float(world)
+        # Each micro-batch's share of the logged loss, so that the sum over micro-batches and ranks
+        # is the mini-batch loss (for bnpo: the mean of the ranks' micro-batch means).
+        share = 1.0 / (layout.micro_batches_per_step * world) if h.loss_type == "bnpo" else 1.0
+
+        opt, sched = m.optimizers(), m.lr_schedulers()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        metrics = StepMetrics()
+        norms, lrs = [], []
+        for micro_batches, normalizer in zip(plan, counts, strict=True):
+            for j, rows in enumerate(micro_batches):
+                sync = j == len(micro_batches) - 1
+                with nullcontext() if sync else _no_grad_sync(m):
+                    loss, parts, entropy, mask = self._micro_loss(batch, rows, normalizer)
+                    m.manual_backward(loss * scale)
+                metrics.add(loss * share, parts, entropy, mask)
+            norms.append(_grad_norm(params))
+            if h.max_grad_norm is not None:
+                m.clip_gradients(opt, gradient_clip_val=h.max_grad_norm, gradient_clip_algorithm="norm")
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if sched is not None:
+                sched.step()
+        return self._reduce_metrics(metrics, len(plan), torch.stack(norms), lrs[-1])
+
+    def _micro_loss(
+        self, batch: UpdateBatch, rows: Tensor, normalizer: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None, Tensor]:
+        m, h = self.module, self.module.hparams
+        # Entropy always: train/entropy is logged every step, and top_entropy_quantile needs it.
+        logp, entropy, keep = micro_logprobs(
+            m.policy,
+            batch,
+            rows,
+            temperature=h.temperature,
+            chunk_size=h.logprob_chunk_size,
+            with_entropy=True,
+        )
+        mask = batch.completion_mask[rows][:, :keep]
+        old = batch.old_logp[rows][:, :keep] if batch.old_logp is not None else None
+        ref = batch.ref_logp[rows][:, :keep] if batch.ref_logp is not None else None
+        loss, parts = grpo_loss(
+            logp,
+            old,
+            ref,
+            batch.advantages[rows],
+            mask,
+            loss_type=h.loss_type,
+            epsilon=h.epsilon,
+            epsilon_high=h.epsilon_high,
+            delta=h.delta,
+            beta=h.beta,
+            importance_sampling_level=h.importance_sampling_level,
+            max_completion_length=h.max_completion_length,
+            normalizer=normalizer,
+            top_entropy_quantile=h.top_entropy_quantile,
+            entropy=entropy,
+        )
+        return loss, parts, entropy, mask
+
+    def _reduce_metrics(
+        self, metrics: StepMetrics, num_steps: int, norms: Tensor, lr: float
+    ) -> dict[str, Tensor]:
+        m = self.module
+        keys, values = metrics.packed()
+        values = m.trainer.strategy.reduce(values, reduce_op="sum")  # the step's one metrics collective
+        loss, tokens = values[0], values[1].clamp(min=1)
+        out = {"loss": loss / num_steps, "grad_norm": norms.mean(), "lr": torch.tensor(lr)}
+        out.update({k: v / tokens for k, v in zip(keys, values[2:], strict=True)})
+        return out
+
+    # ---- logging ---------------------------------------------------------------------------------
+
+    def log(
+        self,
+        scored: ScoredRollout,
+        advantages: Tensor,
+        gathered: dict[str, Tensor],
+        losses: dict[str, Tensor],
+        *,
+        rollout_s: float,
+        update_s: float,
+    ) -> None:
+        """Every SPEC section 3 training metric, once per training step (values are global)."""
+        m, h = self.module, self.module.hparams
+        total, per_func, lengths = gathered["total"], gathered["per_func"], gathered["lengths"]
+        stats = group_stats(total, h.num_generations)
+        values: dict[str, Tensor | float] = {
+            "train/reward": total.nanmean(),
+            "train/reward_std": stats.std.mean(),
+            "train/advantage_abs_mean": gathered["advantages"].abs().mean(),
+            "train/frac_zero_std_groups": stats.zero_std.float().mean(),
+            "train/completions/mean_length": lengths.mean(),
+            "train/completions/min_length": lengths.min(),
+            "train/completions/max_length": lengths.max(),
+            "train/completions/clipped_ratio": gathered["truncated"].mean(),
+            "perf/rollout_s": rollout_s,
+            "perf/update_s": update_s,
+            "perf/tokens_per_s": float(lengths.sum()) / max(rollout_s + update_s, 1e-9),
+        }
+        for k, name in enumerate(m.scorer.names):
+            column = per_func[:, k]
+            valid = column[~column.isnan()]
+            values[f"train/rewards/{name}/mean"] = valid.mean() if valid.numel() else float("nan")
+            values[f"train/rewards/{name}/std"] = valid.std() if valid.numel() > 1 else 0.0
+        for key in (
+            "loss",
+            "grad_norm",
+            "lr",
+            "entropy",
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "clip_ratio/region_mean",
+            "kl",
+        ):
+            if key in losses:
+                values[f"train/{key}"] = losses[key]
+        progress = {k: values.pop(k) for k in ("train/reward", "train/kl") if k in values}
+        batch_size = len(scored.total) // h.num_generations
+        m.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
+        m.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)

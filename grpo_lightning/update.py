@@ -1,0 +1,130 @@
+"""The pieces of the update loop that need no Lightning: cutting a rollout into micro-batches,
+no-grad log-prob passes, and the per-step metric sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from grpo_lightning.logprobs import sequence_logprobs
+
+
+@dataclass
+class UpdateBatch:
+    """What the optimizer steps of one rollout consume; every tensor has N rows."""
+
+    input_ids: Tensor
+    """[N, L + T] prompt (left-padded) + completion."""
+    attention_mask: Tensor
+    """[N, L + T] 1 on prompt tokens and completion tokens up to the first EOS."""
+    completion_mask: Tensor
+    """[N, T] tokens that enter the loss."""
+    advantages: Tensor
+    """[N] float32."""
+    old_logp: Tensor | None = None
+    """[N, T] log-probs under the sampling policy; None = the current log-probs, detached."""
+    ref_logp: Tensor | None = None
+    """[N, T] log-probs under the reference; None when beta == 0."""
+
+    @property
+    def completion_width(self) -> int:
+        return self.completion_mask.shape[1]
+
+
+def trim(input_ids: Tensor, attention_mask: Tensor, completion_width: int) -> tuple[slice, int]:
+    """Columns worth computing for these rows: drop prompt padding every row shares, and completion
+    positions after every row's last token.
+
+    Returns ``(columns, K)``: a slice of the ``[n, L + T]`` inputs and the kept completion width K
+    (the first K of the T completion positions). A cheap saving when lengths vary a lot.
+    """
+    prompt_width = input_ids.shape[1] - completion_width
+    used = attention_mask.bool().any(dim=0)  # [L + T]; one host sync below
+    first = int(used[:prompt_width].int().argmax()) if bool(used[:prompt_width].any()) else prompt_width - 1
+    completion_used = used[prompt_width:]
+    keep = int(completion_used.nonzero().max()) + 1 if bool(completion_used.any()) else 1
+    return slice(first, prompt_width + keep), keep
+
+
+def micro_logprobs(
+    model: nn.Module,
+    batch: UpdateBatch,
+    rows: Tensor,
+    *,
+    temperature: float,
+    chunk_size: int,
+    with_entropy: bool,
+) -> tuple[Tensor, Tensor | None, int]:
+    """Log-probs ``[n, K]`` (and entropy) of the completion tokens of ``rows`` after trimming; returns K."""
+    columns, keep = trim(batch.input_ids[rows], batch.attention_mask[rows], batch.completion_width)
+    logp, entropy = sequence_logprobs(
+        model,
+        batch.input_ids[rows][:, columns],
+        batch.attention_mask[rows][:, columns],
+        keep,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )
+    return logp, entropy, keep
+
+
+@torch.no_grad()
+def full_logprobs(
+    model: nn.Module, batch: UpdateBatch, micro_batch_size: int, *, temperature: float, chunk_size: int
+) -> Tensor:
+    """No-grad log-probs ``[N, T]`` of every completion token (old policy or reference), micro-batch
+    by micro-batch; positions past a row's trimmed width are 0 (they are masked anyway)."""
+    n, width = batch.completion_mask.shape
+    out = torch.zeros(n, width, dtype=torch.float32, device=batch.input_ids.device)
+    for rows in torch.arange(n, device=batch.input_ids.device).split(micro_batch_size):
+        logp, _, keep = micro_logprobs(
+            model, batch, rows, temperature=temperature, chunk_size=chunk_size, with_entropy=False
+        )
+        out[rows, :keep] = logp
+    return out
+
+
+def pad_to(x: Tensor, width: int) -> Tensor:
+    """Right-pad ``x: [n, K]`` with zeros to ``[n, width]``."""
+    return x if x.shape[1] == width else nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+@dataclass
+class StepMetrics:
+    """Sums over one training step's micro-batches; reduced over ranks in one collective."""
+
+    names: tuple[str, ...] = (
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "ratio_mean",
+    )
+    token_sums: dict[str, Tensor] = field(default_factory=dict)
+    tokens: Tensor | None = None
+    loss: Tensor | None = None
+
+    def add(self, loss: Tensor, metrics: dict[str, Tensor], entropy: Tensor | None, mask: Tensor) -> None:
+        """Add one micro-batch: ``loss`` (its share of the step loss), token-mean ``metrics``, ``mask: [n, K]``."""
+        tokens = mask.sum().float()
+        values = dict(metrics)
+        if entropy is not None:
+            values["entropy"] = (entropy.detach() * mask).sum() / tokens.clamp(min=1)
+        for name in self.names:
+            if name in values:
+                s = values[name].detach().float() * tokens
+                self.token_sums[name] = self.token_sums.get(name, 0) + s
+        self.tokens = tokens if self.tokens is None else self.tokens + tokens
+        self.loss = loss.detach().float() if self.loss is None else self.loss + loss.detach().float()
+
+    def packed(self) -> tuple[list[str], Tensor]:
+        """Names and a 1-D tensor [loss, tokens, *token_sums] to all-reduce (sum)."""
+        keys = [n for n in self.names if n in self.token_sums]
+        assert self.loss is not None and self.tokens is not None, "no micro-batch was added"
+        values = torch.stack([self.loss, self.tokens, *(self.token_sums[k] for k in keys)])
+        return keys, values

@@ -1,0 +1,140 @@
+"""Shared test helpers: tiny models, a small prompt DataModule, simple rewards, a trainer factory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.rollout import HFGenerateEngine, Rollout, concat_rollouts
+from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+
+PROMPTS = ["1+1=", "2+3=", "7-4=", "9+9=", "5-2=", "8+1=", "6+6=", "3-3="]
+
+
+def tiny_tokenizer():
+    return build_char_tokenizer(model_max_length=128)
+
+
+def tiny_model(
+    tokenizer=None, *, seed: int = 0, hidden_size: int = 32, num_layers: int = 1, arch: str = "qwen2"
+):
+    """A randomly initialised 1-layer, 32-wide causal LM over the character vocabulary."""
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    return build_tiny_model(
+        tokenizer,
+        arch=arch,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=128,
+        seed=seed,
+    )
+
+
+class PromptsDataModule(pl.LightningDataModule):
+    """Batches in the package's format: prompt texts, left-padded ids, and an ``answer`` column."""
+
+    def __init__(
+        self,
+        tokenizer,
+        prompts: Sequence[str] = PROMPTS,
+        batch_size: int = 2,
+        val_prompts: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.val_prompts = list(val_prompts if val_prompts is not None else prompts[:2])
+        self.batch_size = batch_size
+
+    def _collate(self, rows: list[str]) -> dict[str, Any]:
+        enc = self.tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+        answers = [str(eval(p.rstrip("="))) for p in rows]  # the prompts are tiny sums
+        return {
+            "prompt": rows,
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "answer": answers,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.prompts, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_prompts, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate
+        )
+
+
+def prompt_batch(tokenizer, prompts: Sequence[str] = PROMPTS[:2]) -> dict[str, Any]:
+    return PromptsDataModule(tokenizer, prompts)._collate(list(prompts))
+
+
+class TokenShare:
+    """Reward: the share of completion tokens (EOS excluded) equal to ``char``. Learnable from scratch."""
+
+    def __init__(self, char: str = "7") -> None:
+        self.char = char
+        self.__name__ = "token_share"
+
+    def __call__(self, prompts, completions, **columns) -> list[float | None]:
+        return [c.count(self.char) / max(len(c), 1) for c in completions]
+
+
+def answer_reward(prompts, completions, answer, **columns) -> list[float | None]:
+    """1.0 when the completion starts with the answer."""
+    return [1.0 if c.strip().startswith(a) else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+def make_module(tokenizer=None, model=None, **overrides: Any) -> GRPOModule:
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    settings: dict[str, Any] = {
+        "reward_funcs": [TokenShare()],
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return GRPOModule(model if model is not None else tiny_model(tokenizer), tokenizer=tokenizer, **settings)
+
+
+def make_trainer(max_steps: int = 2, **overrides: Any) -> pl.Trainer:
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    settings.update(overrides)
+    return pl.Trainer(**settings)
+
+
+def weights(module: GRPOModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
+
+
+class PerPromptEngine(HFGenerateEngine):
+    """Seeds each prompt's sampling from the prompt itself: the same prompt gets the same completions on
+    any rank and in any batch, which makes a 1-device and a 2-device run sample identically."""
+
+    def generate(self, model, prompt_ids, prompt_mask, *, seed: int, **kwargs: Any) -> Rollout:
+        parts = []
+        for i in range(prompt_ids.shape[0]):
+            ids = prompt_ids[i : i + 1][:, prompt_mask[i].bool()]
+            prompt_seed = int(sum(int(t) * 31**k for k, t in enumerate(ids[0].tolist())) % (2**31))
+            parts.append(super().generate(model, ids, torch.ones_like(ids), seed=prompt_seed, **kwargs))
+        return concat_rollouts(parts, pad_token_id=kwargs["pad_token_id"])

@@ -198,6 +198,25 @@ def test_hub_repository_copy_with_config_and_splits(tokenizer, tmp_path):
         make(tokenizer, str(repo), config_name="main", val_split="dev").setup("fit")
 
 
+def test_validation_from_another_source(tokenizer, tmp_path):
+    # Train on MATH-shaped data, validate on a MATH-500-shaped repository copy (one split, "test").
+    train = write(MATH_ROWS, tmp_path / "math_train.jsonl")
+    math500 = [
+        {"problem": f"What is {i} squared?", "solution": "...", "answer": str(i * i)} for i in range(6)
+    ]
+    math500.append({**MATH_ROWS[0], "answer": "\\frac{1}{2}"})  # also in training: kept out of validation
+    repo = tmp_path / "MATH-500"
+    repo.mkdir()
+    write(math500, repo / "test.jsonl")
+    dm = make(tokenizer, str(train), val_dataset=str(repo))
+    with pytest.warns(UserWarning, match="dropped 1 questions that also appear in training"):
+        dm.setup("fit")
+    assert len(dm.train_dataset) == 20  # nothing held out of the training file
+    assert sorted(dm.val_dataset["answer"]) == sorted(str(i * i) for i in range(6))
+    with pytest.raises(DataSourceError, match=r"val_dataset .*MATH-500.* has no split 'validation'"):
+        make(tokenizer, str(train), val_dataset=str(repo), val_split="validation").setup("fit")
+
+
 def test_saved_to_disk_and_in_memory_datasets(tokenizer, tmp_path):
     splits = DatasetDict(
         {"train": Dataset.from_list(GSM8K_ROWS[:32]), "validation": Dataset.from_list(GSM8K_ROWS[32:])}

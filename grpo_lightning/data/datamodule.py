@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning.data.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -29,6 +29,7 @@ from grpo_lightning.data.sources import (
     normalize_columns,
     synthetic_splits,
 )
+from grpo_lightning.models import load_tokenizer
 
 SYNTHETIC = "synthetic"
 _SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
@@ -46,7 +47,10 @@ class PromptDataModule(LightningDataModule):
             a local ``.json``/``.jsonl``/``.parquet``/``.csv`` file, a ``{split: file}`` mapping, a directory
             (``save_to_disk`` output or a local copy of a Hub repository), or a ``datasets.Dataset``/``DatasetDict``.
         config_name: the Hub configuration (GSM8K: ``"main"``).
-        tokenizer: the policy's tokenizer or its name/path. None: taken from the attached module's
+        val_dataset / val_config_name: validate on another source (any kind ``dataset`` accepts), e.g.
+            train on MATH and validate on ``"HuggingFaceH4/MATH-500"``. Its split is ``val_split``, or its
+            only split, or ``"validation"``, or ``"test"``.
+        tokenizer: the policy's tokenizer, or its Hub id / path / ``"builtin:<name>"`` alias. None: taken from the attached module's
             ``tokenizer`` attribute at setup, so ``trainer.fit(module, datamodule=dm)`` just works.
         batch_size: prompts per training step per device (each is sampled G times by the module).
         val_batch_size: prompts per validation/test batch (default ``batch_size``).
@@ -75,6 +79,8 @@ class PromptDataModule(LightningDataModule):
         self,
         dataset: DatasetSource = SYNTHETIC,
         config_name: str | None = None,
+        val_dataset: DatasetSource | None = None,
+        val_config_name: str | None = None,
         tokenizer: str | PreTrainedTokenizerBase | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
@@ -113,16 +119,22 @@ class PromptDataModule(LightningDataModule):
         # Objects (a Dataset, a tokenizer) stay out of the saved hyperparameters and checkpoints.
         objects = [
             name
-            for name, value in (("dataset", dataset), ("tokenizer", tokenizer))
-            if not isinstance(value, str)
+            for name, value in (("dataset", dataset), ("val_dataset", val_dataset), ("tokenizer", tokenizer))
+            if isinstance(value, Dataset | DatasetDict | PreTrainedTokenizerBase)
         ]
         self.save_hyperparameters(ignore=objects)
+        if val_dataset is not None and val_dataset == SYNTHETIC:
+            raise ValueError(
+                "val_dataset='synthetic' is not supported: the synthetic source has its own val_size."
+            )
         self.dataset = dataset
+        self.val_source = val_dataset
         self.tokenizer = tokenizer
         self.where = (
             "the synthetic problems" if dataset == SYNTHETIC else describe_source(dataset, config_name)
         )
         self._raw: DatasetDict | None = None
+        self._raw_val: DatasetDict | None = None
         self._normalized: dict[str, Dataset | None] = {}
         self._splits: dict[str, Dataset | None] = {}
 
@@ -130,9 +142,10 @@ class PromptDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download a Hub data set once per node before every rank reads it from the cache."""
-        dataset = self.dataset
-        if isinstance(dataset, str) and dataset != SYNTHETIC and not Path(dataset).expanduser().exists():
-            load_source(dataset, self.hparams.config_name, self.hparams.load_kwargs)
+        hp = self.hparams
+        for source, config in ((self.dataset, hp.config_name), (self.val_source, hp.val_config_name)):
+            if isinstance(source, str) and source != SYNTHETIC and not Path(source).expanduser().exists():
+                load_source(source, config, hp.load_kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         """Load, check and tokenize the splits this stage needs; errors about the data surface here."""
@@ -217,11 +230,47 @@ class PromptDataModule(LightningDataModule):
                 self._raw = load_source(self.dataset, self.hparams.config_name, self.hparams.load_kwargs)
         return self._raw
 
+    def _describe(self, split: str) -> str:
+        """Where a split's rows come from, for messages."""
+        if split == "val" and self.val_source is not None:
+            return f"{describe_source(self.val_source, self.hparams.val_config_name)}, validation rows"
+        return f"{self.where}, {_SPLIT_NAMES[split]} split"
+
+    def _raw_val_splits(self) -> DatasetDict:
+        if self._raw_val is None:
+            self._raw_val = load_source(
+                self.val_source, self.hparams.val_config_name, self.hparams.load_kwargs
+            )
+        return self._raw_val
+
+    def _select_val_source_split(self) -> Dataset:
+        """The validation rows when they come from ``val_dataset``."""
+        raw, name = self._raw_val_splits(), self.hparams.val_split
+        where = describe_source(self.val_source, self.hparams.val_config_name)
+        if name is None:
+            name = (
+                next((n for n in ("validation", "test") if n in raw), None)
+                if len(raw) > 1
+                else next(iter(raw))
+            )
+        if name is None or name not in raw:
+            raise DataSourceError(
+                f"val_dataset {where} has no split {name or 'validation/test'!r} (splits: {list(raw)}); set val_split."
+            )
+        return self._cap(raw[name], self.hparams.max_val_samples)
+
     def _select_split(self, split: str) -> Dataset | None:
         """The raw rows of one split, before column checks and tokenization."""
+        if split == "val" and self.val_source is not None:
+            return self._select_val_source_split()
         raw = self._raw_splits()
         hp = self.hparams
-        for setting in ("train_split", "val_split", "test_split"):
+        checked = (
+            ("train_split", "test_split")
+            if self.val_source is not None
+            else ("train_split", "val_split", "test_split")
+        )
+        for setting in checked:
             name = hp[setting]
             if name is not None and name not in raw:
                 raise DataSourceError(
@@ -231,10 +280,16 @@ class PromptDataModule(LightningDataModule):
         if split == "test":
             name = hp.test_split or ("test" if "test" in raw and train_name != "test" else None)
             return None if name is None else self._cap(raw[name], hp.max_test_samples)
-        val_name = hp.val_split or ("validation" if "validation" in raw else None)
+        val_name = (
+            None
+            if self.val_source is not None
+            else hp.val_split or ("validation" if "validation" in raw else None)
+        )
         if val_name is not None and val_name != train_name:
             return raw[train_name] if split == "train" else self._cap(raw[val_name], hp.max_val_samples)
-        if self.dataset == SYNTHETIC:  # its val_size decides; 0 means no validation
+        if (
+            self.dataset == SYNTHETIC or self.val_source is not None
+        ):  # its val_size decides; 0 means no validation
             return raw[train_name] if split == "train" else None
         return self._hold_out(raw[train_name], split)
 
@@ -261,7 +316,7 @@ class PromptDataModule(LightningDataModule):
         """One split with checked, canonical columns; held-out splits without training questions."""
         if split not in self._normalized:
             raw = self._select_split(split)
-            where = f"{self.where}, {_SPLIT_NAMES[split]} split"
+            where = self._describe(split)
             if raw is not None and len(raw) == 0:
                 raise DataSourceError(f"{where} is empty.")
             data = (
@@ -287,7 +342,7 @@ class PromptDataModule(LightningDataModule):
         return data
 
     def _tokenize(self, data: Dataset, split: str) -> Dataset:
-        where = f"{self.where}, {_SPLIT_NAMES[split]} split"
+        where = self._describe(split)
         if split == "train":
             data = self._cap(data, self.hparams.max_train_samples)
         formatter = PromptFormatter(
@@ -307,7 +362,8 @@ class PromptDataModule(LightningDataModule):
 
     def _resolve_tokenizer(self) -> PreTrainedTokenizerBase:
         if isinstance(self.tokenizer, str):
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
+            # The module's own loader: the same alias resolution ("builtin:tiny-math") and padding setup.
+            self.tokenizer = load_tokenizer(self.tokenizer, self.tokenizer)
         if self.tokenizer is None and self.trainer is not None:
             module = self.trainer.lightning_module
             self.tokenizer = getattr(module, "tokenizer", None)

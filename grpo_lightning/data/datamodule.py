@@ -50,8 +50,9 @@ class PromptDataModule(LightningDataModule):
         val_dataset / val_config_name: validate on another source (any kind ``dataset`` accepts), e.g.
             train on MATH and validate on ``"HuggingFaceH4/MATH-500"``. Its split is ``val_split``, or its
             only split, or ``"validation"``, or ``"test"``.
-        tokenizer: the policy's tokenizer, or its Hub id / path / ``"builtin:<name>"`` alias. None: taken from the attached module's
-            ``tokenizer`` attribute at setup, so ``trainer.fit(module, datamodule=dm)`` just works.
+        tokenizer: the policy's tokenizer, or its Hub id / path / ``"builtin:<name>"`` alias. None: taken
+            from the attached module's ``tokenizer`` attribute at setup, so ``trainer.fit(module,
+            datamodule=dm)`` just works.
         batch_size: prompts per training step per device (each is sampled G times by the module).
         val_batch_size: prompts per validation/test batch (default ``batch_size``).
         prompt_template: text with ``{question}`` (and optionally other ``{column}`` placeholders).
@@ -287,9 +288,9 @@ class PromptDataModule(LightningDataModule):
         )
         if val_name is not None and val_name != train_name:
             return raw[train_name] if split == "train" else self._cap(raw[val_name], hp.max_val_samples)
-        if (
-            self.dataset == SYNTHETIC or self.val_source is not None
-        ):  # its val_size decides; 0 means no validation
+        # Nothing is held out of the training split when the synthetic source's own val_size (0: no
+        # validation) or a val_dataset decides what validation is.
+        if self.dataset == SYNTHETIC or self.val_source is not None:
             return raw[train_name] if split == "train" else None
         return self._hold_out(raw[train_name], split)
 

@@ -1,0 +1,169 @@
+"""Side-by-side GRPO step timing: grpo_lightning against TRL's GRPOTrainer, and both against the floor.
+
+    python benchmarks/bench_vs_trl.py --workload all            # every model, the full settings grid
+    python benchmarks/bench_vs_trl.py --workload 3m --pairs 3   # one model
+
+Each (model, beta, num_iterations) case runs as alternating pairs of subprocesses (TRL first in even
+pairs, grpo_lightning first in odd ones), so peaks of resident memory do not mix and slow phases of
+the machine hit both systems alike. Per system it prints the median over pairs of seconds per
+optimizer step, steps/s, completion tokens/s, peak RSS and the phase split; then the ratio, and each
+system's time over the step's matmul floor (see floor.py), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from floor import step_floor  # noqa: E402
+from run_trl import TRL_SETTINGS  # noqa: E402
+from workloads import MODELS, Case, build_tokenizer, make_prompts, set_threads  # noqa: E402
+
+GRID = [(0.04, 1), (0.0, 1), (0.04, 2), (0.0, 2)]
+PHASES = ["sampling", "old_logp", "ref_logp", "policy_logp", "backward", "optimizer", "rewards", "other"]
+
+
+def run_worker(system: str, case: Case, engine: str) -> dict[str, Any]:
+    """One subprocess; returns its BENCH_RESULT line (raises with its stderr tail if it failed)."""
+    script = "run_trl.py" if system == "trl" else "run_ours.py"
+    cmd = [sys.executable, os.path.join(HERE, script), case.to_json()]
+    if system != "trl":
+        cmd += ["--engine", engine]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT ") :])
+    raise RuntimeError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over pairs: step seconds, tokens/s, peak RSS, and each phase's seconds per optimizer step."""
+    steps = [r["step_s"] for r in results]
+    phases = {}
+    for name in PHASES[:-1]:
+        phases[name] = median([r["phases"].get(name, 0.0) / r["optimizer_steps"] for r in results])
+    phases["other"] = max(median(steps) - sum(phases.values()), 0.0)
+    return {
+        "step_s": median(steps),
+        "steps": steps,
+        "tokens_per_s": median([r["completion_tokens"] / r["seconds"] for r in results]),
+        "peak_rss_mb": median([r["peak_rss_mb"] for r in results]),
+        "phases": phases,
+    }
+
+
+def prompt_length(case: Case) -> int:
+    """Padded prompt width of the case's batches (the prompts are left-padded to the longest)."""
+    tok = build_tokenizer(MODELS[case.model])
+    prompts = make_prompts(case.prompts_per_step * (case.rollouts_warmup + case.rollouts_measured), case.seed)
+    batches = [prompts[i : i + case.prompts_per_step] for i in range(0, len(prompts), case.prompts_per_step)]
+    return round(statistics.mean(max(len(tok(p).input_ids) for p in b) for b in batches))
+
+
+def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, float]) -> None:
+    print(f"\n=== {case.name}: {case.prompts_per_step} prompts x {case.num_generations} generations x "
+          f"{case.completion_length} tokens ===")  # fmt: skip
+    head = (
+        f"{'system':<24}{'s/step':>8}{'steps/s':>9}{'tok/s':>8}{'RSS MB':>8}{'x floor':>9}   split (s/step)"
+    )
+    print(head)
+    for name, s in systems.items():
+        split = " ".join(f"{k}={v:.3f}" for k, v in s["phases"].items() if v > 0.0005)
+        print(
+            f"{name:<24}{s['step_s']:>8.3f}{1 / s['step_s']:>9.3f}{s['tokens_per_s']:>8.0f}"
+            f"{s['peak_rss_mb']:>8.0f}{s['step_s'] / floor['total']:>9.2f}   {split}"
+        )
+    fl = " ".join(f"{k}={v:.3f}" for k, v in floor.items() if k != "total" and not k.startswith("rate"))
+    print(f"{'floor (matmuls only)':<24}{floor['total']:>8.3f}   {fl}   rates GFLOP/s: decode "
+          f"{floor['rate_decode_gflops']:.0f}, forward {floor['rate_forward_gflops']:.0f}, "
+          f"backward {floor['rate_backward_gflops']:.0f}")  # fmt: skip
+    names = list(systems)
+    if "trl" in systems and len(names) > 1:
+        for ours in names:
+            if ours == "trl":
+                continue
+            speedup = systems["trl"]["step_s"] / systems[ours]["step_s"]
+            memory = systems[ours]["peak_rss_mb"] / systems["trl"]["peak_rss_mb"]
+            per_pair = [t / o for t, o in zip(systems["trl"]["steps"], systems[ours]["steps"], strict=True)]
+            print(f"{ours} vs trl: {speedup:.2f}x faster (per pair: {', '.join(f'{x:.2f}' for x in per_pair)}), "
+                  f"peak RSS {memory:.2f}x of TRL's")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workload", default="all", help="all, or a comma list of: " + ", ".join(MODELS))
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="alternating (TRL, grpo_lightning) pairs per case"
+    )
+    parser.add_argument("--grid", default="full", choices=["full", "main"],
+                        help="full: beta in {0.04, 0} x mu in {1, 2}; main: beta 0.04, mu 1 only")  # fmt: skip
+    parser.add_argument(
+        "--rollouts", type=int, default=None, help="measured rollouts per run (default: by model)"
+    )
+    parser.add_argument(
+        "--engine", default="fast", choices=["fast", "hf"], help="grpo_lightning's rollout engine"
+    )
+    parser.add_argument("--systems", default="trl,ours", help="comma list of trl, ours")
+    args = parser.parse_args()
+
+    models = list(MODELS) if args.workload == "all" else args.workload.split(",")
+    grid = GRID if args.grid == "full" else GRID[:1]
+    systems = args.systems.split(",")
+    threads = set_threads()
+    import transformers
+    import trl
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, trl {trl.__version__}; fp32, {threads} threads")  # fmt: skip
+    print("load average before:", os.getloadavg())
+    print("TRL settings:", json.dumps(TRL_SETTINGS))
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    for model in models:
+        for beta, mu in grid:
+            # Enough measured rollouts for a stable median, fewer for the slow real-vocabulary model.
+            rollouts = args.rollouts or (1 if model == "real-vocab" else 3)
+            case = replace(Case(model=model, beta=beta, num_iterations=mu), rollouts_measured=rollouts)
+            results: dict[str, list[dict[str, Any]]] = {"trl": [], "ours": []}
+            start = time.perf_counter()
+            for pair in range(args.pairs):
+                order = systems if pair % 2 == 0 else systems[::-1]
+                for system in order:
+                    results[system].append(run_worker(system, case, args.engine))
+            spec = MODELS[model]
+            vocab = spec.vocab_size or len(build_tokenizer(spec))
+            floor = step_floor(spec, vocab, prompts=case.prompts_per_step, generations=case.num_generations,
+                               prompt_length=prompt_length(case), completion_length=case.completion_length,
+                               beta=beta, num_iterations=mu)  # fmt: skip
+            named = {
+                ("trl" if s == "trl" else f"grpo_lightning[{args.engine}]"): summarize(results[s])
+                for s in systems
+            }
+            print_case(case, named, floor)
+            print(
+                f"({args.pairs} pairs in {time.perf_counter() - start:.0f} s; load average {os.getloadavg()})"
+            )
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

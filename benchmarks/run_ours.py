@@ -1,0 +1,139 @@
+"""Worker: run one benchmark case with grpo_lightning (GRPOModule in a Lightning Trainer), print one JSON line.
+
+Started in its own process by bench_vs_trl.py (so peak memory is this system's alone):
+    python benchmarks/run_ours.py '<case json>' [--engine fast|hf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import (
+    MODELS,
+    Case,
+    PhaseTimer,
+    build_model,
+    build_tokenizer,
+    digit_reward,
+    emit,
+    make_prompts,
+    peak_rss_mb,
+    set_threads,
+)
+
+
+def main(case: Case, engine_name: str) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    import grpo_lightning.update as update
+    from grpo_lightning.engines import FastRolloutEngine
+    from grpo_lightning.module import GRPOModule
+    from grpo_lightning.rollout import HFGenerateEngine
+
+    threads = set_threads()
+    torch.manual_seed(case.seed)
+    spec = MODELS[case.model]
+    tokenizer = build_tokenizer(spec)
+    model = build_model(spec, tokenizer, seed=case.seed)
+    rollouts = case.rollouts_warmup + case.rollouts_measured
+    prompts = make_prompts(case.prompts_per_step * rollouts, seed=case.seed)
+    loader = DataLoader(
+        prompts, batch_size=case.prompts_per_step, collate_fn=lambda rows: {"prompt": list(rows)}
+    )
+    timer = PhaseTimer()
+
+    def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        with timer.phase("rewards"):
+            return digit_reward(prompts, completions)
+
+    module = GRPOModule(
+        model=model,
+        tokenizer=tokenizer,
+        reward_funcs=[reward],
+        num_generations=case.num_generations,
+        max_completion_length=case.completion_length,
+        # EOS blocked until the last token: every completion is exactly completion_length tokens
+        generation_kwargs={"min_new_tokens": case.completion_length},
+        temperature=1.0,
+        beta=case.beta,
+        num_iterations=case.num_iterations,
+        learning_rate=case.learning_rate,
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        loss_type="dapo",
+        scale_rewards="group",
+        # The same optimizer as TRL's default: the fused AdamW kernel.
+        optimizer=lambda params: torch.optim.AdamW(params, lr=case.learning_rate, fused=True),
+        rollout_engine=FastRolloutEngine() if engine_name == "fast" else HFGenerateEngine(),
+        seed=case.seed,
+    )
+
+    # Phase timers around the module's own calls.
+    module.rollout_engine.generate = timer.wrap(module.rollout_engine.generate, "sampling")
+
+    def logp_label(model: Any, *args: Any, **kwargs: Any) -> str:
+        if torch.is_grad_enabled():
+            return "policy_logp"
+        return "ref_logp" if model is module.ref_model else "old_logp"
+
+    update.sequence_logprobs = timer.wrap(update.sequence_logprobs, logp_label)
+    module.manual_backward = timer.wrap(module.manual_backward, "backward")
+    timer.time_optimizer_steps()
+
+    marks: list[float] = []
+
+    class StepClock(L.Callback):
+        def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            marks.append(time.perf_counter())
+            if len(marks) == case.rollouts_warmup:
+                timer.reset()  # phases count only the measured steps
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=rollouts * case.num_iterations,  # counts optimizer steps
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[StepClock()],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+
+    seconds = marks[-1] - marks[case.rollouts_warmup - 1]
+    measured_steps = (len(marks) - case.rollouts_warmup) * case.num_iterations
+    emit(
+        {
+            "system": f"grpo_lightning[{engine_name}]",
+            "case": case.name,
+            "optimizer_steps": measured_steps,
+            "seconds": seconds,
+            "step_s": seconds / measured_steps,
+            "completion_tokens": case.rollouts_measured
+            * case.prompts_per_step
+            * case.num_generations
+            * case.completion_length,
+            "phases": dict(timer.seconds),
+            "peak_rss_mb": peak_rss_mb(),
+            "has_ref_model": module.ref_model is not None,
+            "threads": threads,
+        }
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case")
+    parser.add_argument("--engine", choices=["fast", "hf"], default="fast")
+    args = parser.parse_args()
+    main(Case.from_json(args.case), args.engine)

@@ -1,0 +1,123 @@
+"""Choosing the next token from a step's logits, exactly as ``generate`` does, plus its log-prob.
+
+The warpers (top-k, top-p, min-p) are transformers' own classes, so the distribution sampled from is
+the one ``generate`` samples from. The log-prob returned for each chosen token is the one the loss
+uses: ``log_softmax(logits / temperature)`` *before* any filtering (top-k/p, min_new_tokens), the
+quantity :func:`grpo_lightning.logprobs.sequence_logprobs` recomputes. It can therefore stand in for
+the old-policy log-probs without another forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig
+from transformers.generation.logits_process import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+# GenerationConfig fields this sampler reproduces; any other non-default field needs ``generate``.
+_SUPPORTED_FIELDS = frozenset(
+    {
+        "max_new_tokens",
+        "min_new_tokens",
+        "do_sample",
+        "use_cache",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "suppress_tokens",
+        "pad_token_id",
+        "eos_token_id",
+        "bos_token_id",
+        "transformers_version",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TokenSampler:
+    """One decoding step's token choice: ``generate``'s logits processors, then sampling or argmax."""
+
+    eos_token_ids: tuple[int, ...]
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float | None = None
+    min_new_tokens: int = 0
+    suppress_tokens: tuple[int, ...] = ()
+
+    @classmethod
+    def from_generation_config(cls, config: GenerationConfig, eos_token_ids: Sequence[int]) -> TokenSampler:
+        """The sampler for ``config``; a clear error for settings only ``generate`` implements."""
+        diff = config.to_diff_dict()
+        neutral = {"repetition_penalty": 1.0, "num_beams": 1, "num_return_sequences": 1}
+        unsupported = sorted(
+            k
+            for k, v in diff.items()
+            if k not in _SUPPORTED_FIELDS and not (k in neutral and neutral[k] == v)
+        )
+        if unsupported:
+            raise ValueError(
+                f"The fast rollout engine does not implement the generation setting(s) {unsupported}. Remove them "
+                "from the sampling settings (generation_kwargs / repetition_penalty), or use the default engine "
+                "(rollout_engine='hf'), which calls transformers' generate."
+            )
+        sample = bool(config.do_sample)
+        return cls(
+            eos_token_ids=tuple(int(i) for i in eos_token_ids),
+            do_sample=sample,
+            temperature=float(config.temperature) if sample and config.temperature is not None else 1.0,
+            top_k=int(config.top_k or 0) if sample else 0,
+            top_p=float(config.top_p) if sample and config.top_p is not None else 1.0,
+            min_p=float(config.min_p) if sample and config.min_p is not None else None,
+            min_new_tokens=int(config.min_new_tokens or 0),
+            suppress_tokens=tuple(int(i) for i in (config.suppress_tokens or ())),
+        )
+
+    def __call__(
+        self, logits: Tensor, step: int, logp_temperature: float | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Pick the next token of every row.
+
+        Args:
+            logits: [N, V] the model's next-token logits (any float dtype).
+            step: how many tokens were generated before this one (0 for the first).
+            logp_temperature: temperature of the returned log-probs (default: the sampling temperature;
+                greedy decoding has none, so the caller may name the one its loss uses).
+
+        Returns:
+            ``tokens: [N]`` long and ``logp: [N]`` float32, ``log_softmax(logits / T)`` of each chosen
+            token before any filtering.
+        """
+        z = logits.float()
+        t_logp = self.temperature if logp_temperature is None else logp_temperature
+        scaled = z / t_logp if t_logp != 1.0 else z
+        # Same order as generate: length and suppression processors, then temperature and the warpers.
+        scores = z
+        if step < self.min_new_tokens and self.eos_token_ids:
+            scores = scores.index_fill(-1, _ids(self.eos_token_ids, z.device), float("-inf"))
+        if self.suppress_tokens:
+            scores = scores.index_fill(-1, _ids(self.suppress_tokens, z.device), float("-inf"))
+        if self.do_sample:
+            if self.temperature != 1.0:
+                scores = scores / self.temperature
+            if self.top_k:
+                scores = TopKLogitsWarper(top_k=self.top_k)(None, scores)
+            if self.top_p < 1.0:
+                scores = TopPLogitsWarper(top_p=self.top_p)(None, scores)
+            if self.min_p is not None:
+                scores = MinPLogitsWarper(min_p=self.min_p)(None, scores)
+            tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            tokens = scores.argmax(dim=-1)
+        # logp = z_tok - logsumexp(z): two passes over [N, V], no [N, V] log-softmax kept.
+        logp = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+        return tokens, logp
+
+
+def _ids(ids: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(ids, dtype=torch.long, device=device)

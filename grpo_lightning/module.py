@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -266,6 +267,14 @@ class GRPOModule(LightningModule):
                 "This checkpoint was written by a GRPOModule with another model configuration (model, lora, "
                 f"beta or sync_ref_model differ): {len(missing)} weights missing (e.g. {missing[:3]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). Resume with the settings it was saved with."
+            )
+
+    def on_fit_start(self) -> None:
+        n = self.trainer.log_every_n_steps
+        if n > 1 and self.trainer.loggers:
+            rank_zero_info(
+                f"GRPOModule logs once per training step (one rollout); Trainer(log_every_n_steps={n}) sends the "
+                f"metrics to the loggers every {n} rollouts. Set log_every_n_steps=1 to see every one."
             )
 
     # ---- optimizer -------------------------------------------------------------------------------

@@ -192,6 +192,8 @@ class TrainingStep:
     def run(self, batch: dict[str, Any]) -> dict[str, Any]:
         m = self.module
         step = m.trainer.global_step  # optimizer steps so far: fixes the seeds, so resume is exact
+        prompts = batch["input_ids"].shape[0] if "input_ids" in batch else len(batch["prompt"])
+        m.layout(prompts)  # settings that do not divide fail here, before any generation
         t0 = time.perf_counter()
         scored = self.collect(batch, step)
         advantages, stats = self.advantages(scored)

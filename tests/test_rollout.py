@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import torch
-from helpers import prompt_batch, tiny_model, tiny_tokenizer
+from helpers import (
+    one_thread,  # noqa: F401 (autouse fixture)
+    prompt_batch,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 from grpo_lightning.rollout import (
     HFGenerateEngine,

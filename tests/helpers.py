@@ -94,8 +94,18 @@ class PromptsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Resumable: a run resumed mid-epoch continues with the next batch, as an uninterrupted run would.
+        # On several devices (with Trainer(use_distributed_sampler=False)) rank r takes prompts r, r+W, ...:
+        # the i-th global batch then holds the same prompts as with one device.
+        trainer = self.trainer
+        prompts = self.prompts
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and not trainer._accelerator_connector.use_distributed_sampler
+        ):
+            prompts = prompts[trainer.global_rank :: trainer.world_size]
         return ResumableDataLoader(
-            self.prompts, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate
+            prompts, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate
         )
 
     def val_dataloader(self) -> DataLoader:

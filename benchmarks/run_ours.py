@@ -87,6 +87,7 @@ def main(case: Case, engine_name: str) -> None:
     update.sequence_logprobs = timer.wrap(update.sequence_logprobs, logp_label)
     module.manual_backward = timer.wrap(module.manual_backward, "backward")
     timer.time_optimizer_steps()
+    memory = timer.trace_memory() if os.environ.get("BENCH_MEMTRACE") else None
 
     marks: list[float] = []
 
@@ -127,6 +128,7 @@ def main(case: Case, engine_name: str) -> None:
             "peak_rss_mb": peak_rss_mb(),
             "has_ref_model": module.ref_model is not None,
             "threads": threads,
+            **({"peak_rss_mb_by_phase": dict(memory)} if memory is not None else {}),
         }
     )
 

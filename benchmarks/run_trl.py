@@ -111,6 +111,7 @@ def main(case: Case) -> None:
         )
         trainer.accelerator.backward = timer.wrap(trainer.accelerator.backward, "backward")
         timer.time_optimizer_steps()
+        memory = timer.trace_memory() if os.environ.get("BENCH_MEMTRACE") else None
 
         marks: list[float] = []
         warmup_steps = case.rollouts_warmup * case.num_iterations
@@ -138,6 +139,7 @@ def main(case: Case) -> None:
             "peak_rss_mb": peak_rss_mb(),
             "has_ref_model": ref_model is not None,
             "threads": threads,
+            **({"peak_rss_mb_by_phase": dict(memory)} if memory is not None else {}),
         }
     )
 

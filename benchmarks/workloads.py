@@ -12,6 +12,7 @@ import json
 import os
 import random
 import resource
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -191,6 +192,25 @@ class PhaseTimer:
 
     def reset(self) -> None:
         self.seconds.clear()
+
+    def trace_memory(self, interval_s: float = 0.005) -> dict[str, float]:
+        """Sample the resident set every ``interval_s`` from a thread; returns {phase: peak MB}, filled live.
+
+        For memory investigations only (BENCH_MEMTRACE=1): the thread costs a little time.
+        """
+        peaks: dict[str, float] = defaultdict(float)
+
+        def sample() -> None:
+            with open("/proc/self/statm") as statm:
+                while True:
+                    statm.seek(0)
+                    rss_mb = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+                    phase = self._active or "other"
+                    peaks[phase] = max(peaks[phase], rss_mb)
+                    time.sleep(interval_s)
+
+        threading.Thread(target=sample, daemon=True).start()
+        return peaks
 
 
 def set_threads() -> int:

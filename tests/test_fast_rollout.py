@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2_contingency, chisquare
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from grpo_lightning.engines import FastRollout, FastRolloutEngine
 from grpo_lightning.engines.decoders import lean_unsupported_reason
+from grpo_lightning.engines.sampling import sample_categorical
 from grpo_lightning.logprobs import sequence_logprobs
 from grpo_lightning.losses import grpo_loss
 from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
@@ -238,3 +242,79 @@ def test_settings_only_generate_implements_get_a_clear_error(tokenizer, prompts)
             run(FastRolloutEngine(), model, prompts, sampling)
     with pytest.raises(ValueError, match="decoder"):
         FastRolloutEngine(decoder="vllm")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("block", [8, 1024])
+def test_sample_categorical_draws_from_the_given_probabilities(block):
+    """Goodness of fit against exact probabilities (chi-square, alpha = 1e-3), unnormalised rows, zeros never drawn."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(2 * torch.randn(50, generator=gen, dtype=torch.float64), dim=-1)
+    probs[[3, 17, 49]] = 0.0  # zero-probability tokens, one of them last in the row
+    rows = (probs * 7.5).float().repeat(60_000, 1)  # scale: the sampler must not assume normalised rows
+    torch.manual_seed(1)
+    draws = sample_categorical(rows, block=block)
+    counts = draws.bincount(minlength=50).double()
+    assert counts[[3, 17, 49]].sum() == 0
+    seen = probs > 0
+    expected = probs[seen] / probs[seen].sum() * counts.sum()
+    assert chisquare(counts[seen].numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def _fsdp2_worker(rank: int, world: int, port: int, out: str, eos: list[int]) -> None:
+    """One rank: shard a tiny Qwen2 per layer (FSDP2, gloo) and decode its own prompt greedily."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        torch.set_num_threads(1)
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(tokenizer, arch="qwen2")
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        enc = tokenizer([PROMPTS[2 + rank]], return_tensors="pt")
+        greedy = SamplingConfig(max_completion_length=24, do_sample=False)
+        rollout = run(
+            FastRolloutEngine(), model, (enc.input_ids, enc.attention_mask), greedy, eos=eos, generations=2
+        )
+        torch.save(rollout.completion_ids, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_ranks_that_end_at_different_steps_stay_in_step(tokenizer, tmp_path):
+    """FSDP2 gathers weights with collectives in every forward: a rank whose rows all ended must keep
+    stepping until every rank is done (else a hang), and its tokens must still equal generate's."""
+    model = build_tiny_model(tokenizer, arch="qwen2")
+    greedy = SamplingConfig(max_completion_length=24, do_sample=False)
+
+    def reference(i, eos):
+        enc = tokenizer([PROMPTS[2 + i]], return_tensors="pt")
+        return run(
+            HFGenerateEngine(), model, (enc.input_ids, enc.attention_mask), greedy, eos=eos, generations=2
+        )
+
+    early, late = reference(0, (1,)).completion_ids[0], reference(1, (1,)).completion_ids[0]
+    stop = next(int(t) for t in early if t not in late)  # ends rank 0's rows early, never rank 1's
+    eos = [1, stop]
+    port = 29_500 + os.getpid() % 1000
+    ctx = torch.multiprocessing.start_processes(
+        _fsdp2_worker, args=(2, port, str(tmp_path / "ids"), eos), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the sharded ranks hung: decoding steps were not kept in step")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"ids.{rank}")
+        want = reference(rank, eos).completion_ids
+        assert got.shape[1] == 24, "every rank runs the same number of steps"
+        torch.testing.assert_close(got[:, : want.shape[1]], want, rtol=0, atol=0)
+        assert (got[:, want.shape[1] :] == 0).all()
+    assert reference(0, eos).completion_ids.shape[1] < 24  # rank 0 really ended early

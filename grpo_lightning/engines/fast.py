@@ -92,6 +92,10 @@ class FastRolloutEngine:
         # Greedy decoding has no sampling temperature; its log-probs use the loss's (SamplingConfig's) one.
         logp_temperature = sampling.temperature
         decoder = self._decoder(model, prompt_ids.shape[1] + max_new)
+        # Sharded (FSDP) weights are gathered by collectives inside every forward: all ranks must take
+        # the same number of steps, so "every row has ended" is agreed over ranks, as generate's
+        # synced_gpus does.
+        synced = _is_sharded(model)
         tokens: list[Tensor] = []
         logps: list[Tensor] = []
         with eval_mode(model), seeded(seed, device):
@@ -104,12 +108,13 @@ class FastRolloutEngine:
                 tokens.append(token)
                 logps.append(logp)
                 done = done | torch.isin(token, eos)
-                if step + 1 == max_new or ((step + 1) % check_every == 0 and bool(done.all())):
+                if step + 1 == max_new or ((step + 1) % check_every == 0 and _all_done(done, synced)):
                     break
                 logits = decoder.step(token)
         completion_ids = torch.stack(tokens, dim=1)
         mask, truncated, lengths = completion_masks(completion_ids, eos_token_ids, max_new, mask_truncated)
-        width = int(lengths.max()) if lengths.numel() else 0  # drop all-padding steps past the last EOS
+        # Drop all-padding steps past the last EOS (kept when synced: every rank then has the same width).
+        width = completion_ids.shape[1] if synced or not lengths.numel() else int(lengths.max())
         completion_ids, mask = completion_ids[:, :width], mask[:, :width]
         sampling_logp = torch.stack(logps, dim=1)[:, :width] * mask
         return FastRollout(
@@ -121,3 +126,19 @@ class FastRolloutEngine:
             lengths,
             sampling_logp=sampling_logp,
         )
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` holds FSDP-sharded (DTensor) parameters in an initialised process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def _all_done(done: Tensor, synced: bool) -> bool:
+    """Every row has ended, on this rank or (``synced``) on every rank: one host sync, plus an all-reduce."""
+    if not synced:
+        return bool(done.all())
+    pending = (~done).any().to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(pending, op=torch.distributed.ReduceOp.MAX)
+    return not bool(pending.item())

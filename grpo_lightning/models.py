@@ -178,20 +178,25 @@ def is_peft_model(model: nn.Module) -> bool:
 
 
 def create_reference(policy: nn.Module) -> nn.Module:
-    """A frozen in-memory copy of ``policy`` (eval mode, no gradients), for the KL penalty."""
+    """A frozen in-memory copy of ``policy`` (no gradients), for the KL penalty.
+
+    It keeps the policy's train/eval mode (Lightning warns about modules left in eval mode);
+    :func:`reference_context` switches it to eval mode while it is used.
+    """
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
-    ref.eval()
     return ref
 
 
 @contextmanager
 def reference_context(policy: nn.Module, ref: nn.Module | None) -> Iterator[nn.Module]:
-    """Yield the model that computes reference log-probs: ``ref``, or ``policy`` with its adapter off."""
+    """Yield the model that computes reference log-probs, in eval mode: ``ref``, or ``policy`` with its
+    adapter off."""
     if ref is not None:
-        yield ref
+        with eval_mode(ref):
+            yield ref
     elif is_peft_model(policy):
-        with policy.disable_adapter():
+        with policy.disable_adapter(), eval_mode(policy):
             yield policy
     else:
         raise RuntimeError(
@@ -221,21 +226,42 @@ def mix_reference(ref: nn.Module, policy: nn.Module, alpha: float) -> None:
         target.lerp_(p.detach().to(target.dtype), alpha)
 
 
+def _is_sharded(model: nn.Module) -> bool:
+    return any(hasattr(p, "full_tensor") for p in model.parameters())  # DTensor parameters: FSDP2
+
+
 def save_pretrained(
     policy: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, merge_lora: bool = False
 ) -> Path:
     """Write the policy and tokenizer in ``save_pretrained`` format; returns the folder.
 
     A LoRA policy is saved as its adapter, or with ``merge_lora=True`` as a plain model with the
-    adapter merged into the weights (on a copy: the policy being trained stays as it is).
+    adapter merged into the weights (on a copy: the policy being trained stays as it is). A model
+    sharded with FSDP2 is gathered first, so call this on every rank; only rank 0 writes.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model = policy
-    if is_peft_model(policy) and merge_lora:
-        model = copy.deepcopy(policy).merge_and_unload()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    writer = not distributed or torch.distributed.get_rank() == 0
+    if _is_sharded(policy):
+        if merge_lora:
+            raise ValueError(
+                "merge_lora=True is not supported for a sharded (FSDP) policy: save the adapter "
+                "(merge_lora=False) and merge it after loading on one device."
+            )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # A collective: every rank takes part; the full tensors land on rank 0's CPU.
+        state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if writer:
+            path.mkdir(parents=True, exist_ok=True)
+            policy.save_pretrained(path, state_dict=state)
+            tokenizer.save_pretrained(path)
+        return path
+    if writer:  # under DDP every rank holds the same weights
+        path.mkdir(parents=True, exist_ok=True)
+        model = copy.deepcopy(policy).merge_and_unload() if is_peft_model(policy) and merge_lora else policy
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
     return path
 
 

@@ -1,7 +1,8 @@
-"""Trains the DDP-equivalence setting; run as a script by test_ddp.py (``python ddp_worker.py OUT DEVICES``).
+"""Trains the multi-device equivalence setting; run as a script by test_ddp.py
+(``python ddp_worker.py OUT ddp|fsdp2``).
 
-With 2 devices Lightning's "ddp" strategy re-launches this script for rank 1 (gloo on CPU); rank 0
-saves the final policy weights to OUT.
+Lightning re-launches this script for rank 1 (gloo on CPU); rank 0 saves the final policy weights
+and the validation metrics to OUT.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from helpers import (
     tiny_tokenizer,
     weights,
 )
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 GLOBAL_PROMPTS = 4  # per training step, over all devices
 SETTINGS = {
@@ -34,29 +36,42 @@ SETTINGS = {
 }
 
 
-def train(devices: int) -> dict[str, torch.Tensor]:
-    """Two training steps on the same global batches, whatever the number of devices."""
+def train(
+    strategy: str = "single", export: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Two training steps on the same global batches, then validation (and ``save_pretrained`` to
+    ``export``); returns the policy weights and the validation metrics. ``strategy``: "single" (one
+    process), "ddp" or "fsdp2" (two processes)."""
     torch.set_num_threads(1)
+    devices = 1 if strategy == "single" else 2
     tok = tiny_tokenizer()
     # Completions depend on the prompt only, so 1 and 2 devices sample the same ones.
     module = make_module(tok, rollout_engine=PerPromptEngine(), **SETTINGS)
     k = SETTINGS["num_iterations"]
+    strategies = {
+        "single": "auto",
+        "ddp": "ddp",
+        # FSDP2: GRPOModule.configure_model shards each decoder layer and the root over the mesh.
+        "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+    }
     trainer = make_trainer(
         max_steps=2 * k,
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategies[strategy],
         use_distributed_sampler=False,
+        limit_val_batches=1.0,
     )
-    trainer.fit(
-        module, datamodule=PromptsDataModule(tok, prompts=PROMPTS, batch_size=GLOBAL_PROMPTS // devices)
-    )
-    if trainer.global_rank == 0:
-        assert trainer.world_size == devices and trainer.global_step == 2 * k
-    return weights(module)
+    dm = PromptsDataModule(tok, prompts=PROMPTS, batch_size=GLOBAL_PROMPTS // devices)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.world_size == devices and trainer.global_step == 2 * k
+    (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
+    if export is not None:
+        module.save_pretrained(export)  # every rank calls it (FSDP2 gathers the shards); rank 0 writes
+    return weights(module), metrics
 
 
 if __name__ == "__main__":
-    out, devices = sys.argv[1], int(sys.argv[2])
-    result = train(devices)
+    out, strategy = sys.argv[1], sys.argv[2]
+    result = train(strategy, export=out + ".export")
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         torch.save(result, out)

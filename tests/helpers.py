@@ -171,7 +171,11 @@ def make_trainer(max_steps: int = 2, **overrides: Any) -> pl.Trainer:
 
 
 def weights(module: GRPOModule) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
+    """A copy of the policy's weights (gathered in full when FSDP2 shards them)."""
+    state = module.policy.state_dict()
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()
+    }
 
 
 class PerPromptEngine(HFGenerateEngine):

@@ -1,4 +1,5 @@
-"""DDP on CPU: two processes (gloo) update the weights exactly as one process on the same global batch.
+"""DDP and FSDP2 on CPU: two processes (gloo) update the weights exactly as one process on the same
+global batch, and validate alike.
 
 Rewards are gathered and advantages computed over both ranks, the loss normaliser is all-reduced,
 micro-batches accumulate without gradient sync, and DDP's gradient mean is undone by the module.
@@ -15,24 +16,32 @@ import pytest
 import torch
 from ddp_worker import train
 from helpers import make_module, weights
+from transformers import AutoModelForCausalLM
 
 HERE = Path(__file__).parent
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one_process(tmp_path, strategy):
     out = tmp_path / "ddp_weights.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     done = subprocess.run(
-        [sys.executable, str(HERE / "ddp_worker.py"), str(out), "2"],
+        [sys.executable, str(HERE / "ddp_worker.py"), str(out), strategy],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    ddp = torch.load(out)
-    single = train(devices=1)
+    sharded, sharded_metrics = torch.load(out)
+    single, single_metrics = train("single")
     start = weights(make_module())
     assert any(not torch.equal(single[k], v) for k, v in start.items())  # training moved the weights
     for key, value in single.items():
-        torch.testing.assert_close(ddp[key], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(sharded[key], value, atol=1e-6, rtol=1e-5)
+    assert sharded_metrics.keys() == single_metrics.keys()
+    for key, value in single_metrics.items():
+        assert sharded_metrics[key] == pytest.approx(value, abs=1e-6), key
+    exported = AutoModelForCausalLM.from_pretrained(f"{out}.export").state_dict()
+    for key, value in single.items():
+        torch.testing.assert_close(exported[key], value, atol=1e-6, rtol=1e-5)

@@ -76,12 +76,14 @@ def test_eos_ids_merge_the_generation_config_list_and_the_tokenizer():
 def test_reference_is_a_frozen_independent_copy():
     policy = tiny_model()
     ref = create_reference(policy)
-    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
+    assert not any(p.requires_grad for p in ref.parameters())
     with torch.no_grad():
         next(policy.parameters()).add_(1.0)
     assert not torch.equal(next(policy.parameters()), next(ref.parameters()))
+    ref.train()
     with reference_context(policy, ref) as model:
-        assert model is ref
+        assert model is ref and not ref.training  # used in eval mode...
+    assert ref.training  # ...and given back as it was
 
 
 def test_lora_reference_is_the_base_model_with_the_adapter_off():

@@ -226,8 +226,9 @@ def mix_reference(ref: nn.Module, policy: nn.Module, alpha: float) -> None:
         target.lerp_(p.detach().to(target.dtype), alpha)
 
 
-def _is_sharded(model: nn.Module) -> bool:
-    return any(hasattr(p, "full_tensor") for p in model.parameters())  # DTensor parameters: FSDP2
+def is_sharded(model: nn.Module) -> bool:
+    """True when the parameters are DTensors (FSDP2): every forward then runs collectives."""
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
 
 
 def save_pretrained(
@@ -242,7 +243,7 @@ def save_pretrained(
     path = Path(path)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     writer = not distributed or torch.distributed.get_rank() == 0
-    if _is_sharded(policy):
+    if is_sharded(policy):
         if merge_lora:
             raise ValueError(
                 "merge_lora=True is not supported for a sharded (FSDP) policy: save the adapter "

@@ -224,6 +224,8 @@ class GRPOModule(LightningModule):
             return
         h = self.hparams
         policy = self.policy if self.policy is not None else load_policy(self._model_spec, h.model_kwargs)
+        # from_pretrained returns eval mode; HF skips gradient checkpointing outside train mode.
+        policy.train()
         if h.disable_dropout:
             disable_dropout(policy)
         if h.gradient_checkpointing:

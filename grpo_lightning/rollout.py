@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import GenerationConfig
 
-from grpo_lightning.models import eval_mode
+from grpo_lightning.models import eval_mode, is_sharded
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,9 @@ class RolloutEngine(Protocol):
 class HFGenerateEngine:
     """The default engine: one batched ``model.generate`` call over all ``P * G`` rows.
 
-    ``synced_gpus`` is left to transformers, which turns it on for sharded (FSDP) models so every
-    rank keeps stepping until all ranks are done.
+    A sharded (FSDP2) model gathers its weights with collectives in every forward, so all ranks
+    must take the same number of decoding steps: ``synced_gpus`` keeps every rank stepping until
+    all of them are done (transformers does not recognise ``fully_shard`` modules by itself).
     """
 
     @torch.no_grad()
@@ -241,8 +243,13 @@ class HFGenerateEngine:
         prompt_ids = prompt_ids.repeat_interleave(num_generations, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
         config = sampling.generation_config(eos_token_ids, pad_token_id)
+        synced = (
+            is_sharded(model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        )
         with eval_mode(model), seeded(seed, prompt_ids.device):
-            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+            out = model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, synced_gpus=synced
+            )
         completion_ids = out[:, prompt_ids.shape[1] :]
         mask, truncated, lengths = completion_masks(
             completion_ids, eos_token_ids, sampling.max_completion_length, mask_truncated

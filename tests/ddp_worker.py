@@ -18,6 +18,7 @@ from helpers import (
     PromptsDataModule,
     make_module,
     make_trainer,
+    tiny_model,
     tiny_tokenizer,
     weights,
 )
@@ -45,8 +46,11 @@ def train(
     torch.set_num_threads(1)
     devices = 1 if strategy == "single" else 2
     tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    with torch.no_grad():  # make EOS likely: completion lengths then differ between prompts and ranks
+        model.get_output_embeddings().weight[tok.eos_token_id] *= 40
     # Completions depend on the prompt only, so 1 and 2 devices sample the same ones.
-    module = make_module(tok, rollout_engine=PerPromptEngine(), **SETTINGS)
+    module = make_module(tok, model=model, rollout_engine=PerPromptEngine(), **SETTINGS)
     k = SETTINGS["num_iterations"]
     strategies = {
         "single": "auto",

@@ -30,12 +30,12 @@ def test_two_processes_match_one_process(tmp_path, strategy):
         env.pop(var, None)
     done = subprocess.run(
         [sys.executable, str(HERE / "ddp_worker.py"), str(out), strategy],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     sharded, sharded_metrics = torch.load(out)
     single, single_metrics = train("single")
-    start = weights(make_module())
+    start = weights(make_module())  # the same random initialisation (the EOS row aside)
     assert any(not torch.equal(single[k], v) for k, v in start.items())  # training moved the weights
     for key, value in single.items():
         torch.testing.assert_close(sharded[key], value, atol=1e-6, rtol=1e-5)

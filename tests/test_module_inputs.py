@@ -9,6 +9,7 @@ from helpers import (
     make_module,
     make_trainer,
     one_thread,  # noqa: F401 (autouse fixture)
+    tiny_model,
     tiny_tokenizer,
 )
 from lightning.pytorch import Callback, LightningDataModule
@@ -136,3 +137,16 @@ def test_save_pretrained_exports_policy_and_tokenizer(tmp_path):
     torch.testing.assert_close(loaded(x).logits, module.policy(x).logits)
     reloaded = GRPOModule(path, reward_funcs=[code_sum_unless_flat])  # tokenizer found next to the model
     assert reloaded.tokenizer.pad_token_id == tok.pad_token_id and reloaded.tokenizer.padding_side == "left"
+
+
+def test_a_model_loaded_by_path_trains_in_train_mode_with_checkpointing(tmp_path):
+    tok = tiny_tokenizer()
+    tiny_model(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    module = GRPOModule(str(tmp_path), reward_funcs=[code_sum_unless_flat], gradient_checkpointing=True)
+    module.configure_model()
+    assert module.policy.training  # from_pretrained returns eval mode, where HF skips checkpointing
+    assert module.policy.is_activation_checkpointing
+    policy = module.policy
+    module.configure_model()  # idempotent: nothing is rebuilt or wrapped twice
+    assert module.policy is policy

@@ -39,6 +39,7 @@ from grpo_lightning.models import (
     disable_dropout,
     enable_gradient_checkpointing,
     eos_token_ids,
+    is_sharded,
     load_policy,
     load_tokenizer,
     save_pretrained,
@@ -245,9 +246,15 @@ class GRPOModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen reference out of the checkpoint unless ref sync changes it: it is rebuilt
-        from ``model`` on load. Only for plain state dicts (single device, DDP)."""
+        from ``model`` on load. Only for plain state dicts (single device, DDP), not sharded ones."""
         state = checkpoint.get("state_dict")
-        if self.ref_model is None or self.hparams.sync_ref_model or not isinstance(state, dict):
+        # A sharded (FSDP2) checkpoint is loaded straight into the module's own state dict: keep it whole.
+        if (
+            self.ref_model is None
+            or self.hparams.sync_ref_model
+            or not isinstance(state, dict)
+            or is_sharded(self.ref_model)
+        ):
             return
         for key in [k for k in state if k.startswith("ref_model.")]:
             del state[key]

@@ -21,18 +21,24 @@ from transformers import AutoModelForCausalLM
 HERE = Path(__file__).parent
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_processes_match_one_process(tmp_path, strategy):
-    out = tmp_path / "ddp_weights.pt"
+def _run_worker(tmp_path: Path, mode: str) -> Path:
+    """Run ddp_worker.py with 2 processes; returns the file rank 0 wrote."""
+    out = tmp_path / "result.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     done = subprocess.run(
-        [sys.executable, str(HERE / "ddp_worker.py"), str(out), strategy],
+        [sys.executable, str(HERE / "ddp_worker.py"), str(out), mode],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one_process(tmp_path, strategy):
+    out = _run_worker(tmp_path, strategy)
     sharded, sharded_metrics = torch.load(out)
     single, single_metrics = train("single")
     start = weights(make_module())  # the same random initialisation (the EOS row aside)
@@ -45,3 +51,10 @@ def test_two_processes_match_one_process(tmp_path, strategy):
     exported = AutoModelForCausalLM.from_pretrained(f"{out}.export").state_dict()
     for key, value in single.items():
         torch.testing.assert_close(exported[key], value, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp2_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
+    full, resumed = torch.load(_run_worker(tmp_path, "fsdp2-resume"))
+    for key, value in full.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from grpo_lightning.rollout import rollout_seed
-from grpo_lightning.training import ScoredRollout, sample_and_score
+from grpo_lightning.scoring import ScoredRollout, sample_and_score
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule

@@ -237,6 +237,11 @@ class GRPOModule(LightningModule):
         if self._lora is not None:
             policy = apply_lora(policy, self._lora)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 sharding per decoder layer
+            names = self.device_mesh.mesh_dim_names or ()
+            if "tensor_parallel" in names and self.device_mesh["tensor_parallel"].size() > 1:
+                raise ValueError(
+                    "GRPOModule shards with FSDP2 only: set ModelParallelStrategy(tensor_parallel_size=1)."
+                )
             shard_fsdp2(policy, self.device_mesh)
             if ref is not None:
                 shard_fsdp2(ref, self.device_mesh)

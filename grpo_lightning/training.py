@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,141 +18,12 @@ from torch import Tensor
 from grpo_lightning.advantages import compute_advantages, group_stats
 from grpo_lightning.losses import aggregation_count, grpo_loss
 from grpo_lightning.models import reference_context
-from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts, rollout_seed
-from grpo_lightning.scoring import EXTRA_COLUMNS, RewardScorer, repeat_columns
+from grpo_lightning.rollout import rollout_seed
+from grpo_lightning.scoring import ScoredRollout, concat_scored, sample_and_score
 from grpo_lightning.update import StepMetrics, UpdateBatch, full_logprobs, micro_logprobs
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule
-
-PROMPT_KEYS = ("prompt", "input_ids", "attention_mask")
-
-
-@dataclass
-class ScoredRollout:
-    """A rollout with its texts and rewards; N rows, G per prompt."""
-
-    rollout: Rollout
-    prompts: list[str]
-    """[N] prompt text of each row."""
-    completions: list[str]
-    """[N] decoded completions (up to the first EOS, special tokens dropped)."""
-    per_func: Tensor
-    """[N, K] reward of each function (NaN = not applicable), CPU float32."""
-    total: Tensor
-    """[N] weighted total reward, CPU float32."""
-    columns: dict[str, Any]
-    """The columns the rewards saw (dataset columns repeated per row, plus the extras)."""
-
-    def select(self, rows: Tensor) -> ScoredRollout:
-        idx = rows.tolist()
-        return ScoredRollout(
-            self.rollout.select(rows.to(self.rollout.completion_ids.device)),
-            [self.prompts[i] for i in idx],
-            [self.completions[i] for i in idx],
-            self.per_func[rows],
-            self.total[rows],
-            {k: _take(v, idx) for k, v in self.columns.items()},
-        )
-
-
-def _take(value: Any, idx: list[int]) -> Any:
-    """Rows ``idx`` of a per-row column (list or tensor); other values (scalars) unchanged."""
-    if isinstance(value, Tensor) and value.dim() > 0:
-        return value[torch.as_tensor(idx, device=value.device)]
-    if isinstance(value, (list, tuple)):
-        return [value[i] for i in idx]
-    return value
-
-
-def prompt_batch(module: GRPOModule, batch: dict[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
-    """``input_ids, attention_mask: [P, L]`` and the P prompt texts of a batch.
-
-    A batch without ``input_ids`` is tokenized from ``prompt`` with the module's tokenizer; one
-    without ``prompt`` is decoded from ``input_ids``.
-    """
-    tok = module.tokenizer
-    if "input_ids" not in batch:
-        if "prompt" not in batch:
-            raise KeyError(f"A batch needs 'prompt' (texts) or 'input_ids'; got keys {sorted(batch)}.")
-        enc = tok(list(batch["prompt"]), return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, mask = enc["input_ids"].to(module.device), enc["attention_mask"].to(module.device)
-    else:
-        ids = batch["input_ids"]
-        mask = batch.get("attention_mask", torch.ones_like(ids))
-    texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
-    limit = getattr(getattr(module.policy, "config", None), "max_position_embeddings", None)
-    need = int(mask.sum(dim=1).max()) + module.sampling.max_completion_length
-    if limit is not None and need > limit:
-        raise ValueError(
-            f"A prompt of {int(mask.sum(dim=1).max())} tokens plus max_completion_length="
-            f"{module.sampling.max_completion_length} exceeds the model's context of {limit} tokens. Shorten the "
-            "prompts (the DataModule's max_prompt_length) or lower max_completion_length."
-        )
-    return ids, mask, texts
-
-
-def sample_and_score(
-    module: GRPOModule,
-    batch: dict[str, Any],
-    *,
-    num_generations: int,
-    sampling: SamplingConfig,
-    seed: int,
-    scorer: RewardScorer,
-    mask_truncated: bool = False,
-) -> ScoredRollout:
-    """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
-    ids, mask, texts = prompt_batch(module, batch)
-    rollout = module.rollout_engine.generate(
-        module.policy,
-        ids,
-        mask,
-        num_generations=num_generations,
-        sampling=sampling,
-        eos_token_ids=module.eos_token_ids,
-        pad_token_id=module.tokenizer.pad_token_id,
-        seed=seed,
-        mask_truncated=mask_truncated,
-    )
-    lengths = rollout.lengths.tolist()  # host sync: decoding needs the ids on the CPU anyway
-    token_lists = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), lengths, strict=True)]
-    completions = module.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
-    prompts = [t for t in texts for _ in range(num_generations)]
-    columns = repeat_columns(batch, num_generations, skip=PROMPT_KEYS)
-    clash = sorted(set(columns) & set(EXTRA_COLUMNS))
-    if clash:
-        raise ValueError(
-            f"Dataset columns {clash} clash with columns the module passes to rewards; rename them."
-        )
-    columns.update(
-        completion_ids=token_lists,
-        completion_lengths=lengths,
-        truncated=rollout.truncated.tolist(),
-        max_completion_length=sampling.max_completion_length,
-    )
-    per_func = scorer.score(prompts, completions, columns)
-    return ScoredRollout(rollout, prompts, completions, per_func, scorer.combine(per_func), columns)
-
-
-def _concat(parts: list[ScoredRollout], pad_token_id: int) -> ScoredRollout:
-    return ScoredRollout(
-        concat_rollouts([p.rollout for p in parts], pad_token_id),
-        [t for p in parts for t in p.prompts],
-        [t for p in parts for t in p.completions],
-        torch.cat([p.per_func for p in parts]),
-        torch.cat([p.total for p in parts]),
-        {k: _join([p.columns[k] for p in parts]) for k in parts[0].columns},
-    )
-
-
-def _join(values: list[Any]) -> Any:
-    """Concatenate one column of several rollouts (lists or tensors; scalars are taken from the first)."""
-    if isinstance(values[0], Tensor) and values[0].dim() > 0:
-        return torch.cat(values)
-    if isinstance(values[0], (list, tuple)):
-        return [v for part in values for v in part]
-    return values[0]
 
 
 @contextmanager
@@ -235,7 +105,7 @@ class TrainingStep:
             if extra is None:
                 break
             parts.append(sample(extra, round_))
-        merged = _concat(parts, m.tokenizer.pad_token_id)
+        merged = concat_scored(parts, m.tokenizer.pad_token_id)
         zero = group_stats(merged.total, G).zero_std
         order = torch.cat([(~zero).nonzero().flatten(), zero.nonzero().flatten()])[:groups]
         rows = (order.unsqueeze(1) * G + torch.arange(G)).flatten()

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.training import sample_and_score
+from grpo_lightning.scoring import sample_and_score
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,13 @@ from helpers import (
     make_module,
     make_trainer,
     one_thread,  # noqa: F401 (autouse fixture)
+    tiny_model,
     tiny_tokenizer,
     weights,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from grpo_lightning.module import GRPOModule
 
 SETTINGS = {
     # K = 4 optimizer steps per training step: shuffled mini-batches, pi_old, a reference model.
@@ -66,3 +69,23 @@ def test_a_checkpoint_of_another_configuration_is_refused_clearly(tmp_path):
     trainer.save_checkpoint(tmp_path / "lora.ckpt")
     with pytest.raises(ValueError, match="another model configuration"):
         _fit(tmp_path / "other", {}, max_steps=2, ckpt_path=str(tmp_path / "lora.ckpt"))
+
+
+def test_load_from_checkpoint_rebuilds_a_module_saved_with_plain_settings(tmp_path):
+    tok = tiny_tokenizer()
+    tiny_model(tok).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    # Everything by name (a path, registered rewards): the hyper-parameters alone rebuild the module.
+    module = GRPOModule(
+        str(tmp_path / "base"), reward_funcs=["format_reward"], num_generations=4, max_completion_length=8,
+        beta=0.1, learning_rate=1e-2, warmup_steps=0,
+    )  # fmt: skip
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(module, datamodule=PromptsDataModule(tok))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    loaded = GRPOModule.load_from_checkpoint(tmp_path / "run.ckpt")
+    assert loaded.hparams.beta == 0.1 and loaded.scorer.names == ["format_reward"]
+    for key, value in weights(module).items():
+        torch.testing.assert_close(weights(loaded)[key], value, rtol=0, atol=0)
+    for key, value in module.ref_model.state_dict().items():  # rebuilt from the path: the start weights
+        torch.testing.assert_close(loaded.ref_model.state_dict()[key], value, rtol=0, atol=0)

@@ -14,8 +14,14 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.scoring import RewardError, RewardScorer, combine_rewards, repeat_columns, reward_name
-from grpo_lightning.training import sample_and_score
+from grpo_lightning.scoring import (
+    RewardError,
+    RewardScorer,
+    combine_rewards,
+    repeat_columns,
+    reward_name,
+    sample_and_score,
+)
 
 PROMPTS = ["p0", "p0", "p1", "p1"]
 COMPLETIONS = ["a", "bb", "ccc", "dddd"]

@@ -35,12 +35,12 @@ GRID = [(0.04, 1), (0.0, 1), (0.04, 2), (0.0, 2)]
 PHASES = ["sampling", "old_logp", "ref_logp", "policy_logp", "backward", "optimizer", "rewards", "other"]
 
 
-def run_worker(system: str, case: Case, engine: str) -> dict[str, Any]:
-    """One subprocess; returns its BENCH_RESULT line (raises with its stderr tail if it failed)."""
+def run_worker(system: str, case: Case) -> dict[str, Any]:
+    """One subprocess (``trl`` or a grpo_lightning variant); returns its BENCH_RESULT line."""
     script = "run_trl.py" if system == "trl" else "run_ours.py"
     cmd = [sys.executable, os.path.join(HERE, script), case.to_json()]
     if system != "trl":
-        cmd += ["--engine", engine]
+        cmd += ["--variant", system]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     )
@@ -121,9 +121,11 @@ def main() -> None:
         "--rollouts", type=int, default=None, help="measured rollouts per run (default: by model)"
     )
     parser.add_argument(
-        "--engine", default="fast", choices=["fast", "hf"], help="grpo_lightning's rollout engine"
+        "--systems",
+        default="trl,fast",
+        help="comma list of: trl; fast / hf (grpo_lightning with that rollout engine); fast+proposed (fast, "
+        "plus the shared-prefix log-probs and old log-probs from the rollout, patched in)",
     )
-    parser.add_argument("--systems", default="trl,ours", help="comma list of trl, ours")
     args = parser.parse_args()
 
     models = list(MODELS) if args.workload == "all" else args.workload.split(",")
@@ -143,20 +145,19 @@ def main() -> None:
             # Enough measured rollouts for a stable median, fewer for the slow real-vocabulary model.
             rollouts = args.rollouts or (1 if model == "real-vocab" else 3)
             case = replace(Case(model=model, beta=beta, num_iterations=mu), rollouts_measured=rollouts)
-            results: dict[str, list[dict[str, Any]]] = {"trl": [], "ours": []}
+            results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
             start = time.perf_counter()
             for pair in range(args.pairs):
                 order = systems if pair % 2 == 0 else systems[::-1]
                 for system in order:
-                    results[system].append(run_worker(system, case, args.engine))
+                    results[system].append(run_worker(system, case))
             spec = MODELS[model]
             vocab = spec.vocab_size or len(build_tokenizer(spec))
             floor = step_floor(spec, vocab, prompts=case.prompts_per_step, generations=case.num_generations,
                                prompt_length=prompt_length(case), completion_length=case.completion_length,
                                beta=beta, num_iterations=mu)  # fmt: skip
             named = {
-                ("trl" if s == "trl" else f"grpo_lightning[{args.engine}]"): summarize(results[s])
-                for s in systems
+                ("trl" if s == "trl" else f"grpo_lightning[{s}]"): summarize(results[s]) for s in systems
             }
             print_case(case, named, floor)
             print(

@@ -1,7 +1,7 @@
 """Worker: run one benchmark case with grpo_lightning (GRPOModule in a Lightning Trainer), print one JSON line.
 
 Started in its own process by bench_vs_trl.py (so peak memory is this system's alone):
-    python benchmarks/run_ours.py '<case json>' [--engine fast|hf]
+    python benchmarks/run_ours.py '<case json>' [--variant fast|hf|fast+proposed]
 """
 
 from __future__ import annotations
@@ -29,7 +29,35 @@ from workloads import (
 )
 
 
-def main(case: Case, engine_name: str) -> None:
+def apply_proposed_changes(module: Any) -> None:
+    """Patch in two changes proposed for grpo_lightning's update loop, to measure them before they land.
+
+    1. Log-prob passes through ``shared_prefix_logprobs`` (each distinct prompt computed once).
+    2. The old-policy log-probs taken from the rollout's sampling log-probs instead of a forward pass.
+    """
+    import grpo_lightning.training as training
+    import grpo_lightning.update as update
+    from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
+
+    update.sequence_logprobs = shared_prefix_logprobs
+    last: dict[str, Any] = {}
+    generate, full_logprobs = module.rollout_engine.generate, training.full_logprobs
+
+    def keep_rollout(*args: Any, **kwargs: Any) -> Any:
+        last["rollout"] = generate(*args, **kwargs)
+        return last["rollout"]
+
+    def old_from_rollout(model: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        sampled = getattr(last.get("rollout"), "sampling_logp", None)
+        if model is module.policy and sampled is not None and sampled.shape == batch.completion_mask.shape:
+            return sampled
+        return full_logprobs(model, batch, *args, **kwargs)
+
+    module.rollout_engine.generate = keep_rollout
+    training.full_logprobs = old_from_rollout
+
+
+def main(case: Case, variant: str) -> None:
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -72,10 +100,12 @@ def main(case: Case, engine_name: str) -> None:
         scale_rewards="group",
         # The same optimizer as TRL's default: the fused AdamW kernel.
         optimizer=lambda params: torch.optim.AdamW(params, lr=case.learning_rate, fused=True),
-        rollout_engine=FastRolloutEngine() if engine_name == "fast" else HFGenerateEngine(),
+        rollout_engine=HFGenerateEngine() if variant == "hf" else FastRolloutEngine(),
         seed=case.seed,
     )
 
+    if variant == "fast+proposed":
+        apply_proposed_changes(module)
     # Phase timers around the module's own calls.
     module.rollout_engine.generate = timer.wrap(module.rollout_engine.generate, "sampling")
 
@@ -115,7 +145,7 @@ def main(case: Case, engine_name: str) -> None:
     measured_steps = (len(marks) - case.rollouts_warmup) * case.num_iterations
     emit(
         {
-            "system": f"grpo_lightning[{engine_name}]",
+            "system": f"grpo_lightning[{variant}]",
             "case": case.name,
             "optimizer_steps": measured_steps,
             "seconds": seconds,
@@ -136,6 +166,6 @@ def main(case: Case, engine_name: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("case")
-    parser.add_argument("--engine", choices=["fast", "hf"], default="fast")
+    parser.add_argument("--variant", choices=["fast", "hf", "fast+proposed"], default="fast")
     args = parser.parse_args()
-    main(Case.from_json(args.case), args.engine)
+    main(Case.from_json(args.case), args.variant)

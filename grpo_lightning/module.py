@@ -113,8 +113,14 @@ class GRPOModule(LightningModule):
         ``val/pass@<k>`` (k = ``val_num_samples`` > 1 sampled completions), ``val/reward``,
         ``val/completions/mean_length``. The test loop logs the same under ``test/``.
 
-    Logging: log_completions_every_n_steps (0 = never) prints sample completions and logs them as
-        a table (wandb / TensorBoard), ``num_completions_to_log`` at a time.
+    Logging: every metric is logged once per training step (one rollout), so use
+        ``Trainer(log_every_n_steps=1)``. log_completions_every_n_steps (optimizer steps; 0 = never)
+        prints sample completions and logs them as a table (wandb / TensorBoard),
+        ``num_completions_to_log`` at a time.
+
+    Counting: ``max_steps`` and ``ModelCheckpoint(every_n_train_steps=...)`` count optimizer steps
+        (pick a multiple of ``num_iterations * steps_per_rollout``); ``val_check_interval`` and
+        ``limit_train_batches`` count training steps (rollouts).
 
     seed: base of the per-rank, per-step sampling seeds (default: the ``seed_everything`` seed).
     """

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,6 +31,8 @@ from run_trl import TRL_SETTINGS  # noqa: E402
 from workloads import MODELS, Case, build_tokenizer, make_prompts, set_threads  # noqa: E402
 
 GRID = [(0.04, 1), (0.0, 1), (0.04, 2), (0.0, 2)]
+# The real-vocabulary model is slow (a minute per step): both betas and both mu, in two cases.
+FULL_GRID = {"3m": GRID, "23m": GRID, "real-vocab": [(0.04, 1), (0.0, 2)]}
 PHASES = ["sampling", "old_logp", "ref_logp", "policy_logp", "backward", "optimizer", "rewards", "other"]
 
 
@@ -61,7 +62,11 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     for name in PHASES[:-1]:
         phases[name] = median([r["phases"].get(name, 0.0) / r["optimizer_steps"] for r in results])
     phases["other"] = max(median(steps) - sum(phases.values()), 0.0)
+    by_phase = [r["peak_rss_mb_by_phase"] for r in results if "peak_rss_mb_by_phase" in r]
     return {
+        "rss_by_phase": {k: median([b.get(k, 0.0) for b in by_phase]) for k in by_phase[0]}
+        if by_phase
+        else {},
         "step_s": median(steps),
         "steps": steps,
         "tokens_per_s": median([r["completion_tokens"] / r["seconds"] for r in results]),
@@ -91,6 +96,10 @@ def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, 
             f"{name:<24}{s['step_s']:>8.3f}{1 / s['step_s']:>9.3f}{s['tokens_per_s']:>8.0f}"
             f"{s['peak_rss_mb']:>8.0f}{s['step_s'] / floor['total']:>9.2f}   {split}"
         )
+    for name, s in systems.items():
+        if s["rss_by_phase"]:
+            peaks = " ".join(f"{k}={v:.0f}" for k, v in s["rss_by_phase"].items())
+            print(f"{name:<24} peak RSS MB by phase: {peaks}")
     fl = " ".join(f"{k}={v:.3f}" for k, v in floor.items() if k != "total" and not k.startswith("rate"))
     print(f"{'floor (matmuls only)':<24}{floor['total']:>8.3f}   {fl}   rates GFLOP/s: decode "
           f"{floor['rate_decode_gflops']:.0f}, forward {floor['rate_forward_gflops']:.0f}, "
@@ -116,9 +125,14 @@ def main() -> None:
         "--pairs", type=int, default=3, help="alternating (TRL, grpo_lightning) pairs per case"
     )
     parser.add_argument("--grid", default="full", choices=["full", "main"],
-                        help="full: beta in {0.04, 0} x mu in {1, 2}; main: beta 0.04, mu 1 only")  # fmt: skip
+                        help="full: beta in {0.04, 0} x mu in {1, 2} (two of them for real-vocab); main: beta 0.04, mu 1")  # fmt: skip
     parser.add_argument(
         "--rollouts", type=int, default=None, help="measured rollouts per run (default: by model)"
+    )
+    parser.add_argument(
+        "--ours-settings",
+        default="",
+        help="extra GRPOModule arguments as JSON, e.g. '{\"logprob_chunk_size\": 128}'",
     )
     parser.add_argument(
         "--systems",
@@ -129,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
 
     models = list(MODELS) if args.workload == "all" else args.workload.split(",")
-    grid = GRID if args.grid == "full" else GRID[:1]
+    settings = json.loads(args.ours_settings) if args.ours_settings else None
     systems = args.systems.split(",")
     threads = set_threads()
     import transformers
@@ -140,11 +154,19 @@ def main() -> None:
     print("load average before:", os.getloadavg())
     print("TRL settings:", json.dumps(TRL_SETTINGS))
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    if settings:
+        print("grpo_lightning settings:", json.dumps(settings))
     for model in models:
-        for beta, mu in grid:
+        for beta, mu in FULL_GRID[model] if args.grid == "full" else GRID[:1]:
             # Enough measured rollouts for a stable median, fewer for the slow real-vocabulary model.
             rollouts = args.rollouts or (1 if model == "real-vocab" else 3)
-            case = replace(Case(model=model, beta=beta, num_iterations=mu), rollouts_measured=rollouts)
+            case = Case(
+                model=model,
+                beta=beta,
+                num_iterations=mu,
+                rollouts_measured=rollouts,
+                module_settings=settings,
+            )
             results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
             start = time.perf_counter()
             for pair in range(args.pairs):

@@ -102,6 +102,7 @@ def main(case: Case, variant: str) -> None:
         optimizer=lambda params: torch.optim.AdamW(params, lr=case.learning_rate, fused=True),
         rollout_engine=HFGenerateEngine() if variant == "hf" else FastRolloutEngine(),
         seed=case.seed,
+        **(case.module_settings or {}),
     )
 
     if variant == "fast+proposed":

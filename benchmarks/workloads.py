@@ -58,7 +58,7 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class Case:
     """One benchmark case: a model and the GRPO settings that change the work per step."""
 
@@ -72,6 +72,7 @@ class Case:
     rollouts_measured: int = 3
     learning_rate: float = 1e-5
     seed: int = 0
+    module_settings: dict[str, Any] | None = None  # extra GRPOModule arguments (memory settings), ours only
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -103,7 +110,7 @@ def load_tokenizer(
             )
         tokenizer = source
     if isinstance(tokenizer, str):
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
+        tokenizer = _tokenizer_from_pretrained(resolve_model_path(tokenizer))
     # Batched generation appends to the right end of each prompt: prompts must be left-padded.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -114,6 +121,25 @@ def load_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token  # usual for base models; masks keep pads out of the loss
     return tokenizer
 
+
+
+def _tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained``, except for a plain ``tokenizers`` tokenizer saved locally.
+
+    transformers 5 picks the tokenizer class from the model type when a model config sits beside
+    the tokenizer, so a custom ``tokenizer.json`` saved next to a Qwen2 config (as the built-in
+    models are) would be loaded as ``Qwen2Tokenizer`` with its own pre-tokenizer, dropping spaces.
+    A folder whose ``tokenizer_config.json`` names the generic backend is loaded as exactly that.
+    """
+    config_file = Path(path) / "tokenizer_config.json"
+    if config_file.is_file():
+        declared = json.loads(config_file.read_text()).get("tokenizer_class")
+        if declared in _GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""

@@ -71,7 +71,7 @@ class PromptDataModule(LightningDataModule):
         max_train_samples / max_val_samples / max_test_samples: caps (a seeded random subset).
         synthetic: for ``dataset="synthetic"``: ``train_size``, ``val_size``, ``test_size`` and the knobs of
             :func:`grpo_lightning.synthetic.generate_problems` (``max_steps``, ``max_operand``, ...).
-        seed: seeds the synthetic problems, the held-out split, the caps and the shuffling.
+        data_seed: seeds the synthetic problems, the held-out split, the caps and the shuffling.
         num_workers: DataLoader workers (0 is right for prompts: collation is trivial).
         load_kwargs: extra ``datasets.load_dataset`` arguments (``revision``, ``cache_dir``, ...).
     """
@@ -101,7 +101,7 @@ class PromptDataModule(LightningDataModule):
         max_val_samples: int | None = 500,
         max_test_samples: int | None = None,
         synthetic: dict[str, Any] | None = None,
-        seed: int = 0,
+        data_seed: int = 0,
         num_workers: int = 0,
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -117,13 +117,15 @@ class PromptDataModule(LightningDataModule):
             raise ValueError(
                 f"synthetic settings were given, but dataset={describe_source(dataset)}, not 'synthetic'."
             )
-        # Objects (a Dataset, a tokenizer) stay out of the saved hyperparameters and checkpoints.
+        # Objects (a Dataset) stay out of the saved hyperparameters and checkpoints. The tokenizer
+        # always does: it is the policy's, recorded by the module, and loggers refuse a key that
+        # the module and the data module both log with different values.
         objects = [
             name
-            for name, value in (("dataset", dataset), ("val_dataset", val_dataset), ("tokenizer", tokenizer))
-            if isinstance(value, Dataset | DatasetDict | PreTrainedTokenizerBase)
+            for name, value in (("dataset", dataset), ("val_dataset", val_dataset))
+            if isinstance(value, Dataset | DatasetDict)
         ]
-        self.save_hyperparameters(ignore=objects)
+        self.save_hyperparameters(ignore=[*objects, "tokenizer"])
         if val_dataset is not None and val_dataset == SYNTHETIC:
             raise ValueError(
                 "val_dataset='synthetic' is not supported: the synthetic source has its own val_size."
@@ -168,7 +170,7 @@ class PromptDataModule(LightningDataModule):
         return ResumableDataLoader(
             data,
             batch_size=self.hparams.batch_size,
-            sampler=EpochRandomSampler(data, seed=self.hparams.seed),
+            sampler=EpochRandomSampler(data, seed=self.hparams.data_seed),
             # Every step gets exactly batch_size prompts: the rollout's mini-batch split depends on it.
             drop_last=True,
             collate_fn=self.collator,
@@ -226,7 +228,7 @@ class PromptDataModule(LightningDataModule):
     def _raw_splits(self) -> DatasetDict:
         if self._raw is None:
             if self.dataset == SYNTHETIC:
-                self._raw = synthetic_splits(self.hparams.synthetic, self.hparams.seed)
+                self._raw = synthetic_splits(self.hparams.synthetic, self.hparams.data_seed)
             else:
                 self._raw = load_source(self.dataset, self.hparams.config_name, self.hparams.load_kwargs)
         return self._raw
@@ -305,13 +307,13 @@ class PromptDataModule(LightningDataModule):
                 f"Holding out {n_val} of the {len(train)} rows of {self.where} for validation leaves none to "
                 "train on: lower val_fraction, or name a validation split with val_split."
             )
-        parts = train.train_test_split(test_size=n_val, seed=hp.seed, shuffle=True)
+        parts = train.train_test_split(test_size=n_val, seed=hp.data_seed, shuffle=True)
         return parts["train"] if split == "train" else parts["test"]
 
     def _cap(self, data: Dataset, cap: int | None) -> Dataset:
         if cap is None or len(data) <= cap:
             return data
-        return data.shuffle(seed=self.hparams.seed).select(range(cap))
+        return data.shuffle(seed=self.hparams.data_seed).select(range(cap))
 
     def _normalized_split(self, split: str) -> Dataset | None:
         """One split with checked, canonical columns; held-out splits without training questions."""

@@ -318,3 +318,26 @@ def test_sharded_ranks_that_end_at_different_steps_stay_in_step(tokenizer, tmp_p
         torch.testing.assert_close(got[:, : want.shape[1]], want, rtol=0, atol=0)
         assert (got[:, want.shape[1] :] == 0).all()
     assert reference(0, eos).completion_ids.shape[1] < 24  # rank 0 really ended early
+
+
+def test_in_a_grpo_module_validation_equals_generate_and_training_runs():
+    """Wired into GRPOModule: greedy validation gives generate's metrics exactly; a fit updates the weights."""
+    from helpers import PromptsDataModule, make_module, make_trainer, tiny_tokenizer, weights
+
+    tok = tiny_tokenizer()
+    metrics = {}
+    for name, engine in (("hf", HFGenerateEngine()), ("fast", FastRolloutEngine())):
+        module = make_module(tok, rollout_engine=engine, val_num_samples=2)
+        trainer = make_trainer(limit_val_batches=2)
+        metrics[name] = trainer.validate(module, datamodule=PromptsDataModule(tok), verbose=False)[0]
+    assert metrics["fast"].keys() == metrics["hf"].keys() and "val/accuracy" in metrics["fast"]
+    for key in ("val/accuracy", "val/reward", "val/completions/mean_length"):
+        assert metrics["fast"][key] == pytest.approx(metrics["hf"][key], abs=1e-6), key
+
+    module = make_module(tok, rollout_engine=FastRolloutEngine(), num_iterations=2, beta=0.04)
+    before = weights(module)
+    trainer = make_trainer(max_steps=4)
+    trainer.fit(module, datamodule=PromptsDataModule(tok))
+    assert trainer.global_step == 4
+    assert torch.isfinite(torch.tensor(float(trainer.logged_metrics["train/loss"])))
+    assert any(not torch.equal(v, before[k]) for k, v in weights(module).items())

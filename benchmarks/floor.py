@@ -1,10 +1,12 @@
 """The floor of a GRPO optimizer step: its matrix multiplies, timed alone at the shapes the step uses.
 
-For a Qwen2-shaped model the step's matmuls are: sampling (a prefill of the P unique prompts, then
-one [N, H] x [H, *] product per weight per generated token, LM head included), the reference
-log-prob pass (no grad; skipped when beta = 0), the policy log-prob pass and its backward (dX and
-dW for every weight). The old-policy pass is not part of the floor: the sampling pass gives those
-log-probs. With num_iterations = mu, sampling and the reference pass are shared by mu steps.
+For a Qwen2-shaped model the step's necessary matmuls are: sampling (a prefill of the P distinct
+prompts, then one [N, H] x [H, *] product per weight per generated token, LM head included), the
+reference log-prob pass (no grad; skipped when beta = 0), the policy log-prob pass and its backward
+(dX and dW for every weight). Log-prob passes count each distinct prompt once (its G completions
+share it) and apply the LM head to completion positions only. The old-policy pass is not part of the
+floor: the sampling pass gives those log-probs. With num_iterations = mu, sampling and the reference
+pass are shared by mu steps.
 
 Each pass is replayed as bare ``torch.mm`` calls on distinct weight tensors (as many bytes as the
 model, so cache effects match), and its time is the floor; attention's score/value products add
@@ -139,15 +141,20 @@ def step_floor(
 ) -> dict[str, float]:
     """Floor seconds per optimizer step and its parts (each pass's FLOPs at its measured matmul rate)."""
     t = FloorTimer(spec, vocab_size)
-    n, length, k = prompts * generations, prompt_length + completion_length, completion_length
+    n, k = prompts * generations, completion_length
     prefill = t.forward(prompts * prompt_length, prompts)
     prefill.seconds += t.attention_flops(prompts, prompt_length, prompt_length / 2) / prefill.rate
     decode = t.decode(n, k)
     decode.seconds += t.attention_flops(n, k, prompt_length + k / 2) / decode.rate
-    fwd = t.forward(n * length, n * k)
-    fwd.seconds += t.attention_flops(n, length, length / 2) / fwd.rate
-    bwd = t.backward(n * length, n * k)
-    bwd.seconds += 2 * t.attention_flops(n, length, length / 2) / bwd.rate
+    # Log-prob passes: each distinct prompt once (P x L positions), then the N x K completion positions.
+    rows = prompts * prompt_length + n * k
+    attention = t.attention_flops(prompts, prompt_length, prompt_length / 2) + t.attention_flops(
+        n, k, prompt_length + k / 2
+    )
+    fwd = t.forward(rows, n * k)
+    fwd.seconds += attention / fwd.rate
+    bwd = t.backward(rows, n * k)
+    bwd.seconds += 2 * attention / bwd.rate
     parts = {
         "sampling": (prefill.seconds + decode.seconds) / num_iterations,
         "ref_logp": fwd.seconds / num_iterations if beta > 0 else 0.0,

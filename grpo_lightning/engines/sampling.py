@@ -9,6 +9,7 @@ the old-policy log-probs without another forward pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -158,5 +159,7 @@ def sample_categorical(probs: Tensor, block: int = 1024) -> Tensor:
     return b.squeeze(1) * block + t
 
 
+@functools.lru_cache(maxsize=64)
 def _ids(ids: tuple[int, ...], device: torch.device) -> Tensor:
+    """``ids`` as a long tensor on ``device``, built once: no host-to-device copy per decoding step."""
     return torch.tensor(ids, dtype=torch.long, device=device)

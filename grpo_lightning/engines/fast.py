@@ -80,7 +80,7 @@ class FastRolloutEngine:
         pad_token_id: int,
         seed: int,
         mask_truncated: bool = False,
-    ) -> FastRollout:
+    ) -> Rollout:  # a FastRollout; annotated as the protocol says so LightningCLI accepts the class
         """Sample ``num_generations`` completions for each prompt of ``prompt_ids: [P, L]`` (any padding side)."""
         config = sampling.generation_config(eos_token_ids, pad_token_id)
         sampler = TokenSampler.from_generation_config(config, eos_token_ids)

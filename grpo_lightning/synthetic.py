@@ -41,19 +41,20 @@ _NAMES = (
     ("Omar", "he"),
     ("Nina", "she"),
 )
+# (singular, plural): "Leo has 1 coin", "Mia has 12 coins".
 _OBJECTS = (
-    "apples",
-    "marbles",
-    "stickers",
-    "books",
-    "pencils",
-    "coins",
-    "cookies",
-    "stamps",
-    "shells",
-    "cards",
-    "balloons",
-    "candies",
+    ("apple", "apples"),
+    ("marble", "marbles"),
+    ("sticker", "stickers"),
+    ("book", "books"),
+    ("pencil", "pencils"),
+    ("coin", "coins"),
+    ("cookie", "cookies"),
+    ("stamp", "stamps"),
+    ("shell", "shells"),
+    ("card", "cards"),
+    ("balloon", "balloons"),
+    ("candy", "candies"),
 )
 _ADD = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more from a friend.", "{p} wins {n} more.")
 _SUB = ("{p} gives {n} away.", "{p} loses {n}.", "{p} sells {n}.", "{p} uses {n}.")
@@ -208,8 +209,8 @@ def _arithmetic_question(start: int, chain: list[tuple[str, int]]) -> str:
 def _word_question(rng: random.Random, start: int, chain: list[tuple[str, int]]) -> str:
     """ "Tom has 12 apples. He buys 7 more. Then he gives 3 away. How many apples does Tom have now?" """
     name, pronoun = rng.choice(_NAMES)
-    objects = rng.choice(_OBJECTS)
-    sentences = [f"{name} has {start} {objects}."]
+    singular, objects = rng.choice(_OBJECTS)
+    sentences = [f"{name} has {start} {singular if start == 1 else objects}."]
     for i, (op, operand) in enumerate(chain):
         template = rng.choice(_ADD if op == "+" else _SUB if op == "-" else _MUL)
         sentence = template.format(p=pronoun, n=operand)

@@ -76,6 +76,7 @@ def test_word_problems_tell_the_chain_of_their_solution() -> None:
         steps = check_chain(row)
         question = row["question"]
         assert question.endswith("have now?")
+        assert not re.search(r" has 1 \w+s\.", question), question  # "Leo has 1 coin.", not "1 coins."
         sentences = question.split(". ")[1:]  # drop "Tom has 12 apples"; the last one holds the question
         numbers = [int(x) for x in re.findall(r"\d+", question)]
         assert numbers == [steps[0][0]] + [b for _, _, b, _ in steps], row

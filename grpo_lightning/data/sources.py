@@ -291,7 +291,7 @@ def synthetic_splits(settings: Mapping[str, Any] | None, seed: int) -> DatasetDi
         )
     if "seed" in settings:
         raise DataSourceError(
-            "Set the synthetic data's seed with the data module's `seed`, not synthetic['seed']."
+            "Set the synthetic data's seed with the data module's `data_seed`, not synthetic['seed']."
         )
     sizes = {name: int(settings.pop(name, default)) for name, default in SYNTHETIC_SIZES.items()}
     seen: set[str] = set()

@@ -10,7 +10,7 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from grpo_lightning.engines import FastRollout, FastRolloutEngine
+from grpo_lightning.engines import FastRollout, FastRolloutEngine, resolve_engine
 from grpo_lightning.engines.decoders import lean_unsupported_reason
 from grpo_lightning.engines.sampling import sample_categorical
 from grpo_lightning.logprobs import sequence_logprobs
@@ -341,3 +341,16 @@ def test_in_a_grpo_module_validation_equals_generate_and_training_runs():
     assert trainer.global_step == 4
     assert torch.isfinite(torch.tensor(float(trainer.logged_metrics["train/loss"])))
     assert any(not torch.equal(v, before[k]) for k, v in weights(module).items())
+
+
+def test_engines_resolve_by_name():
+    assert isinstance(resolve_engine("fast"), FastRolloutEngine)
+    assert isinstance(resolve_engine("hf"), HFGenerateEngine) and isinstance(
+        resolve_engine(None), HFGenerateEngine
+    )
+    mine = FastRolloutEngine(decoder="cache")
+    assert resolve_engine(mine) is mine
+    with pytest.raises(ValueError, match="rollout_engine"):
+        resolve_engine("vllm")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="no generate"):
+        resolve_engine(object())  # type: ignore[arg-type]

@@ -74,3 +74,32 @@ def evaluate(
         solved = (sampled.per_func[:, 0] >= h.accuracy_threshold).view(-1, k).any(dim=1)
         metrics.pass_at_k.update(solved.float())
         module.log(f"{stage}/pass@{k}", metrics.pass_at_k, on_epoch=True, batch_size=size)
+
+
+def log_sanity_check(module: GRPOModule, metrics: EvalMetrics, stage: str = "val") -> dict[str, float]:
+    """Send the sanity check's validation metrics to the loggers at the current step.
+
+    Lightning computes the sanity check (``num_sanity_val_steps``) and then drops its metrics. Run
+    on the whole validation set (``num_sanity_val_steps=-1``) it is the accuracy before any update,
+    the first point of every curve, so it is logged here (and printed on rank 0). ``compute``
+    synchronises the metrics across devices: every rank must call this.
+    """
+    named = {
+        "accuracy": metrics.accuracy,
+        "reward": metrics.reward,
+        "completions/mean_length": metrics.mean_length,
+    }
+    if metrics.pass_at_k is not None:
+        named[f"pass@{metrics.num_samples}"] = metrics.pass_at_k
+    values = {
+        f"{stage}/{name}": float(metric.compute()) for name, metric in named.items() if metric.update_count
+    }
+    if not values:
+        return values
+    step = module.trainer.global_step
+    for logger in module.loggers:
+        logger.log_metrics(values, step=step)
+    if module.trainer.is_global_zero:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        print(f"Validation before training (step {step}): {shown}", flush=True)
+    return values

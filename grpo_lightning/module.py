@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_lightning.advantages import ScaleRewards
 from grpo_lightning.config import BatchLayout, batch_layout, validate_settings
-from grpo_lightning.evaluation import EvalMetrics, evaluate
+from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.models import (
@@ -349,6 +349,12 @@ class GRPOModule(LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        # Lightning drops the sanity check's metrics; with num_sanity_val_steps=-1 that check is the
+        # accuracy before training, the first point of the curve: log it at step 0 ourselves.
+        if self.trainer.sanity_checking:
+            log_sanity_check(self, self.val_metrics)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.test_metrics, "test")

@@ -1,6 +1,6 @@
 """``python -m grpo_lightning fit --config ...``."""
 
-from grpo_lightning.cli import main
+from grpo_lightning.cli import console_entry
 
 if __name__ == "__main__":
-    main()
+    console_entry()

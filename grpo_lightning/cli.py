@@ -54,7 +54,7 @@ class GRPOLightningCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
-    """Entry point of the ``grpo-lightning`` console script and ``python -m grpo_lightning``.
+    """Run the CLI on ``args`` (default: the command line) and return it.
 
     ``run=False`` only parses and builds the model, data module and trainer (no subcommand).
     """
@@ -67,3 +67,8 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def console_entry() -> None:
+    """The ``grpo-lightning`` console script: returns nothing, so the exit status is 0 on success."""
+    main()

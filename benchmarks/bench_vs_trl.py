@@ -58,6 +58,7 @@ def median(values: list[float]) -> float:
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over pairs: step seconds, tokens/s, peak RSS, and each phase's seconds per optimizer step."""
     steps = [r["step_s"] for r in results]
+    cpu_steps = [r["cpu_step_s"] for r in results]
     phases = {}
     for name in PHASES[:-1]:
         phases[name] = median([r["phases"].get(name, 0.0) / r["optimizer_steps"] for r in results])
@@ -68,6 +69,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         if by_phase
         else {},
         "step_s": median(steps),
+        "cpu_step_s": median(cpu_steps),
+        "cpu_steps": cpu_steps,
         "steps": steps,
         "tokens_per_s": median([r["completion_tokens"] / r["seconds"] for r in results]),
         "peak_rss_mb": median([r["peak_rss_mb"] for r in results]),
@@ -87,21 +90,22 @@ def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, 
     print(f"\n=== {case.name}: {case.prompts_per_step} prompts x {case.num_generations} generations x "
           f"{case.completion_length} tokens ===")  # fmt: skip
     head = (
-        f"{'system':<24}{'s/step':>8}{'steps/s':>9}{'tok/s':>8}{'RSS MB':>8}{'x floor':>9}   split (s/step)"
+        f"{'system':<30}{'s/step':>8}{'cpu s':>8}{'steps/s':>9}{'tok/s':>8}{'RSS MB':>8}{'x floor':>9}"
+        "   split (s/step)"
     )
     print(head)
     for name, s in systems.items():
         split = " ".join(f"{k}={v:.3f}" for k, v in s["phases"].items() if v > 0.0005)
         print(
-            f"{name:<24}{s['step_s']:>8.3f}{1 / s['step_s']:>9.3f}{s['tokens_per_s']:>8.0f}"
+            f"{name:<30}{s['step_s']:>8.3f}{s['cpu_step_s']:>8.3f}{1 / s['step_s']:>9.3f}{s['tokens_per_s']:>8.0f}"
             f"{s['peak_rss_mb']:>8.0f}{s['step_s'] / floor['total']:>9.2f}   {split}"
         )
     for name, s in systems.items():
         if s["rss_by_phase"]:
             peaks = " ".join(f"{k}={v:.0f}" for k, v in s["rss_by_phase"].items())
-            print(f"{name:<24} peak RSS MB by phase: {peaks}")
+            print(f"{name:<30} peak RSS MB by phase: {peaks}")
     fl = " ".join(f"{k}={v:.3f}" for k, v in floor.items() if k != "total" and not k.startswith("rate"))
-    print(f"{'floor (matmuls only)':<24}{floor['total']:>8.3f}   {fl}   rates GFLOP/s: decode "
+    print(f"{'floor (matmuls only)':<30}{floor['total']:>8.3f}   {fl}   rates GFLOP/s: decode "
           f"{floor['rate_decode_gflops']:.0f}, forward {floor['rate_forward_gflops']:.0f}, "
           f"backward {floor['rate_backward_gflops']:.0f}")  # fmt: skip
     names = list(systems)
@@ -111,8 +115,12 @@ def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, 
                 continue
             per_pair = [t / o for t, o in zip(systems["trl"]["steps"], systems[ours]["steps"], strict=True)]
             memory = systems[ours]["peak_rss_mb"] / systems["trl"]["peak_rss_mb"]
+            cpu = [
+                t / o for t, o in zip(systems["trl"]["cpu_steps"], systems[ours]["cpu_steps"], strict=True)
+            ]
             print(f"{ours} vs trl: {median(per_pair):.2f}x faster (median of per-pair ratios: "
-                  f"{', '.join(f'{x:.2f}' for x in per_pair)}), peak RSS {memory:.2f}x of TRL's")  # fmt: skip
+                  f"{', '.join(f'{x:.2f}' for x in per_pair)}; by CPU time {median(cpu):.2f}x: "
+                  f"{', '.join(f'{x:.2f}' for x in cpu)}), peak RSS {memory:.2f}x of TRL's")  # fmt: skip
 
 
 def main() -> None:

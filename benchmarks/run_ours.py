@@ -121,10 +121,12 @@ def main(case: Case, variant: str) -> None:
     memory = timer.trace_memory() if os.environ.get("BENCH_MEMTRACE") else None
 
     marks: list[float] = []
+    cpu_marks: list[float] = []
 
     class StepClock(L.Callback):
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
             marks.append(time.perf_counter())
+            cpu_marks.append(time.process_time())
             if len(marks) == case.rollouts_warmup:
                 timer.reset()  # phases count only the measured steps
 
@@ -151,6 +153,8 @@ def main(case: Case, variant: str) -> None:
             "optimizer_steps": measured_steps,
             "seconds": seconds,
             "step_s": seconds / measured_steps,
+            # Process CPU time (all threads): with one thread on a busy machine it tracks the idle-machine time.
+            "cpu_step_s": (cpu_marks[-1] - cpu_marks[case.rollouts_warmup - 1]) / measured_steps,
             "completion_tokens": case.rollouts_measured
             * case.prompts_per_step
             * case.num_generations

@@ -114,11 +114,13 @@ def main(case: Case) -> None:
         memory = timer.trace_memory() if os.environ.get("BENCH_MEMTRACE") else None
 
         marks: list[float] = []
+        cpu_marks: list[float] = []
         warmup_steps = case.rollouts_warmup * case.num_iterations
 
         class StepClock(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 marks.append(time.perf_counter())
+                cpu_marks.append(time.process_time())
                 if len(marks) == warmup_steps:
                     timer.reset()  # phases count only the measured steps
 
@@ -134,6 +136,8 @@ def main(case: Case) -> None:
             "optimizer_steps": measured_steps,
             "seconds": seconds,
             "step_s": seconds / measured_steps,
+            # Process CPU time (all threads): with one thread on a busy machine it tracks the idle-machine time.
+            "cpu_step_s": (cpu_marks[-1] - cpu_marks[warmup_steps - 1]) / measured_steps,
             "completion_tokens": case.rollouts_measured * batch * case.completion_length,
             "phases": dict(timer.seconds),
             "peak_rss_mb": peak_rss_mb(),

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_lightning.advantages import ScaleRewards
 from grpo_lightning.config import BatchLayout, batch_layout, validate_settings
+from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
@@ -45,7 +46,7 @@ from grpo_lightning.models import (
     save_pretrained,
     shard_fsdp2,
 )
-from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
+from grpo_lightning.rollout import RolloutEngine, SamplingConfig
 from grpo_lightning.scoring import RewardFunc, RewardScorer
 from grpo_lightning.training import TrainingStep
 
@@ -78,7 +79,15 @@ class GRPOModule(LightningModule):
     Sampling (TRL names): num_generations (G), max_completion_length, temperature, top_p,
         top_k (None/0 = off), min_p, repetition_penalty, generation_kwargs (any other
         ``GenerationConfig`` field), mask_truncated_completions (completions that hit the length
-        limit without an EOS leave the loss), rollout_engine (replaces HF ``generate``).
+        limit without an EOS leave the loss).
+        rollout_engine: ``"auto"`` (default) = :class:`~grpo_lightning.engines.FastRolloutEngine`, a
+        lean KV-cache decoding loop, unless a setting needs transformers' ``generate`` (e.g.
+        repetition_penalty); ``"fast"``; ``"hf"`` (``generate``); or any ``RolloutEngine`` object.
+        reuse_sampling_logprobs: when the engine reports the sampling policy's log-probs (the fast
+        one does) and pi_old is needed (num_iterations > 1 or steps_per_rollout > 1), use them as
+        pi_old instead of a forward pass. They equal a recomputed pass to about 1e-6 in float32; in
+        bf16/fp16 the two passes round differently, so the first ratio is not exactly 1: set False
+        to recompute pi_old with the training forward, as TRL does.
 
     Loss (see ``losses.py``): beta (KL weight; 0 = no reference model at all), epsilon,
         epsilon_high, delta, loss_type, scale_rewards, importance_sampling_level ("sequence" =
@@ -172,7 +181,8 @@ class GRPOModule(LightningModule):
         log_completions_every_n_steps: int = 0,
         num_completions_to_log: int = 4,
         logprob_chunk_size: int = DEFAULT_CHUNK_SIZE,
-        rollout_engine: RolloutEngine | None = None,
+        rollout_engine: RolloutEngine | EngineName | None = "auto",
+        reuse_sampling_logprobs: bool = True,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -213,9 +223,7 @@ class GRPOModule(LightningModule):
             generation_kwargs=dict(generation_kwargs or {}),
         )
         self.greedy = replace(self.sampling, do_sample=False)
-        self.rollout_engine: RolloutEngine = (
-            rollout_engine if rollout_engine is not None else HFGenerateEngine()
-        )
+        self.rollout_engine: RolloutEngine = resolve_engine(rollout_engine, self.sampling)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = EvalMetrics(val_num_samples)

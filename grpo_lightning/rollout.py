@@ -81,6 +81,11 @@ class Rollout:
     """[N] bool: reached ``max_completion_length`` without an EOS."""
     lengths: Tensor
     """[N] completion length in tokens, EOS included (before any truncation masking)."""
+    sampling_logp: Tensor | None = None
+    """[N, T] float32 log-prob of each completion token under the sampling policy, at the loss's
+    temperature, 0 where ``completion_mask`` is 0; None when the engine does not report it. The update
+    uses it as ``old_logp`` instead of a forward pass (:class:`~grpo_lightning.engines.FastRolloutEngine`
+    reports it)."""
 
     @property
     def input_ids(self) -> Tensor:
@@ -109,6 +114,7 @@ class Rollout:
             self.completion_mask[index],
             self.truncated[index],
             self.lengths[index],
+            None if self.sampling_logp is None else self.sampling_logp[index],
         )
 
 
@@ -132,6 +138,10 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_token_id: int) -> Rollout:
         torch.cat([right(r.completion_mask, 0) for r in rollouts]),
         torch.cat([r.truncated for r in rollouts]),
         torch.cat([r.lengths for r in rollouts]),
+        # Only when every part has them: a partial [N, T] would silently mix in zeros.
+        None
+        if any(r.sampling_logp is None for r in rollouts)
+        else torch.cat([right(r.sampling_logp, 0) for r in rollouts]),
     )
 
 

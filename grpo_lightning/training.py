@@ -156,9 +156,13 @@ class TrainingStep:
         layout = m.layout(len(rollout) // h.num_generations)
         batch = UpdateBatch(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, advantages)
         opts = {"temperature": h.temperature, "chunk_size": h.logprob_chunk_size}
-        # pi_old is only needed when the policy moves before the rollout is used again.
+        # pi_old is only needed when the policy moves before the rollout is used again; the sampling
+        # pass already computed it when the engine reports its log-probs (one forward pass saved).
         if h.num_iterations > 1 or h.steps_per_rollout > 1:
-            batch.old_logp = full_logprobs(m.policy, batch, layout.micro_batch_size, **opts)
+            if h.reuse_sampling_logprobs and rollout.sampling_logp is not None:
+                batch.old_logp = rollout.sampling_logp.float()
+            else:
+                batch.old_logp = full_logprobs(m.policy, batch, layout.micro_batch_size, **opts)
         if h.beta > 0:
             with reference_context(m.policy, m.ref_model) as ref:
                 batch.ref_logp = full_logprobs(ref, batch, layout.micro_batch_size, **opts)

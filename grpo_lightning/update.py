@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.logprobs import sequence_logprobs
+from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
 
 
 @dataclass
@@ -58,9 +58,13 @@ def micro_logprobs(
     chunk_size: int,
     with_entropy: bool,
 ) -> tuple[Tensor, Tensor | None, int]:
-    """Log-probs ``[n, K]`` (and entropy) of the completion tokens of ``rows`` after trimming; returns K."""
+    """Log-probs ``[n, K]`` (and entropy) of the completion tokens of ``rows`` after trimming; returns K.
+
+    Rows that share a prompt (a group's G samples) compute it once, in the forward and the backward
+    (:func:`~grpo_lightning.engines.shared_prefix.shared_prefix_logprobs`; same values and gradients).
+    """
     columns, keep = trim(batch.input_ids[rows], batch.attention_mask[rows], batch.completion_width)
-    logp, entropy = sequence_logprobs(
+    logp, entropy = shared_prefix_logprobs(
         model,
         batch.input_ids[rows][:, columns],
         batch.attention_mask[rows][:, columns],

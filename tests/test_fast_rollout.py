@@ -348,9 +348,50 @@ def test_engines_resolve_by_name():
     assert isinstance(resolve_engine("hf"), HFGenerateEngine) and isinstance(
         resolve_engine(None), HFGenerateEngine
     )
+    # "auto": the fast engine unless a sampling setting needs generate.
+    assert isinstance(resolve_engine("auto", SamplingConfig(top_k=5, min_p=0.1)), FastRolloutEngine)
+    assert isinstance(resolve_engine("auto", SamplingConfig(repetition_penalty=1.2)), HFGenerateEngine)
+    assert isinstance(
+        resolve_engine("auto", SamplingConfig(generation_kwargs={"no_repeat_ngram_size": 2})), HFGenerateEngine
+    )
     mine = FastRolloutEngine(decoder="cache")
     assert resolve_engine(mine) is mine
     with pytest.raises(ValueError, match="rollout_engine"):
         resolve_engine("vllm")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="no generate"):
         resolve_engine(object())  # type: ignore[arg-type]
+
+
+def test_fast_update_path_equals_the_slow_one(monkeypatch):
+    """pi_old from the sampling pass and shared-prompt log-prob passes give the loss, metrics and weights
+    of the slow path (pi_old recomputed, every row's prompt computed again) to float32 precision."""
+    from helpers import PromptsDataModule, make_module, make_trainer, tiny_tokenizer, weights
+
+    import grpo_lightning.update as update
+
+    tok = tiny_tokenizer()
+    results = {}
+    for name, fast in (("fast", True), ("slow", False)):
+        with monkeypatch.context() as patch:
+            if not fast:
+                patch.setattr(update, "shared_prefix_logprobs", sequence_logprobs)
+            module = make_module(
+                tok,
+                num_iterations=2,
+                beta=0.04,
+                reuse_sampling_logprobs=fast,
+                # Plain SGD: the weights move by exactly lr * gradient, so they compare the gradients.
+                optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+                max_grad_norm=None,
+            )
+            start = weights(module)
+            trainer = make_trainer(max_steps=2)  # one rollout, two optimizer steps (the second uses pi_old)
+            trainer.fit(module, datamodule=PromptsDataModule(tok))
+            results[name] = (weights(module), dict(trainer.logged_metrics))
+    (fast_w, fast_m), (slow_w, slow_m) = results["fast"], results["slow"]
+    for key in ("train/loss", "train/kl", "train/entropy", "train/clip_ratio/region_mean", "train/grad_norm"):
+        assert float(fast_m[key]) == pytest.approx(float(slow_m[key]), rel=1e-4, abs=1e-6), key
+    moved = max(float((fast_w[k] - start[k]).abs().max()) for k in fast_w)
+    assert moved > 1e-3  # a real update, far larger than the tolerance below
+    for k in fast_w:
+        torch.testing.assert_close(fast_w[k], slow_w[k], rtol=1e-4, atol=1e-6)

@@ -18,6 +18,7 @@ from helpers import (
 from lightning.pytorch import Callback
 
 import grpo_lightning.update as update
+from grpo_lightning.engines import FastRolloutEngine
 
 SPEC_TRAIN_METRICS = [
     "train/loss", "train/reward", "train/reward_std", "train/rewards/char_code_mean/mean",
@@ -41,29 +42,31 @@ class CountSteps(Callback):
 def forward_log(monkeypatch):
     """Records every log-prob forward of the update loop: (grad enabled, model is the frozen reference)."""
     calls: list[tuple[bool, bool]] = []
-    original = update.sequence_logprobs
+    original = update.shared_prefix_logprobs
 
     def counting(model, *args, **kwargs):
         calls.append((torch.is_grad_enabled(), getattr(model, "_is_reference", False)))
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(update, "sequence_logprobs", counting)
+    monkeypatch.setattr(update, "shared_prefix_logprobs", counting)
     return calls
 
 
 # N = 2 prompts x 4 generations = 8 rows per training step.
 @pytest.mark.parametrize(
-    ("num_iterations", "steps_per_rollout", "micro_batch_size", "beta"),
-    [(1, 1, None, 0.0), (2, 1, 4, 0.0), (1, 2, 2, 0.1), (2, 4, 1, 0.1)],
-)
+    ("num_iterations", "steps_per_rollout", "micro_batch_size", "beta", "reuse"),
+    [(1, 1, None, 0.0, True), (2, 1, 4, 0.0, False), (2, 1, 4, 0.0, True), (1, 2, 2, 0.1, False),
+     (2, 4, 1, 0.1, True)],
+)  # fmt: skip
 def test_cadence_counts_optimizer_scheduler_and_forward_passes(
-    forward_log, num_iterations, steps_per_rollout, micro_batch_size, beta
+    forward_log, num_iterations, steps_per_rollout, micro_batch_size, beta, reuse
 ):
     tok = tiny_tokenizer()
     module = make_module(
         tok, num_iterations=num_iterations, steps_per_rollout=steps_per_rollout, micro_batch_size=micro_batch_size,
-        beta=beta,
+        beta=beta, reuse_sampling_logprobs=reuse,
     )  # fmt: skip
+    assert isinstance(module.rollout_engine, FastRolloutEngine)  # "auto": it reports sampling log-probs
     module.configure_model()
     if module.ref_model is not None:
         module.ref_model._is_reference = True
@@ -83,7 +86,8 @@ def test_cadence_counts_optimizer_scheduler_and_forward_passes(
     old = sum(not grad and not ref for grad, ref in forward_log)
     ref = sum(ref for _, ref in forward_log)
     assert train == 3 * num_iterations * per_pass
-    assert old == (3 * per_pass if k > 1 else 0)  # pi_old only when the policy moves before reuse
+    # pi_old only when the policy moves before reuse, and then from the sampling pass unless told not to.
+    assert old == (3 * per_pass if k > 1 and not reuse else 0)
     assert ref == (3 * per_pass if beta > 0 else 0)
 
 

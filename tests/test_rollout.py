@@ -104,6 +104,14 @@ def test_concat_rollouts_pads_prompts_left_and_completions_right():
     assert c.prompt_ids.tolist() == [[PAD, 5], [5, 6]] and c.prompt_mask.tolist() == [[0, 1], [1, 1]]
     assert c.completion_ids.tolist() == [[6, 7, 8], [EOS, PAD, PAD]]
     assert c.completion_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert c.sampling_logp is None  # neither part has sampling log-probs
+
+    a.sampling_logp, b.sampling_logp = torch.tensor([[-0.5, -1.0, -1.5]]), torch.tensor([[-2.0]])
+    c = concat_rollouts([a, b], PAD)
+    assert c.sampling_logp.tolist() == [[-0.5, -1.0, -1.5], [-2.0, 0.0, 0.0]]  # padded with 0, like the mask
+    assert c.select(torch.tensor([1])).sampling_logp.tolist() == [[-2.0, 0.0, 0.0]]
+    b.sampling_logp = None
+    assert concat_rollouts([a, b], PAD).sampling_logp is None  # never a partial tensor
 
 
 def test_generation_config_is_complete_and_ignores_the_models_sampling_defaults():

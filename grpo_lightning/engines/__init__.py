@@ -6,26 +6,52 @@ from typing import Literal
 
 from grpo_lightning._checks import check_choice
 from grpo_lightning.engines.fast import FastRollout, FastRolloutEngine
-from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine
+from grpo_lightning.engines.sampling import TokenSampler
+from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
 
-EngineName = Literal["hf", "fast"]
-ENGINE_NAMES: tuple[str, ...] = ("hf", "fast")
+EngineName = Literal["auto", "hf", "fast"]
+ENGINE_NAMES: tuple[str, ...] = ("auto", "hf", "fast")
 
 
-def resolve_engine(engine: RolloutEngine | EngineName | None) -> RolloutEngine:
-    """An engine object from a name (``"hf"``: transformers' ``generate``; ``"fast"``:
-    :class:`FastRolloutEngine`), an engine passed through, or None for the default ``"hf"``."""
+def fast_engine_supports(sampling: SamplingConfig) -> bool:
+    """Whether :class:`FastRolloutEngine` implements every setting of ``sampling`` (it raises otherwise)."""
+    try:
+        # Placeholder token ids: only the sampling settings are checked here.
+        TokenSampler.from_generation_config(sampling.generation_config([0], 0), [0])
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_engine(
+    engine: RolloutEngine | EngineName | None, sampling: SamplingConfig | None = None
+) -> RolloutEngine:
+    """An engine object from a name, or the engine passed in.
+
+    ``"fast"``: :class:`FastRolloutEngine`; ``"hf"``: transformers' ``generate``; ``"auto"``: the
+    fast engine when it implements every setting of ``sampling`` (``repetition_penalty`` and most
+    ``generation_kwargs`` need ``generate``), else ``generate``. None means ``"hf"``.
+    """
     if engine is None:
         return HFGenerateEngine()
     if isinstance(engine, str):
         check_choice("rollout_engine", engine, ENGINE_NAMES)
+        if engine == "auto":
+            engine = "fast" if sampling is None or fast_engine_supports(sampling) else "hf"
         return FastRolloutEngine() if engine == "fast" else HFGenerateEngine()
     if not isinstance(engine, RolloutEngine):
         raise TypeError(
-            f"rollout_engine={engine!r} has no generate(model, prompt_ids, prompt_mask, ...) method: pass 'hf', "
-            "'fast' or an object implementing grpo_lightning.rollout.RolloutEngine."
+            f"rollout_engine={engine!r} has no generate(model, prompt_ids, prompt_mask, ...) method: pass 'auto', "
+            "'fast', 'hf' or an object implementing grpo_lightning.rollout.RolloutEngine."
         )
     return engine
 
 
-__all__ = ["ENGINE_NAMES", "EngineName", "FastRollout", "FastRolloutEngine", "resolve_engine"]
+__all__ = [
+    "ENGINE_NAMES",
+    "EngineName",
+    "FastRollout",
+    "FastRolloutEngine",
+    "fast_engine_supports",
+    "resolve_engine",
+]

@@ -8,13 +8,12 @@ nothing in correctness:
 - Llama-family models decode through :class:`~grpo_lightning.engines.decoders.LeanDecoder`
   (preallocated key/value buffers, no per-step mask building); others through their own forward;
 - the log-prob of every sampled token under the sampling policy is returned
-  (:attr:`FastRollout.sampling_logp`), so the old-policy forward pass can be skipped.
+  (:attr:`Rollout.sampling_logp`), so the update skips the old-policy forward pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,12 +28,8 @@ from grpo_lightning.rollout import Rollout, SamplingConfig, completion_masks, le
 Decoder = Literal["auto", "lean", "cache"]
 
 
-@dataclass
-class FastRollout(Rollout):
-    """A :class:`Rollout` that also carries the sampling policy's log-prob of each completion token."""
-
-    sampling_logp: Tensor | None = None
-    """[N, T] float32 ``log_softmax(logits / temperature)`` of each sampled token (0 where the mask is 0)."""
+# Kept as a name for code that imported it: every Rollout now carries ``sampling_logp``.
+FastRollout = Rollout
 
 
 class FastRolloutEngine:
@@ -80,7 +75,7 @@ class FastRolloutEngine:
         pad_token_id: int,
         seed: int,
         mask_truncated: bool = False,
-    ) -> Rollout:  # a FastRollout; annotated as the protocol says so LightningCLI accepts the class
+    ) -> Rollout:
         """Sample ``num_generations`` completions for each prompt of ``prompt_ids: [P, L]`` (any padding side)."""
         config = sampling.generation_config(eos_token_ids, pad_token_id)
         sampler = TokenSampler.from_generation_config(config, eos_token_ids)
@@ -117,7 +112,7 @@ class FastRolloutEngine:
         width = completion_ids.shape[1] if synced or not lengths.numel() else int(lengths.max())
         completion_ids, mask = completion_ids[:, :width], mask[:, :width]
         sampling_logp = torch.stack(logps, dim=1)[:, :width] * mask
-        return FastRollout(
+        return Rollout(
             prompt_ids.repeat_interleave(num_generations, dim=0),
             prompt_mask.repeat_interleave(num_generations, dim=0),
             completion_ids,

@@ -143,9 +143,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--systems",
-        default="trl,fast",
-        help="comma list of: trl; fast / hf (grpo_lightning with that rollout engine); fast+proposed (fast, "
-        "plus the shared-prefix log-probs and old log-probs from the rollout, patched in)",
+        default="trl,default",
+        help="comma list of: trl; default (GRPOModule's defaults); generate (rollout_engine='hf'); plain "
+        "(generate, and every row's prompt recomputed in the log-prob passes: the path without the levers)",
     )
     args = parser.parse_args()
 

@@ -1,7 +1,7 @@
 """Worker: run one benchmark case with grpo_lightning (GRPOModule in a Lightning Trainer), print one JSON line.
 
 Started in its own process by bench_vs_trl.py (so peak memory is this system's alone):
-    python benchmarks/run_ours.py '<case json>' [--variant fast|hf|fast+proposed]
+    python benchmarks/run_ours.py '<case json>' [--variant default|generate|plain]
 """
 
 from __future__ import annotations
@@ -28,33 +28,15 @@ from workloads import (
     set_threads,
 )
 
-
-def apply_proposed_changes(module: Any) -> None:
-    """Patch in two changes proposed for grpo_lightning's update loop, to measure them before they land.
-
-    1. Log-prob passes through ``shared_prefix_logprobs`` (each distinct prompt computed once).
-    2. The old-policy log-probs taken from the rollout's sampling log-probs instead of a forward pass.
-    """
-    import grpo_lightning.training as training
-    import grpo_lightning.update as update
-    from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
-
-    update.sequence_logprobs = shared_prefix_logprobs
-    last: dict[str, Any] = {}
-    generate, full_logprobs = module.rollout_engine.generate, training.full_logprobs
-
-    def keep_rollout(*args: Any, **kwargs: Any) -> Any:
-        last["rollout"] = generate(*args, **kwargs)
-        return last["rollout"]
-
-    def old_from_rollout(model: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        sampled = getattr(last.get("rollout"), "sampling_logp", None)
-        if model is module.policy and sampled is not None and sampled.shape == batch.completion_mask.shape:
-            return sampled
-        return full_logprobs(model, batch, *args, **kwargs)
-
-    module.rollout_engine.generate = keep_rollout
-    training.full_logprobs = old_from_rollout
+VARIANTS = {
+    # GRPOModule's defaults: the lean sampling loop, pi_old from the sampling pass, each prompt computed
+    # once per group in the log-prob passes.
+    "default": {},
+    # transformers' generate for sampling (so pi_old is a forward pass again); shared prompts kept.
+    "generate": {"rollout_engine": "hf"},
+    # generate, pi_old recomputed, every row's prompt computed again: the straightforward path.
+    "plain": {"rollout_engine": "hf"},
+}
 
 
 def main(case: Case, variant: str) -> None:
@@ -62,9 +44,8 @@ def main(case: Case, variant: str) -> None:
     from torch.utils.data import DataLoader
 
     import grpo_lightning.update as update
-    from grpo_lightning.engines import FastRolloutEngine
+    from grpo_lightning.logprobs import sequence_logprobs
     from grpo_lightning.module import GRPOModule
-    from grpo_lightning.rollout import HFGenerateEngine
 
     threads = set_threads()
     torch.manual_seed(case.seed)
@@ -100,13 +81,11 @@ def main(case: Case, variant: str) -> None:
         scale_rewards="group",
         # The same optimizer as TRL's default: the fused AdamW kernel.
         optimizer=lambda params: torch.optim.AdamW(params, lr=case.learning_rate, fused=True),
-        rollout_engine=HFGenerateEngine() if variant == "hf" else FastRolloutEngine(),
         seed=case.seed,
-        **(case.module_settings or {}),
+        **{**VARIANTS[variant], **(case.module_settings or {})},
     )
-
-    if variant == "fast+proposed":
-        apply_proposed_changes(module)
+    if variant == "plain":
+        update.shared_prefix_logprobs = sequence_logprobs
     # Phase timers around the module's own calls.
     module.rollout_engine.generate = timer.wrap(module.rollout_engine.generate, "sampling")
 
@@ -115,7 +94,7 @@ def main(case: Case, variant: str) -> None:
             return "policy_logp"
         return "ref_logp" if model is module.ref_model else "old_logp"
 
-    update.sequence_logprobs = timer.wrap(update.sequence_logprobs, logp_label)
+    update.shared_prefix_logprobs = timer.wrap(update.shared_prefix_logprobs, logp_label)
     module.manual_backward = timer.wrap(module.manual_backward, "backward")
     timer.time_optimizer_steps()
     memory = timer.trace_memory() if os.environ.get("BENCH_MEMTRACE") else None
@@ -171,6 +150,6 @@ def main(case: Case, variant: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("case")
-    parser.add_argument("--variant", choices=["fast", "hf", "fast+proposed"], default="fast")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="default")
     args = parser.parse_args()
     main(Case.from_json(args.case), args.variant)

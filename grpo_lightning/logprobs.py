@@ -34,7 +34,9 @@ _LOGITS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
-def _logp_and_entropy(logits: Tensor, labels: Tensor, temperature: float, with_entropy: bool) -> Tensor:
+def _logp_and_entropy(
+    logits: Tensor, labels: Tensor, temperature: float, with_entropy: bool, entropy_grad: bool = True
+) -> Tensor:
     """``logits: [n, V]``, ``labels: [n]`` -> ``[1 or 2, n]`` float32: logp (and entropy)."""
     z = logits.float()  # the costly line: a [n, V] float32 block (a copy unless already float32)
     if temperature != 1.0:
@@ -43,7 +45,10 @@ def _logp_and_entropy(logits: Tensor, labels: Tensor, temperature: float, with_e
     logp = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return logp.unsqueeze(0)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    # A metric-only entropy stays out of the graph: otherwise autograd keeps two more [n, V] blocks
+    # and the backward makes several [n, V] passes that only ever multiply zeros.
+    with torch.enable_grad() if entropy_grad else torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
     return torch.stack([logp, entropy])
 
 
@@ -98,11 +103,13 @@ def _check_labels(x: Tensor, labels: Tensor, name: str) -> None:
         )
 
 
-def _split(out: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+def _split(out: Tensor, with_entropy: bool, entropy_grad: bool = True) -> tuple[Tensor, Tensor | None]:
     if out.shape[0] == 0:  # empty input
         empty = out.new_zeros(out.shape[1:])
         return empty, (empty if with_entropy else None)
-    return out[0], (out[1] if with_entropy else None)
+    if not with_entropy:
+        return out[0], None
+    return out[0], (out[1] if entropy_grad else out[1].detach())
 
 
 def token_logprobs(
@@ -112,6 +119,7 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each label and (optionally) the entropy of each position's distribution.
 
@@ -121,16 +129,17 @@ def token_logprobs(
 
     Returns:
         ``logp: [B, T]`` float32 and ``entropy: [B, T]`` float32 (None unless ``with_entropy``), both
-        differentiable with respect to ``logits``.
+        differentiable with respect to ``logits`` (the entropy only if ``entropy_grad``: False when
+        it is a metric, which saves memory and backward time).
     """
     _check_labels(logits, labels, "logits")
 
     def fn(block: Tensor, block_labels: Tensor) -> Tensor:
-        return _logp_and_entropy(block, block_labels, temperature, with_entropy)
+        return _logp_and_entropy(block, block_labels, temperature, with_entropy, entropy_grad)
 
     use_checkpoint = torch.is_grad_enabled() and logits.requires_grad
     out = _chunked(fn, logits, labels, chunk_size, use_checkpoint, preserve_rng_state=False)
-    return _split(out, with_entropy)
+    return _split(out, with_entropy, entropy_grad)
 
 
 def token_logprobs_from_hidden(
@@ -141,6 +150,7 @@ def token_logprobs_from_hidden(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Like :func:`token_logprobs`, from final hidden states, applying ``lm_head`` chunk by chunk.
 
@@ -156,14 +166,14 @@ def token_logprobs_from_hidden(
     _check_labels(hidden, labels, "hidden")
 
     def fn(block: Tensor, block_labels: Tensor) -> Tensor:
-        return _logp_and_entropy(lm_head(block), block_labels, temperature, with_entropy)
+        return _logp_and_entropy(lm_head(block), block_labels, temperature, with_entropy, entropy_grad)
 
     needs_grad = hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters())
     # preserve_rng_state: an adapter on the LM head may apply dropout; the recompute must match.
     out = _chunked(
         fn, hidden, labels, chunk_size, torch.is_grad_enabled() and needs_grad, preserve_rng_state=True
     )
-    return _split(out, with_entropy)
+    return _split(out, with_entropy, entropy_grad)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -213,6 +223,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     from_hidden: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs of the last ``logits_to_keep`` tokens of each row under a causal LM.
@@ -222,6 +233,8 @@ def sequence_logprobs(
         input_ids: [B, L + K] left-padded prompt followed by the completion (K = ``logits_to_keep``).
         attention_mask: [B, L + K] 1 on real tokens (prompt and completion), 0 on padding.
         logits_to_keep: K, the completion length.
+        entropy_grad: keep the entropy differentiable (for an entropy term in a loss); False when it
+            is only a metric, which saves memory and backward time.
         from_hidden: take the final hidden states and apply the LM head chunk by chunk (no
             [B, K, V] logits). It falls back to the model's logits (``logits_to_keep=K + 1``) when
             the model cannot give them, or post-processes its logits (soft-capping, scaling).
@@ -244,7 +257,12 @@ def sequence_logprobs(
     kwargs: dict[str, object] = {"attention_mask": attention_mask, "use_cache": False}
     if _accepts(model, "position_ids"):
         kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-    options = {"temperature": temperature, "chunk_size": chunk_size, "with_entropy": with_entropy}
+    options = {
+        "temperature": temperature,
+        "chunk_size": chunk_size,
+        "with_entropy": with_entropy,
+        "entropy_grad": entropy_grad,
+    }
 
     head = _hidden_path_head(model) if from_hidden else None
     if head is not None:

@@ -72,6 +72,7 @@ def micro_logprobs(
         temperature=temperature,
         chunk_size=chunk_size,
         with_entropy=with_entropy,
+        entropy_grad=False,  # a metric and a token filter (top_entropy_quantile); never differentiated
     )
     return logp, entropy, keep
 

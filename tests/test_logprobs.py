@@ -128,6 +128,26 @@ def test_from_hidden_equals_naive_with_gradients(chunk_size: int) -> None:
         assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
 
 
+def test_a_metric_only_entropy_is_left_out_of_the_graph() -> None:
+    """entropy_grad=False: same values, same logp gradients, and an entropy autograd never sees."""
+    torch.manual_seed(0)
+    head = nn.Linear(16, 40)
+    hidden = torch.randn(2, 6, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 6))
+    runs = {}
+    for entropy_grad in (True, False):
+        logp, entropy = token_logprobs_from_hidden(
+            hidden, head, labels, chunk_size=4, with_entropy=True, entropy_grad=entropy_grad
+        )
+        runs[entropy_grad] = (logp, entropy, torch.autograd.grad(logp.sum(), [hidden, head.weight]))
+    (logp, entropy, grads), (logp_m, entropy_m, grads_m) = runs[True], runs[False]
+    assert entropy.requires_grad and not entropy_m.requires_grad
+    assert_close(logp_m, logp, atol=0, rtol=0)
+    assert_close(entropy_m, entropy, atol=0, rtol=0)
+    for grad, grad_m in zip(grads, grads_m, strict=True):
+        assert_close(grad_m, grad, atol=1e-6, rtol=1e-6)
+
+
 def test_no_grad_path_and_empty_input() -> None:
     head = nn.Linear(8, 20)
     hidden, labels = torch.randn(2, 3, 8), torch.randint(0, 20, (2, 3))

@@ -8,8 +8,9 @@ computation), then runs only the completion tokens. Same result, same gradients;
 of the work shrinks by about G (for 30 prompt + 64 completion tokens and G = 8: 28% fewer FLOPs).
 
 It falls back to :func:`~grpo_lightning.logprobs.sequence_logprobs` when no prompt repeats, when the
-model has no cache or uses activation checkpointing (which turns the cache off), or when its logits
-are not the LM head of the last hidden state.
+model has no cache or uses activation checkpointing (which turns the cache off), when it is sharded
+with FSDP2 (ranks must make the same number of forward calls), or when its logits are not the LM
+head of the last hidden state.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from grpo_lightning.logprobs import (
     sequence_logprobs,
     token_logprobs_from_hidden,
 )
+from grpo_lightning.models import is_sharded
 
 
 def _cache_argument(model: nn.Module) -> str | None:
@@ -53,6 +55,7 @@ def shared_prefix_logprobs(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Drop-in for :func:`~grpo_lightning.logprobs.sequence_logprobs` that computes each distinct prompt once.
 
@@ -66,7 +69,12 @@ def shared_prefix_logprobs(
     Returns:
         ``logp: [B, K]`` and ``entropy: [B, K] | None``, float32, differentiable.
     """
-    options = {"temperature": temperature, "chunk_size": chunk_size, "with_entropy": with_entropy}
+    options = {
+        "temperature": temperature,
+        "chunk_size": chunk_size,
+        "with_entropy": with_entropy,
+        "entropy_grad": entropy_grad,
+    }
     K = logits_to_keep
     L = input_ids.shape[1] - K
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2 or not 1 <= K < input_ids.shape[1]:
@@ -77,7 +85,9 @@ def shared_prefix_logprobs(
     cache_arg = _cache_argument(model)
     head = _hidden_path_head(model)
     checkpointing = model.training and _checkpointing(model)
-    if len(prompts) == len(input_ids) or cache_arg is None or head is None or checkpointing:
+    # A sharded (FSDP2) model runs collectives in every forward, so every rank must make the same
+    # number of calls; how many this path makes depends on the rank's own rows.
+    if len(prompts) == len(input_ids) or cache_arg is None or head is None or checkpointing or is_sharded(model):
         return sequence_logprobs(model, input_ids, attention_mask, K, **options)
 
     prompt_ids, prompt_mask = prompts[:, :L], prompts[:, L:]

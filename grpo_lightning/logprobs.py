@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from grpo_lightning.fused_head import fused_head_applies, linear_logprobs
+
 #: Rows (token positions) per chunk. A [512, 152k] float32 block is 300 MB, and the peak is about
 #: five such blocks (logits, log-softmax, entropy terms, their gradients): lower it for big vocabularies.
 DEFAULT_CHUNK_SIZE = 512
@@ -169,6 +171,19 @@ def token_logprobs_from_hidden(
         return _logp_and_entropy(lm_head(block), block_labels, temperature, with_entropy, entropy_grad)
 
     needs_grad = hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters())
+    fused = torch.is_grad_enabled() and needs_grad and not (with_entropy and entropy_grad)
+    if fused and labels.numel() and fused_head_applies(lm_head, hidden):
+        # One autograd function for head + log-probs: less memory and fewer passes in the backward.
+        batch, length = labels.shape
+        logp, entropy = linear_logprobs(
+            hidden.reshape(batch * length, -1),
+            lm_head,  # type: ignore[arg-type]
+            labels.reshape(-1),
+            temperature=temperature,
+            chunk_size=chunk_size,
+            with_entropy=with_entropy,
+        )
+        return logp.view(batch, length), (entropy.view(batch, length) if entropy is not None else None)
     # preserve_rng_state: an adapter on the LM head may apply dropout; the recompute must match.
     out = _chunked(
         fn, hidden, labels, chunk_size, torch.is_grad_enabled() and needs_grad, preserve_rng_state=True

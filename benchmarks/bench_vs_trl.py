@@ -145,7 +145,7 @@ def main() -> None:
         "--systems",
         default="trl,default",
         help="comma list of: trl; default (GRPOModule's defaults); generate (rollout_engine='hf'); plain "
-        "(generate, and every row's prompt recomputed in the log-prob passes: the path without the levers)",
+        "(generate, and every row's prompt recomputed in the log-prob passes)",
     )
     args = parser.parse_args()
 

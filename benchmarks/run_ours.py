@@ -34,7 +34,7 @@ VARIANTS = {
     "default": {},
     # transformers' generate for sampling (so pi_old is a forward pass again); shared prompts kept.
     "generate": {"rollout_engine": "hf"},
-    # generate, pi_old recomputed, every row's prompt computed again: the straightforward path.
+    # generate, pi_old recomputed, every row's prompt computed again (the LM-head changes stay on).
     "plain": {"rollout_engine": "hf"},
 }
 

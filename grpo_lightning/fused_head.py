@@ -16,13 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from grpo_lightning.models import is_sharded
+
 
 def fused_head_applies(lm_head: nn.Module, hidden: Tensor) -> bool:
     """Whether :func:`linear_logprobs` can stand in for ``lm_head``: a plain ``nn.Linear`` (not an adapter
     wrapper), with ordinary (not FSDP-sharded) weights, outside autocast (whose casts it would skip)."""
     return (
         type(lm_head) is nn.Linear
-        and not hasattr(lm_head.weight, "full_tensor")
+        and not is_sharded(lm_head)
         and not torch.is_autocast_enabled(hidden.device.type)
         and hidden.dtype == lm_head.weight.dtype
     )
@@ -59,7 +61,8 @@ class _LinearLogprobs(torch.autograd.Function):
             lse[rows] = norm
             if with_entropy:
                 log_probs = z.sub_(norm.unsqueeze(-1))
-                entropy[rows] = -(log_probs.exp() * log_probs).sum(-1)
+                # No autograd here, so the product can reuse exp's block: two [c, V] blocks, not three.
+                entropy[rows] = -log_probs.exp().mul_(log_probs).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.mark_non_differentiable(entropy)  # a metric: no gradient flows through it

@@ -26,8 +26,9 @@ from torch.utils.checkpoint import checkpoint
 
 from grpo_lightning.fused_head import fused_head_applies, linear_logprobs
 
-#: Rows (token positions) per chunk. A [512, 152k] float32 block is 300 MB, and the peak is about
-#: five such blocks (logits, log-softmax, entropy terms, their gradients): lower it for big vocabularies.
+#: Rows (token positions) per chunk. A [512, 152k] float32 block is 300 MB, and the checkpointed path
+#: peaks at about five such blocks (logits, log-softmax, entropy terms, their gradients; the fused
+#: head of ``fused_head.py`` at two): lower it for big vocabularies.
 DEFAULT_CHUNK_SIZE = 512
 
 # Models found to post-process their logits (soft-capping, scaling): they take the logits path.

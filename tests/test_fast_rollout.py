@@ -10,12 +10,12 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from grpo_lightning.engines import FastRollout, FastRolloutEngine, resolve_engine
+from grpo_lightning.engines import FastRolloutEngine, resolve_engine
 from grpo_lightning.engines.decoders import lean_unsupported_reason
 from grpo_lightning.engines.sampling import sample_categorical
 from grpo_lightning.logprobs import sequence_logprobs
 from grpo_lightning.losses import grpo_loss
-from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
+from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutEngine, SamplingConfig
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 PROMPTS = ["What is 12 + 7 - 3?", "What is 5 + 9?", "Compute 18 - 4 + 11 + 2, please.", "3 + 3 ="]
@@ -71,7 +71,7 @@ def test_greedy_tokens_masks_and_eos_equal_generate(tokenizer, prompts, arch, de
     for mask_truncated in (False, True):
         slow = run(HFGenerateEngine(), model, prompts, greedy, eos=eos, mask_truncated=mask_truncated)
         fast = run(FastRolloutEngine(decoder), model, prompts, greedy, eos=eos, mask_truncated=mask_truncated)
-        assert isinstance(fast, FastRollout)
+        assert isinstance(fast, Rollout) and fast.sampling_logp is not None  # with the sampling log-probs
         assert fast.lengths.min() < 24 and fast.truncated.any(), "the EOS choice should end some rows early"
         for name in (
             "prompt_ids",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.engines.fast import FastRollout, FastRolloutEngine
+from grpo_lightning.engines.fast import FastRolloutEngine
 from grpo_lightning.engines.sampling import TokenSampler
 from grpo_lightning.rollout import HFGenerateEngine, RolloutEngine, SamplingConfig
 
@@ -50,7 +50,6 @@ def resolve_engine(
 __all__ = [
     "ENGINE_NAMES",
     "EngineName",
-    "FastRollout",
     "FastRolloutEngine",
     "fast_engine_supports",
     "resolve_engine",

@@ -28,10 +28,6 @@ from grpo_lightning.rollout import Rollout, SamplingConfig, completion_masks, le
 Decoder = Literal["auto", "lean", "cache"]
 
 
-# Kept as a name for code that imported it: every Rollout now carries ``sampling_logp``.
-FastRollout = Rollout
-
-
 class FastRolloutEngine:
     """Sample ``G`` completions per prompt with a lean decoding loop (CPU or GPU, any dtype).
 

@@ -79,15 +79,17 @@ def shared_prefix_logprobs(
     L = input_ids.shape[1] - K
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2 or not 1 <= K < input_ids.shape[1]:
         return sequence_logprobs(model, input_ids, attention_mask, K, **options)  # it raises the clear error
-    prompts, inverse = torch.unique(
-        torch.cat([input_ids[:, :L], attention_mask[:, :L]], dim=1), dim=0, return_inverse=True
-    )
     cache_arg = _cache_argument(model)
     head = _hidden_path_head(model)
     checkpointing = model.training and _checkpointing(model)
     # A sharded (FSDP2) model runs collectives in every forward, so every rank must make the same
     # number of calls; how many this path makes depends on the rank's own rows.
-    if len(prompts) == len(input_ids) or cache_arg is None or head is None or checkpointing or is_sharded(model):
+    if cache_arg is None or head is None or checkpointing or is_sharded(model):
+        return sequence_logprobs(model, input_ids, attention_mask, K, **options)
+    prompts, inverse = torch.unique(
+        torch.cat([input_ids[:, :L], attention_mask[:, :L]], dim=1), dim=0, return_inverse=True
+    )
+    if len(prompts) == len(input_ids):  # no prompt repeats: nothing to share
         return sequence_logprobs(model, input_ids, attention_mask, K, **options)
 
     prompt_ids, prompt_mask = prompts[:, :L], prompts[:, L:]

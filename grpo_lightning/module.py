@@ -338,8 +338,9 @@ class GRPOModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[Any]:
-        """Callbacks that the settings ask for: reference sync and completion logging."""
+        """Callbacks that the settings ask for (reference sync, completion logging) and the RunGuard."""
         from grpo_lightning.callbacks import CompletionLogger, RefModelSync
+        from grpo_lightning.interrupt import RunGuard
 
         h = self.hparams
         callbacks: list[Any] = []
@@ -347,6 +348,9 @@ class GRPOModule(LightningModule):
             callbacks.append(RefModelSync(h.ref_model_mixup_alpha, h.ref_model_sync_steps))
         if h.log_completions_every_n_steps > 0:
             callbacks.append(CompletionLogger(h.log_completions_every_n_steps, h.num_completions_to_log))
+        # Checkpoint on SIGTERM/SIGINT/errors, atomic writes, resume checks; one given to the Trainer wins.
+        if not any(isinstance(c, RunGuard) for c in self.trainer.callbacks):
+            callbacks.append(RunGuard())
         return callbacks
 
     # ---- steps -----------------------------------------------------------------------------------

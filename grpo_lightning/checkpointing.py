@@ -57,9 +57,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(err, Exception):  # not KeyboardInterrupt / SystemExit: those pass unchanged
+            state = "is unchanged" if target.exists() else "was not created"
+            raise OSError(
+                f"Writing the checkpoint {target} failed ({type(err).__name__}: {err}); the file there {state}. "
+                "A full disk is the usual cause: free space in that folder (a checkpoint is written next to "
+                "the previous one before it replaces it)."
+            ) from err
         raise
     # The rename itself is durable only once the folder's entry is on disk (POSIX).
     with contextlib.suppress(OSError):

@@ -1,0 +1,125 @@
+"""Checkpoint files: written atomically, and a broken one gets an error naming the last good one."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import (
+    PromptsDataModule,
+    make_module,
+    make_trainer,
+    one_thread,  # noqa: F401 (autouse fixture)
+    tiny_tokenizer,
+)
+
+import grpo_lightning.checkpointing as checkpointing
+from grpo_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointFileError,
+    atomic_torch_save,
+    last_good_checkpoint,
+    read_checkpoint,
+)
+
+
+def _trained(tmp_path, max_steps=1):
+    tok = tiny_tokenizer()
+    module = make_module(tok)
+    trainer = make_trainer(max_steps=max_steps, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=PromptsDataModule(tok))
+    return module, trainer
+
+
+def test_the_trainer_writes_checkpoints_with_the_atomic_writer(tmp_path):
+    _, trainer = _trained(tmp_path)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    assert torch.load(tmp_path / "a.ckpt", weights_only=False)["global_step"] == 1
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    _, trainer = _trained(tmp_path)
+    last = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(last)
+    before = last.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(before[: len(before) // 2])  # half of the bytes reach the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint(last)
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def _mount_tmpfs(mount: Path, size: int) -> None:
+    """A tmpfs of ``size`` bytes (only where this process may mount one, e.g. as root in a container)."""
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+
+def test_a_real_full_disk_keeps_last_ckpt_whole(tmp_path):
+    _, trainer = _trained(tmp_path)
+    trainer.save_checkpoint(tmp_path / "probe.ckpt")
+    size = (tmp_path / "probe.ckpt").stat().st_size
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, size * 4 // 5)  # the full checkpoint no longer fits
+    try:
+        last = disk / "last.ckpt"
+        trainer.save_checkpoint(last, weights_only=True)  # an earlier, smaller checkpoint
+        before = last.read_bytes()
+        # Writing over it in place (Lightning's default) would leave a truncated last.ckpt here.
+        with pytest.raises(OSError, match="the file there is unchanged"):
+            trainer.save_checkpoint(last)
+        assert last.read_bytes() == before
+        assert torch.load(last, weights_only=False)["global_step"] == 1
+        assert [p.name for p in disk.iterdir()] == ["last.ckpt"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: b"", "is empty"),
+        (lambda data: data[: len(data) // 2], "is truncated"),
+        (lambda data: b"not a checkpoint at all" * 100, "is truncated or not a checkpoint"),
+    ],
+)
+def test_a_broken_checkpoint_is_named_with_the_last_good_one(tmp_path, damage, message):
+    good, broken = tmp_path / "epoch=0-step=2.ckpt", tmp_path / "last.ckpt"
+    atomic_torch_save({"global_step": 2}, good)
+    atomic_torch_save({"global_step": 3}, broken)
+    broken.write_bytes(damage(broken.read_bytes()))
+    with pytest.raises(CheckpointFileError, match=message) as info:
+        read_checkpoint(broken)
+    assert f"resume with --ckpt_path {good}" in str(info.value)
+    assert "weights_only" not in str(info.value)
+    assert last_good_checkpoint(tmp_path, exclude=broken) == good
+
+
+def test_fit_from_a_truncated_checkpoint_fails_clearly(tmp_path):
+    _, trainer = _trained(tmp_path / "run")
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    tok = tiny_tokenizer()
+    with pytest.raises(CheckpointFileError, match=r"truncated.*No complete checkpoint"):
+        make_trainer(max_steps=2).fit(
+            make_module(tok), datamodule=PromptsDataModule(tok), ckpt_path=str(ckpt)
+        )
+
+
+def test_no_temp_file_is_left_after_a_successful_write(tmp_path):
+    atomic_torch_save({"x": torch.ones(3)}, tmp_path / "sub" / "a.ckpt")
+    assert [p.name for p in Path(tmp_path / "sub").iterdir()] == ["a.ckpt"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from grpo_lightning.checkpointing import check_checkpoint_file
 from grpo_lightning.data import PromptDataModule
+from grpo_lightning.interrupt import RunGuard
 from grpo_lightning.module import GRPOModule
 
 
@@ -30,9 +33,21 @@ class GRPOLightningCLI(LightningCLI):
         parser.link_arguments(
             ("model.model", "model.tokenizer"), "data.tokenizer", compute_fn=_data_tokenizer
         )
-        parser.add_argument("--export.dir", type=str | None, default=None, help="Where fit exports the policy.")
-        parser.add_argument("--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter on export.")
+        parser.add_argument(
+            "--export.dir", type=str | None, default=None, help="Where fit exports the policy."
+        )
+        parser.add_argument(
+            "--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter on export."
+        )
         parser.add_argument("--export.enabled", type=bool, default=True, help="Export the policy after fit.")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's CLI would overwrite every model.* setting with the checkpoint's: keep what the user
+        # asked for; RunGuard applies it, or refuses what a checkpoint cannot continue under.
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path:
+            check_checkpoint_file(ckpt_path)
 
     def after_fit(self) -> None:
         export = self.config[self.subcommand].export
@@ -58,11 +73,14 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
 
     ``run=False`` only parses and builds the model, data module and trainer (no subcommand).
     """
+    argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else None
     return GRPOLightningCLI(
         GRPOModule,
         PromptDataModule,
         args=args,
         run=run,
+        # Saves and prints the resume command on SIGTERM/SIGINT/errors.
+        trainer_defaults={"callbacks": [RunGuard(["grpo-lightning", *argv] if argv is not None else None)]},
         # The module builds its own optimizer from its `optimizer` / `lr_scheduler` arguments.
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},

@@ -1,0 +1,129 @@
+"""Resuming from the command line: changed settings are applied and recorded, or refused by name."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
+
+from grpo_lightning.cli import main
+from grpo_lightning.resume import apply_optimizer_settings, changed_settings, check_resume_settings
+
+
+def _policy(path):
+    tok = tiny_tokenizer()
+    tiny_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _fit(root, model_dir, *extra: str):
+    return main(
+        [
+            "fit",
+            f"--model.model={model_dir}",
+            "--model.reward_funcs=[gsm8k_accuracy]",
+            "--model.num_generations=2",
+            "--model.max_completion_length=6",
+            "--model.learning_rate=1e-3",
+            "--model.warmup_steps=8",
+            "--model.beta=0.1",
+            "--data.prompt_template={question}\n",
+            "--data.batch_size=2",
+            "--data.synthetic={train_size: 16, val_size: 4, test_size: 4}",
+            "--trainer.accelerator=cpu",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={root}",
+            "--export.enabled=false",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture
+def first_run(tmp_path):
+    model_dir = _policy(tmp_path / "policy")
+    _fit(tmp_path / "first", model_dir)
+    (ckpt,) = glob.glob(str(tmp_path / "first" / "**" / "*.ckpt"), recursive=True)
+    return model_dir, ckpt
+
+
+def test_a_changed_learning_rate_is_applied_and_recorded(tmp_path, first_run, capsys):
+    model_dir, ckpt = first_run
+    cli = _fit(
+        tmp_path / "second",
+        model_dir,
+        f"--ckpt_path={ckpt}",
+        "--model.learning_rate=1e-2",
+        "--trainer.max_steps=3",
+    )
+    assert "learning_rate: 0.001 -> 0.01" in capsys.readouterr().err
+    assert cli.model.hparams.learning_rate == 1e-2
+    # After 3 of 8 warmup steps, at the new rate (the old one would give 5e-4).
+    assert cli.model.optimizers().param_groups[0]["lr"] == pytest.approx(1e-2 * 4 / 8)
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(1e-2)] * 2
+    (config,) = glob.glob(str(tmp_path / "second" / "**" / "config.yaml"), recursive=True)
+    assert yaml.safe_load(Path(config).read_text())["model"]["learning_rate"] == 1e-2
+
+
+def test_a_changed_num_generations_is_refused_by_name(tmp_path, first_run):
+    model_dir, ckpt = first_run
+    with pytest.raises(ValueError, match="num_generations: checkpoint 2, now 4"):
+        _fit(
+            tmp_path / "second",
+            model_dir,
+            f"--ckpt_path={ckpt}",
+            "--model.num_generations=4",
+            "--trainer.max_steps=3",
+        )
+
+
+def test_a_moved_model_folder_can_be_given_anew(tmp_path, first_run):
+    model_dir, ckpt = first_run
+    moved = tmp_path / "moved"
+    shutil.move(model_dir, moved)
+    cli = _fit(tmp_path / "second", moved, f"--ckpt_path={ckpt}", "--trainer.max_steps=3")
+    assert cli.trainer.global_step == 3
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert not torch.equal(
+        cli.model.policy.model.embed_tokens.weight, state["policy.model.embed_tokens.weight"]
+    )
+
+
+def test_settings_comparison():
+    saved = {"learning_rate": 1e-3, "beta": 0.0, "num_generations": 8, "only_old": 1}
+    now = {"learning_rate": 1e-3, "beta": 0.1, "num_generations": 8, "only_new": 2}
+    assert changed_settings(saved, now) == {"beta": (0.0, 0.1)}
+    assert check_resume_settings({"lora": None}, {"lora": None}) == {}
+    with pytest.raises(ValueError, match=r"--model.lora None"):
+        check_resume_settings({"lora": None}, {"lora": {"r": 8}})
+
+
+def test_optimizer_state_is_rescaled_to_the_new_learning_rate():
+    ckpt = {
+        "optimizer_states": [
+            {
+                "param_groups": [
+                    {"lr": 5e-4, "initial_lr": 1e-3, "weight_decay": 0.1},
+                    {"lr": 5e-4, "weight_decay": 0.0},
+                ]
+            }
+        ],
+        "lr_schedulers": [{"base_lrs": [1e-3, 1e-3], "_last_lr": [5e-4, 5e-4]}],
+    }
+    apply_optimizer_settings(ckpt, old_lr=1e-3, new_lr=2e-3, old_weight_decay=0.1, new_weight_decay=0.2)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3)] * 2 and groups[0][
+        "initial_lr"
+    ] == pytest.approx(2e-3)
+    assert [g["weight_decay"] for g in groups] == [0.2, 0.0]
+    assert ckpt["lr_schedulers"][0]["base_lrs"] == [pytest.approx(2e-3)] * 2
+    assert ckpt["lr_schedulers"][0]["_last_lr"] == [pytest.approx(1e-3)] * 2

@@ -36,8 +36,8 @@ class GroupStats:
     count: Tensor
     """[P] number of valid (non-NaN) rewards, int64."""
     zero_std: Tensor
-    """[P] bool: the group's valid rewards have no spread (all equal, or fewer than two), so it
-    contributes no gradient."""
+    """[P] bool: the group's valid rewards have no spread (all exactly equal, or fewer than two), so
+    it contributes no gradient (:func:`zero_spread`)."""
 
 
 def _check_rewards(rewards: Tensor, group_size: int) -> Tensor:
@@ -82,10 +82,28 @@ def group_stats(rewards: Tensor, group_size: int) -> GroupStats:
     return _group_stats(_check_rewards(rewards, group_size), group_size)
 
 
+def zero_spread(rewards: Tensor, group_size: int) -> Tensor:
+    """``[P]`` bool: the group's valid (non-NaN) rewards are all exactly equal, or fewer than two.
+
+    The one test of "this group carries no signal", used by the advantages, the metrics and dynamic
+    sampling alike. It compares the rewards themselves, not their computed std: eight float32
+    rewards of 1.2 have a float32 mean that is not exactly 1.2, so their std is a rounding leftover
+    of ~1e-8, not 0, yet they are equal.
+    """
+    groups = rewards.view(-1, group_size)
+    valid = ~torch.isnan(groups)
+    high = torch.where(valid, groups, torch.full_like(groups, float("-inf"))).amax(dim=1)
+    low = torch.where(valid, groups, torch.full_like(groups, float("inf"))).amin(dim=1)
+    return (valid.sum(dim=1) < 2) | (high == low)
+
+
 def _group_stats(rewards: Tensor, group_size: int) -> GroupStats:
     mean, std, count = _nan_mean_std(rewards.view(-1, group_size), dim=1)
-    # Rewards like 0.1 + 0.2 leave a rounding-level spread; that is "no spread" for metrics.
-    zero_std = torch.isclose(std, torch.zeros_like(std))
+    zero_std = zero_spread(rewards, group_size)
+    # Equal rewards: the mean is that value exactly and the std exactly 0, so advantages are exactly 0.
+    first_valid = torch.nan_to_num(rewards.view(-1, group_size), nan=float("inf")).amin(dim=1)
+    mean = torch.where(zero_std & (count > 0), first_valid, mean)
+    std = torch.where(zero_std, torch.zeros_like(std), std)
     return GroupStats(mean=mean, std=std, count=count, zero_std=zero_std)
 
 

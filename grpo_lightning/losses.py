@@ -41,6 +41,12 @@ ImportanceSamplingLevel = Literal["token", "sequence"]
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = get_args(ImportanceSamplingLevel)
 
+#: Log-ratios (policy vs sampler, reference vs policy) are clamped to +/- this before ``exp``: a
+#: policy that drifted far gives a large finite loss (e^20 ~ 5e8) instead of inf and NaN gradients.
+#: Inside the range nothing changes; outside it the gradient through the clamped term is 0, which
+#: the ratio clip would give anyway.
+MAX_LOG_RATIO = 20.0
+
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values: [B, T]`` over the positions where ``mask: [B, T]`` is 1; 0 if there are none."""
@@ -51,7 +57,7 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 def importance_ratio(
     logp: Tensor, old_logp: Tensor, mask: Tensor, level: ImportanceSamplingLevel = "token"
 ) -> Tensor:
-    """The importance ratio pi/pi_old ``[B, T]``.
+    """The importance ratio pi/pi_old ``[B, T]`` (the log-ratio clamped to ``+/- MAX_LOG_RATIO``).
 
     ``token``: ``exp(logp - old)`` per token. ``sequence`` (GSPO): the exponential of the mean
     log-ratio over the sequence's active tokens, the same value broadcast over its positions.
@@ -62,12 +68,13 @@ def importance_ratio(
         mask = mask.to(log_ratio.dtype)
         seq = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
         log_ratio = seq.expand_as(logp)
-    return torch.exp(log_ratio)
+    return torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref) ``[B, T]``: ``exp(ref - logp) - (ref - logp) - 1``."""
-    diff = ref_logp - logp
+    """Per-token k3 estimate of KL(pi || pi_ref) ``[B, T]``: ``exp(ref - logp) - (ref - logp) - 1``,
+    with ``ref - logp`` clamped to ``+/- MAX_LOG_RATIO``."""
+    diff = (ref_logp - logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     return torch.exp(diff) - diff - 1.0
 
 

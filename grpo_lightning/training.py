@@ -21,6 +21,7 @@ from grpo_lightning.models import reference_context
 from grpo_lightning.rollout import rollout_seed
 from grpo_lightning.scoring import ScoredRollout, concat_scored, sample_and_score
 from grpo_lightning.update import StepMetrics, UpdateBatch, full_logprobs, micro_logprobs
+from grpo_lightning.zero_signal import has_signal, skip_update
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule
@@ -68,9 +69,22 @@ class TrainingStep:
         scored = self.collect(batch, step)
         advantages, stats = self.advantages(scored)
         t1 = time.perf_counter()
-        losses = self.update(scored, advantages, step)
+        signal = has_signal(stats["advantages"])  # every group zero-spread: the weights must not move
+        h = m.hparams
+        losses = (
+            self.update(scored, advantages, step)
+            if signal
+            else skip_update(m, h.num_iterations * h.steps_per_rollout)
+        )
         t2 = time.perf_counter()
         self.log(scored, advantages, stats, losses, rollout_s=t1 - t0, update_s=t2 - t1)
+        m.log(
+            "train/skipped_zero_advantage",
+            float(not signal),
+            on_step=True,
+            on_epoch=False,
+            batch_size=prompts,
+        )
         return {"loss": losses["loss"], "samples": scored, "advantages": advantages.cpu()}
 
     # ---- rollout ---------------------------------------------------------------------------------

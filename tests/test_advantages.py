@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages
 from torch.testing import assert_close
 
-from grpo_lightning.advantages import SCALE_REWARDS, compute_advantages, group_stats
+from grpo_lightning.advantages import SCALE_REWARDS, compute_advantages, group_stats, zero_spread
 
 NAN = float("nan")
 
@@ -115,3 +115,27 @@ def test_matches_loop_reference_and_never_nan(
     assert not torch.isnan(adv).any()
     expected = ref_advantages(rewards, group_size, scale_rewards)
     assert_close(adv, t(expected), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("value", [1.2, 0.1, 1 / 3, 0.7, 123.456])
+@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+def test_all_equal_float32_rewards_give_exactly_zero_and_count_as_zero_spread(value, scale_rewards) -> None:
+    # Eight float32 copies of 1.2: their float32 mean is not exactly 1.2, so r - mean was ~1e-8 and the
+    # std a leftover of ~5e-8 (advantages of +1.2e-3 after dividing by std + eps).
+    rewards = torch.full((8,), value, dtype=torch.float32)
+    mixed = torch.cat([rewards, torch.tensor([0.0, 1.0] * 4)])
+    adv = compute_advantages(mixed, group_size=8, scale_rewards=scale_rewards)
+    assert torch.equal(adv[:8], torch.zeros(8))
+    assert (adv[8:] != 0).all()
+    stats = group_stats(mixed, group_size=8)
+    assert stats.zero_std.tolist() == [True, False]
+    assert stats.std[0].item() == 0.0 and stats.mean[0].item() == rewards[0].item()
+
+
+def test_zero_spread_ignores_nan_and_needs_two_valid_rewards() -> None:
+    groups = [[0.3, NAN, 0.3], [NAN, NAN, 2.0], [NAN, 0.3, 0.3001], [NAN, NAN, NAN]]
+    rewards = torch.tensor(groups).flatten()
+    assert zero_spread(rewards, 3).tolist() == [True, True, False, True]
+    adv = compute_advantages(rewards, 3)
+    assert torch.equal(adv[:6], torch.zeros(6)) and torch.equal(adv[9:], torch.zeros(3))
+    assert adv[7] < 0 < adv[8]

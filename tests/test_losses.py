@@ -15,8 +15,10 @@ from grpo_lightning.advantages import SCALE_REWARDS, compute_advantages
 from grpo_lightning.losses import (
     IMPORTANCE_SAMPLING_LEVELS,
     LOSS_TYPES,
+    MAX_LOG_RATIO,
     aggregation_count,
     grpo_loss,
+    importance_ratio,
     k3_kl,
 )
 
@@ -359,3 +361,25 @@ def test_micro_batch_split_gives_the_same_gradient(loss_type: str, level: str) -
     # The normaliser-free single call is the textbook value, so the split reproduces it too.
     single, _ = grpo_loss(batch["logp"], batch["old"], batch["ref"], adv, batch["mask"], **options)
     assert_close(losses[0], single)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_a_drifted_policy_gives_a_large_finite_loss_and_gradient(level) -> None:
+    # log pi - log pi_old = +-100: exp overflows float32 (inf loss, NaN gradients) without the clamp.
+    logp = torch.tensor([[-0.1, -0.1], [-120.0, -120.0]], requires_grad=True)
+    old = torch.tensor([[-100.1, -100.1], [-20.0, -20.0]])
+    ref = torch.tensor([[-100.1, -100.1], [-20.0, -20.0]])
+    mask = torch.ones(2, 2)
+    loss, metrics = grpo_loss(
+        logp, old, ref, torch.tensor([-1.0, 1.0]), mask, beta=0.1, importance_sampling_level=level
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert loss.item() > 1e7  # exp(20) / 2 tokens-worth: large, as it should be
+    assert torch.isfinite(metrics["kl"]) and torch.isfinite(metrics["ratio_mean"])
+    assert importance_ratio(logp, old, mask, level).max().item() == pytest.approx(
+        math.exp(MAX_LOG_RATIO), rel=1e-5
+    )
+    assert k3_kl(torch.tensor([0.0]), torch.tensor([50.0])).item() == pytest.approx(
+        math.exp(MAX_LOG_RATIO) - MAX_LOG_RATIO - 1, rel=1e-5
+    )

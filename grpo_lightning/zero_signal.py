@@ -1,0 +1,44 @@
+"""Steps without a learning signal leave the weights exactly as they are.
+
+When every group of a step has zero spread (all of a prompt's completions scored the same), every
+advantage is 0 and the policy term of the loss vanishes. What remains is noise: with ``beta > 0``
+the KL term of a policy that has barely moved is ~1e-9, and AdamW normalises any gradient to steps
+of about the learning rate, so the weights would drift with nothing learned. Such a step therefore
+makes no forward pass, no backward pass and no optimizer update; it still counts its optimizer
+steps (``global_step``, the LR schedule, checkpoint cadence), so a run's length does not change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from grpo_lightning.module import GRPOModule
+
+
+def has_signal(advantages: Tensor) -> bool:
+    """True when any advantage ``[N]`` (gathered over every rank, so all ranks agree) is non-zero."""
+    return bool(advantages.ne(0).any())
+
+
+def skip_update(module: GRPOModule, num_steps: int) -> dict[str, Tensor]:
+    """Count ``num_steps`` optimizer steps without touching the weights or the optimizer state.
+
+    Lightning counts an optimizer step in the hooks around ``LightningOptimizer.step``; calling them
+    alone keeps ``global_step`` right without running the optimizer (whose moments and weight decay
+    would move the weights even with zero gradients) or the precision plugin (a gradient scaler
+    refuses a step without a backward pass). The LR scheduler steps as usual.
+    Returns the step's loss metrics: loss and grad_norm 0, and the learning rate.
+    """
+    opt, sched = module.optimizers(), module.lr_schedulers()
+    lr = opt.param_groups[0]["lr"]
+    for _ in range(num_steps):
+        opt._on_before_step()
+        opt._on_after_step()
+        if sched is not None:
+            sched.step()
+    zero = torch.zeros((), device=module.device)
+    return {"loss": zero, "grad_norm": zero.clone(), "lr": torch.tensor(lr)}

@@ -115,7 +115,9 @@ class PromptDataModule(LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}.")
         if synthetic and dataset != SYNTHETIC:
             raise ValueError(
-                f"synthetic settings were given, but dataset={describe_source(dataset)}, not 'synthetic'."
+                f"synthetic settings were given, but dataset={describe_source(dataset)}, not 'synthetic'. "
+                "Drop them: --data.synthetic null on the command line (a config such as the quickstart's sets "
+                "them), or synthetic: null in the YAML."
             )
         # Objects (a Dataset) stay out of the saved hyperparameters and checkpoints. The tokenizer
         # always does: it is the policy's, recorded by the module, and loggers refuse a key that
@@ -156,6 +158,9 @@ class PromptDataModule(LightningDataModule):
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ())
         if stage is None:
             needed = ("train", "val", "test")
+        # Validation turned off (limit_val_batches=0): its split is never read, so it may even be empty.
+        if stage == "fit" and self.trainer is not None and self.trainer.limit_val_batches == 0:
+            needed = ("train",)
         for split in needed:
             self.get_split(split)
 

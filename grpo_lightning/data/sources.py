@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +38,10 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv
 SYNTHETIC_SIZES = {"train_size": 2000, "val_size": 200, "test_size": 200}
 _MAX_SYNTHETIC_ROUNDS = 20
 
-DatasetSource = str | Mapping[str, str] | Dataset | DatasetDict
+# ``Path`` is in the union for the command line too: jsonargparse reads the *contents* of a file named
+# for a union with a mapping type (a CSV became one long string, a one-line JSONL a dict); a union
+# that admits a path keeps the name as given.
+DatasetSource = str | Path | Mapping[str, str] | Dataset | DatasetDict
 
 
 @contextmanager
@@ -77,6 +81,7 @@ def load_source(
     data set repository; or a Hub name (``"openai/gsm8k"`` with ``config_name="main"``).
     """
     kwargs = dict(load_kwargs or {})
+    dataset = str(dataset) if isinstance(dataset, Path) else dataset
     where = describe_source(dataset, config_name)
     if isinstance(dataset, DatasetDict):
         return dataset
@@ -97,7 +102,15 @@ def load_source(
         )
     path = Path(dataset).expanduser()
     if path.is_file():
-        return _load(where, _file_builder(path), data_files=str(path), **kwargs)
+        builder = _file_builder(path)
+        _check_file(path)
+        try:
+            return _load(where, builder, data_files=str(path), **kwargs)
+        except DataSourceError as err:
+            bad_line = _first_bad_json_line(path) if builder == "json" else None
+            if bad_line is None:
+                raise
+            raise DataSourceError(f"Could not load {where}: {bad_line}") from err
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         try:
             loaded = load_from_disk(str(path))
@@ -108,6 +121,38 @@ def load_source(
         raise DataSourceError(f"No such file or directory: {where}.")
     # A local repository copy or a Hub name: the datasets library resolves both.
     return _load(where, dataset, config_name, **kwargs)
+
+
+def _check_file(path: Path) -> None:
+    """An empty file is refused by name (the datasets library only says ``StopIteration``)."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head.strip():
+        raise DataSourceError(
+            f"The file {str(path)!r} is empty: it holds no rows. Check the path or the export."
+        )
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """``"line N: <error>"`` for the first line of a JSON Lines file that is not valid JSON, or None
+    when every line parses (or the whole file is one valid JSON document)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:
+            return (
+                f"line {number} is not valid JSON ({err.msg} at column {err.colno}): {line[:200]!r}. "
+                "Each line of a .jsonl file must be one complete JSON object."
+            )
+    return None
 
 
 def _file_builder(path: Path) -> str:

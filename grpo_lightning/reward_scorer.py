@@ -1,0 +1,298 @@
+"""Calling the reward functions: columns, weights, ``None``/NaN, time limits, and errors that name the
+culprit (the function and the sample).
+
+A reward function is ``f(prompts, completions, **columns) -> list[float | None]``: one value per
+completion, ``None`` (or NaN) meaning "not applicable". The total reward is the weighted sum of the
+applicable terms; it is NaN (ignored by the statistics) only when no term applies.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from grpo_lightning._checks import check_choice
+from grpo_lightning.reward_workers import CallFailure, RewardWorkerPool, score_in_workers
+from grpo_lightning.rewards.registry import resolve_reward
+
+RewardFunc = Callable[..., Sequence[float | None]]
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned something unusable."""
+
+
+def reward_name(fn: Any) -> str:
+    """A readable name for metrics (``train/rewards/<name>/mean``): ``__name__`` or the class name."""
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str):
+        inner = getattr(fn, "func", None)  # functools.partial
+        name = getattr(inner, "__name__", None) or type(fn).__name__
+    return name
+
+
+def _unique_names(funcs: Sequence[Any]) -> list[str]:
+    names: list[str] = []
+    for fn in funcs:
+        name, k = reward_name(fn), 2
+        while name in names:
+            name = f"{reward_name(fn)}_{k}"
+            k += 1
+        names.append(name)
+    return names
+
+
+def _short(text: Any, limit: int = 300) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit // 2] + " ... " + text[-limit // 2 :]
+
+
+def combine_rewards(per_func: Tensor, weights: Tensor) -> Tensor:
+    """Weighted sum ``[N]`` of ``per_func: [N, K]`` with ``weights: [K]``; NaN terms are skipped.
+
+    A row is NaN only when every one of its K terms is NaN.
+    """
+    valid = ~torch.isnan(per_func)
+    total = torch.where(valid, per_func * weights, torch.zeros_like(per_func)).sum(dim=1)
+    return torch.where(valid.any(dim=1), total, torch.full_like(total, float("nan")))
+
+
+#: A reward call slower than this (seconds) in the training process is reported once.
+SLOW_CALL_S = 10.0
+#: Rewards beyond this magnitude overflow the float32 loss once multiplied out (reported once).
+HUGE_REWARD = 1e6
+RewardErrors = Literal["raise", "none"]
+
+
+class RewardScorer:
+    """Calls each reward function on a batch of completions and returns a ``[N, K]`` float tensor.
+
+    Args:
+        reward_funcs: callables, registered names or import paths (see ``resolve_reward``).
+        reward_weights: one weight per function (default: all 1).
+        workers: score in this many worker processes, one call per completion
+            (:mod:`grpo_lightning.reward_workers`); 0 = in this process, one call per function.
+        timeout: seconds one call may take in a worker (needs ``workers >= 1``); None = no limit.
+        errors: what a failing call (an exception, a timeout, a crashed worker) does: ``"raise"``
+            stops with an error naming the reward and the sample; ``"none"`` scores that completion
+            None (not applicable) and warns.
+    """
+
+    def __init__(
+        self,
+        reward_funcs: Sequence[RewardFunc | str],
+        reward_weights: Sequence[float] | None = None,
+        workers: int = 0,
+        timeout: float | None = None,
+        errors: RewardErrors = "raise",
+    ) -> None:
+        if not reward_funcs:
+            raise ValueError(
+                "No reward function: pass reward_funcs (callables, registered names or import paths)."
+            )
+        self.funcs: list[RewardFunc] = [resolve_reward(f) for f in reward_funcs]
+        self.names = _unique_names(self.funcs)
+        weights = [1.0] * len(self.funcs) if reward_weights is None else [float(w) for w in reward_weights]
+        if len(weights) != len(self.funcs):
+            raise ValueError(
+                f"reward_weights has {len(weights)} entries but there are {len(self.funcs)} reward functions "
+                f"({', '.join(self.names)}); give one weight per function."
+            )
+        if not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"reward_weights must be finite numbers, got {weights}.")
+        self.weights = torch.tensor(weights, dtype=torch.float32)
+        self._warned_nan: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
+        check_choice("reward_errors", errors, ("raise", "none"))
+        if timeout is not None and workers < 1:
+            raise ValueError(
+                f"reward_timeout={timeout} needs reward_workers >= 1: a call in the training process cannot be "
+                "stopped. Set reward_workers (e.g. 4) or drop reward_timeout."
+            )
+        self.errors = errors
+        self.pool = RewardWorkerPool(self.funcs, workers, timeout) if workers > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.funcs)
+
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Any] | None = None
+    ) -> Tensor:
+        """Rewards ``[N, K]`` (float32, CPU; NaN = not applicable) for N completions and K functions."""
+        columns = dict(columns or {})
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(
+                f"Got {len(prompts)} prompts for {n} completions; pass one prompt per completion."
+            )
+        out = torch.empty(n, len(self.funcs), dtype=torch.float32)
+        if self.pool is not None:
+            per_func, failures = score_in_workers(self.pool, self.names, prompts, completions, columns)
+            self._failed(failures, prompts, completions)
+            for k, name in enumerate(self.names):
+                out[:, k] = self._check_values(name, per_func[k], n, prompts, completions)
+            return out
+        for k, (fn, name) in enumerate(zip(self.funcs, self.names, strict=True)):
+            start = time.monotonic()
+            try:
+                values = fn(prompts=list(prompts), completions=list(completions), **columns)
+            except Exception as err:
+                if self.errors == "raise":
+                    raise self._explain_failure(fn, name, prompts, completions, columns, err) from err
+                values = self._one_by_one(k, prompts, completions, columns)
+            self._warn_once(
+                name,
+                "slow",
+                time.monotonic() - start > SLOW_CALL_S,
+                f"Reward function {name!r} took {time.monotonic() - start:.0f}s for {n} completions, in the "
+                "training process, where a call that hangs cannot be stopped. Run rewards in worker processes "
+                "with a time limit: reward_workers=4, reward_timeout=<seconds>.",
+            )
+            out[:, k] = self._check_values(name, values, n, prompts, completions)
+        return out
+
+    def _one_by_one(
+        self, k: int, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Any]
+    ) -> list[Any]:
+        """``errors="none"``: score completion by completion; those that raise score None (warned)."""
+        values: list[Any] = []
+        failures = []
+        for i in range(len(completions)):
+            row = {c: [v[i]] if _is_per_sample(v, len(completions)) else v for c, v in columns.items()}
+            try:
+                (value,) = self.funcs[k](prompts=[prompts[i]], completions=[completions[i]], **row)
+            except Exception as err:
+                value = None
+                failures.append((k, i, CallFailure(f"raised {type(err).__name__}: {err}")))
+            values.append(value)
+        self._failed(failures, prompts, completions)
+        return values
+
+    def _failed(
+        self,
+        failures: Sequence[tuple[int, int, CallFailure]],
+        prompts: Sequence[str],
+        completions: Sequence[str],
+    ) -> None:
+        """Raise for the first failed call (``errors="raise"``), or warn once per function that failed."""
+        n = len(completions)
+        for k in sorted({f[0] for f in failures}):
+            mine = [f for f in failures if f[0] == k]
+            _, i, failure = mine[0]
+            name = self.names[k]
+            sample = f"  prompt: {_short(prompts[i])!r}\n  completion: {_short(completions[i])!r}"
+            if self.errors == "raise":
+                raise RewardError(
+                    f"Reward function {name!r} {failure.reason} on completion {i} of {n}\n{sample}\n"
+                    "Set reward_errors='none' to score such completions None and go on."
+                )
+            warnings.warn(
+                f"Reward function {name!r} gave no score for {len(mine)} of {n} completions; they score None "
+                f"(reward_errors='none'). First: {failure.reason} on completion {i}\n{sample}",
+                stacklevel=3,
+            )
+
+    def _warn_once(self, name: str, kind: str, condition: bool, message: str) -> None:
+        if condition and (name, kind) not in self._warned:
+            self._warned.add((name, kind))
+            warnings.warn(message, stacklevel=3)
+
+    def combine(self, per_func: Tensor) -> Tensor:
+        """Weighted total ``[N]`` of ``per_func: [N, K]`` (see :func:`combine_rewards`)."""
+        return combine_rewards(per_func, self.weights.to(per_func.device))
+
+    def _check_values(
+        self, name: str, values: Any, n: int, prompts: Sequence[str], completions: Sequence[str]
+    ) -> Tensor:
+        if isinstance(values, Tensor):
+            values = values.detach().cpu().flatten().tolist()
+        if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+            raise RewardError(
+                f"Reward function {name!r} returned {type(values).__name__}; it must return a list with one "
+                f"float (or None) per completion ({n} here)."
+            )
+        values = list(values)
+        if len(values) != n:
+            raise RewardError(
+                f"Reward function {name!r} returned {len(values)} values for {n} completions; it must return "
+                "exactly one float (or None) per completion, in the order given."
+            )
+        self._warn_once(
+            name,
+            "none",
+            n > 0 and all(v is None for v in values),
+            f"Reward function {name!r} returned None for all {n} completions of a step: it applies to none of "
+            "them, so it gives no learning signal. Check the columns it needs (e.g. 'answer') and its input format.",
+        )
+        result = torch.empty(n, dtype=torch.float32)
+        for i, v in enumerate(values):
+            if isinstance(v, Tensor) and v.numel() == 1:
+                v = v.item()
+            if v is None:
+                result[i] = float("nan")
+            elif isinstance(v, numbers.Real):
+                v = float(v)
+                if math.isinf(v):
+                    raise RewardError(
+                        f"Reward function {name!r} returned {v} for completion {i}; rewards must be finite "
+                        f"(use None for 'not applicable').\n  prompt: {_short(prompts[i])!r}\n"
+                        f"  completion: {_short(completions[i])!r}"
+                    )
+                self._warn_once(
+                    name,
+                    "huge",
+                    abs(v) > HUGE_REWARD,
+                    f"Reward function {name!r} returned {v:g} (completion {i}); rewards beyond {HUGE_REWARD:g} "
+                    "overflow the float32 loss and gradients (grad_norm inf). Rescale the reward.",
+                )
+                if math.isnan(v) and name not in self._warned_nan:
+                    self._warned_nan.add(name)
+                    warnings.warn(
+                        f"Reward function {name!r} returned NaN; it is treated as None (not applicable). "
+                        "Return None explicitly to silence this warning.",
+                        stacklevel=2,
+                    )
+                result[i] = v
+            else:
+                raise RewardError(
+                    f"Reward function {name!r} returned {v!r} ({type(v).__name__}) for completion {i}; "
+                    f"each value must be a float or None.\n  prompt: {_short(prompts[i])!r}\n"
+                    f"  completion: {_short(completions[i])!r}"
+                )
+        return result
+
+    @staticmethod
+    def _explain_failure(
+        fn: RewardFunc,
+        name: str,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        columns: Mapping[str, Any],
+        err: Exception,
+    ) -> RewardError:
+        """Find the first sample that makes ``fn`` raise on its own, to show it in the error."""
+        for i in range(len(completions)):
+            row = {k: [v[i]] if _is_per_sample(v, len(completions)) else v for k, v in columns.items()}
+            try:
+                fn(prompts=[prompts[i]], completions=[completions[i]], **row)
+            except Exception as single:
+                return RewardError(
+                    f"Reward function {name!r} raised {type(single).__name__}: {single}\n"
+                    f"  on completion {i} of {len(completions)}\n  prompt: {_short(prompts[i])!r}\n"
+                    f"  completion: {_short(completions[i])!r}"
+                )
+        return RewardError(
+            f"Reward function {name!r} raised {type(err).__name__}: {err} (on the batch of {len(completions)} "
+            "completions; no single completion raises on its own)."
+        )
+
+
+def _is_per_sample(value: Any, n: int) -> bool:
+    return isinstance(value, (list, tuple, Tensor)) and len(value) == n

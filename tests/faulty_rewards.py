@@ -1,0 +1,27 @@
+"""Module-level reward functions that misbehave on purpose (worker processes import them by name)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def sleepy(prompts, completions, **columns):
+    """1.0 per completion, but hangs on a completion that says "hang"."""
+    if any("hang" in c for c in completions):
+        time.sleep(600)
+    return [1.0] * len(completions)
+
+
+def crashy(prompts, completions, **columns):
+    """1.0 per completion, but kills its process on a completion that says "crash" (like a segfault)."""
+    if any("crash" in c for c in completions):
+        os._exit(3)
+    return [1.0] * len(completions)
+
+
+def picky(prompts, completions, answer, **columns):
+    """1.0 when the completion equals the answer; raises on a completion that says "bad"."""
+    if any("bad" in c for c in completions):
+        raise ValueError("cannot parse this one")
+    return [float(c == a) for c, a in zip(completions, answer, strict=True)]

@@ -6,7 +6,7 @@ import glob
 import os
 
 import pytest
-from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
+from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM
 
 from grpo_lightning.cli import main
@@ -48,13 +48,6 @@ def test_print_config_feeds_back_into_fit(capsys, tmp_path):
     second = print_config(capsys, "--config", str(saved))
     assert second == first
     assert "beta: 0.04" in second and "batch_size: 4" in second
-
-
-def save_tiny_policy(path):
-    tok = tiny_tokenizer()
-    tiny_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_data_tokenizer_follows_the_model(tmp_path):

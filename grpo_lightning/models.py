@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -195,7 +196,12 @@ def apply_lora(model: PreTrainedModel, lora: Mapping[str, Any] | Any) -> nn.Modu
         raise TypeError(
             f"lora must be a dict of LoraConfig fields or a peft LoraConfig, got {type(lora).__name__}."
         )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated checkpointing aliases; nothing the caller can change.
+        warnings.filterwarnings(
+            "ignore", message=r"`(is_)?gradient_checkpointing(_enable)?` is deprecated", category=FutureWarning
+        )
+        return get_peft_model(model, config)
 
 
 def is_peft_model(model: nn.Module) -> bool:

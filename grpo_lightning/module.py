@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
 from grpo_lightning.config import (
     BatchLayout,
@@ -56,6 +57,8 @@ from grpo_lightning.predict import predict_records
 from grpo_lightning.rollout import RolloutEngine, SamplingConfig
 from grpo_lightning.scoring import RewardFunc, RewardScorer
 from grpo_lightning.training import TrainingStep
+
+quiet_known_noise()
 
 
 class GRPOModule(LightningModule):
@@ -368,6 +371,7 @@ class GRPOModule(LightningModule):
         from grpo_lightning.callbacks import CompletionLogger, RefModelSync, step_progress_bar
 
         h = self.hparams
+        quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
         bar = step_progress_bar(self.trainer.progress_bar_callback)
         callbacks: list[Any] = [bar] if bar is not None else []
         if h.sync_ref_model:

@@ -28,3 +28,4 @@ def run_directory(trainer: Trainer) -> str:
         version = version if isinstance(version, str) else f"version_{version}"
         path = os.path.join(save_dir, str(logger.name), version)
     return trainer.strategy.broadcast(path)
+

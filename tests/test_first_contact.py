@@ -9,6 +9,8 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from helpers import (
@@ -198,3 +200,38 @@ def test_prompts_too_long_for_the_context_fail_at_setup_naming_both_numbers(tmp_
                        r"Lower max_completion_length to at most 108, or set the DataModule's max_prompt_length to at most 8"):
         make_trainer(max_steps=1).fit(module, datamodule=Data(tok))
     assert module.trainer.global_step == 0  # refused before any step
+
+
+NOISE = (
+    "LeafSpec",  # torch's deprecation of Lightning's own pytree code
+    "Tip:",  # Lightning's litlogger / litmodels advertisements
+    "will override existing callbacks",  # the module's own progress-bar swap
+    "is deprecated",  # transformers' checkpointing aliases that peft reads
+    "anonymous setting",  # wandb about an argument Lightning passes
+    "git root",
+)
+
+
+def test_a_normal_run_prints_nothing_the_user_cannot_act_on(tmp_path):
+    script = f"""
+import os
+os.environ["WANDB_MODE"] = "offline"
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from helpers import PromptsDataModule, make_module, tiny_tokenizer
+tok = tiny_tokenizer()
+module = make_module(tok, lora={{"r": 4}}, gradient_checkpointing=True, steps_per_rollout=2)
+loggers = [CSVLogger({str(tmp_path)!r}), WandbLogger(save_dir={str(tmp_path / "wandb_runs")!r}, offline=True)]
+trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=loggers, log_every_n_steps=1,
+                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+trainer.fit(module, datamodule=PromptsDataModule(tok))
+print("FIT DONE", trainer.global_step)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FIT DONE 2" in done.stdout
+    output = done.stdout + done.stderr
+    assert [line for line in output.splitlines() if any(n in line for n in NOISE)] == []

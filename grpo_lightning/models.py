@@ -8,8 +8,10 @@ already built (a ``PreTrainedModel``, e.g. from a notebook).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.resources
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,9 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
+
+from grpo_lightning.model_card import ModelCardInfo, write_model_card
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -110,7 +113,7 @@ def load_tokenizer(
             )
         tokenizer = source
     if isinstance(tokenizer, str):
-        tokenizer = _tokenizer_from_pretrained(resolve_model_path(tokenizer))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
     # Batched generation appends to the right end of each prompt: prompts must be left-padded.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -122,24 +125,6 @@ def load_tokenizer(
     return tokenizer
 
 
-
-def _tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained``, except for a plain ``tokenizers`` tokenizer saved locally.
-
-    transformers 5 picks the tokenizer class from the model type when a model config sits beside
-    the tokenizer, so a custom ``tokenizer.json`` saved next to a Qwen2 config (as the built-in
-    models are) would be loaded as ``Qwen2Tokenizer`` with its own pre-tokenizer, dropping spaces.
-    A folder whose ``tokenizer_config.json`` names the generic backend is loaded as exactly that.
-    """
-    config_file = Path(path) / "tokenizer_config.json"
-    if config_file.is_file():
-        declared = json.loads(config_file.read_text()).get("tokenizer_class")
-        if declared in _GENERIC_TOKENIZER_CLASSES:
-            return PreTrainedTokenizerFast.from_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
-
-
-_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""
@@ -258,17 +243,23 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def save_pretrained(
-    policy: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, merge_lora: bool = False
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    merge_lora: bool = False,
+    card: ModelCardInfo | None = None,
 ) -> Path:
-    """Write the policy and tokenizer in ``save_pretrained`` format; returns the folder.
+    """Write the policy, tokenizer and a model card (``README.md``) in ``save_pretrained`` format.
 
-    A LoRA policy is saved as its adapter, or with ``merge_lora=True`` as a plain model with the
-    adapter merged into the weights (on a copy: the policy being trained stays as it is). A model
-    sharded with FSDP2 is gathered first, so call this on every rank; only rank 0 writes.
+    Returns the folder. A LoRA policy is saved as its adapter, or with ``merge_lora=True`` as a plain
+    model with the adapter merged into the weights (on a copy: the policy being trained stays as it
+    is). A model sharded with FSDP2 is gathered first, so call this on every rank; only rank 0 writes.
+    ``card`` is what the model card says about training (base model, settings, steps, metrics).
     """
     path = Path(path)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     writer = not distributed or torch.distributed.get_rank() == 0
+    adapter = is_peft_model(policy) and not merge_lora
     if is_sharded(policy):
         if merge_lora:
             raise ValueError(
@@ -282,14 +273,102 @@ def save_pretrained(
         if writer:
             path.mkdir(parents=True, exist_ok=True)
             policy.save_pretrained(path, state_dict=state)
-            tokenizer.save_pretrained(path)
-        return path
-    if writer:  # under DDP every rank holds the same weights
+    elif writer:  # under DDP every rank holds the same weights
         path.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(policy).merge_and_unload() if is_peft_model(policy) and merge_lora else policy
         model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+    if writer:
+        save_tokenizer(tokenizer, path)
+        chat = getattr(tokenizer, "chat_template", None) is not None
+        write_model_card(path, card, adapter=adapter, chat=chat)
     return path
+
+
+#: transformers 5 saves a tokenizer.json-backed tokenizer as "TokenizersBackend", a class transformers 4
+#: lacks; both versions know it as "PreTrainedTokenizerFast".
+_PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+#: Text every export's tokenizer must encode the same way after a plain ``AutoTokenizer`` load.
+ROUND_TRIP_TEXT = "Q: What is 4 + 4 + 2 + 2?\nA: 4+4=8, 8+2=10, 10+2=12 #### 12"
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """``tokenizer.save_pretrained(path)``, readable by transformers 4 and 5, then checked.
+
+    Save the model first: ``AutoTokenizer`` reads ``config.json`` to pick the tokenizer class, and
+    the check loads the folder the way users will. A tokenizer that comes back encoding
+    :data:`ROUND_TRIP_TEXT` differently is reported with a warning (the files are kept).
+    """
+    path = Path(path)
+    tokenizer.save_pretrained(path)
+    config_file = path / "tokenizer_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        declared = config.get("tokenizer_class")
+        if declared in _PORTABLE_TOKENIZER_CLASSES:
+            config["tokenizer_class"] = _PORTABLE_TOKENIZER_CLASSES[declared]
+            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    check_auto_tokenizer(tokenizer, path)
+
+
+def check_auto_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path, text: str = ROUND_TRIP_TEXT) -> bool:
+    """True when ``AutoTokenizer.from_pretrained(path)`` encodes ``text`` as ``tokenizer`` does; else warn."""
+    try:
+        loaded = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # transformers raises many types for a folder it cannot read
+        warnings.warn(
+            f"AutoTokenizer.from_pretrained({str(path)!r}) fails ({type(err).__name__}: {err}): the tokenizer "
+            "saved there cannot be loaded the standard way.",
+            stacklevel=2,
+        )
+        return False
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+    got = loaded(text, add_special_tokens=False)["input_ids"]
+    if got == expected:
+        return True
+    warnings.warn(
+        f"AutoTokenizer.from_pretrained({str(path)!r}) loads a {type(loaded).__name__} that encodes {text!r} "
+        f"differently from the tokenizer used in training ({len(got)} ids against {len(expected)}): whoever "
+        "loads this folder the standard way (AutoTokenizer, pipeline) gets different ids and wrong answers. transformers picks "
+        "the tokenizer class from the model type in config.json for some models: save the tokenizer in that "
+        "model type's own format, or load it with PreTrainedTokenizerFast.from_pretrained.",
+        stacklevel=2,
+    )
+    return False
+
+
+def push_to_hub(
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    repo_id: str,
+    *,
+    merge_lora: bool = False,
+    card: ModelCardInfo | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload model trained with grpo-lightning",
+    folder: str | Path | None = None,
+) -> str:
+    """Export as :func:`save_pretrained` does (into ``folder``, or a temporary folder) and upload it
+    to the Hub model repository ``repo_id`` (created when missing); returns the commit URL.
+
+    The card's loading snippet names ``repo_id``. ``token`` defaults to the logged-in user's
+    (``hf auth login`` or ``HF_TOKEN``). Call it on every rank under FSDP; only rank 0 uploads.
+    """
+    import tempfile
+
+    import huggingface_hub
+
+    card = ModelCardInfo(repo_id=repo_id) if card is None else dataclasses.replace(card, repo_id=repo_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        target = save_pretrained(policy, tokenizer, folder or scratch, merge_lora=merge_lora, card=card)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_rank() != 0:
+            return ""
+        huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        commit = huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(target), commit_message=commit_message, token=token
+        )
+    return str(getattr(commit, "commit_url", commit))
 
 
 def shard_fsdp2(model: nn.Module, mesh: Any) -> None:

@@ -141,7 +141,14 @@ def _training_lines(info: ModelCardInfo) -> list[str]:
 def _table(title: str, rows: Mapping[str, str]) -> list[str]:
     if not rows:
         return []
-    return [f"### {title}", "", "| name | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows.items()), ""]
+    return [
+        f"### {title}",
+        "",
+        "| name | value |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in rows.items()),
+        "",
+    ]
 
 
 def _number(value: float) -> str:

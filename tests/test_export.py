@@ -98,13 +98,17 @@ def word_level_char_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1]
+    )
 
 
 def test_an_export_that_plain_autotokenizer_would_misread_is_reported(tmp_path):
     tok = word_level_char_tokenizer()
     assert tok(PROMPT)["input_ids"] == character_ids(PROMPT)
-    with pytest.warns(UserWarning, match=r"loads a Qwen2Tokenizer that encodes .* differently .*\(\d+ ids against 59\)"):
+    with pytest.warns(
+        UserWarning, match=r"loads a Qwen2Tokenizer that encodes .* differently .*\(\d+ ids against 59\)"
+    ):
         save_pretrained(tiny_model(), tok, tmp_path)
     assert (tmp_path / "tokenizer.json").is_file()  # the files are kept
 
@@ -189,7 +193,12 @@ def test_push_to_hub_uploads_the_export(tmp_path, monkeypatch):
     module = GRPOModule("builtin:tiny-math", reward_funcs=[answer_reward])
     url = module.push_to_hub("me/tiny-grpo", private=True, token="hf_x", card=ModelCardInfo(steps=3))
     assert url == "https://huggingface.co/me/tiny-grpo/commit/abc"
-    assert calls["create_repo"] == {"repo_id": "me/tiny-grpo", "token": "hf_x", "private": True, "exist_ok": True}
+    assert calls["create_repo"] == {
+        "repo_id": "me/tiny-grpo",
+        "token": "hf_x",
+        "private": True,
+        "exist_ok": True,
+    }
     assert calls["upload_folder"]["repo_id"] == "me/tiny-grpo" and calls["upload_folder"]["token"] == "hf_x"
     uploaded = hub / "me" / "tiny-grpo"
     card = (uploaded / "README.md").read_text()

@@ -15,7 +15,8 @@ from typing import Any
 
 CARD_FILE = "README.md"
 TAGS = ("grpo", "grpo-lightning")
-DEFAULT_EXAMPLE_PROMPT = "Q: What is 4 + 4 + 2 + 2?\nA: "
+DEFAULT_QUESTION = "What is 4 + 4 + 2 + 2?"
+DEFAULT_EXAMPLE_PROMPT = f"Q: {DEFAULT_QUESTION}\nA: "
 #: ``GRPOModule`` settings shown in a card's summary, when present.
 SUMMARY_KEYS = (
     "num_generations",
@@ -161,7 +162,7 @@ def _value(value: Any) -> str:
 
 
 def _loading_snippet(where: str, example: str | None, *, adapter: bool, chat: bool) -> list[str]:
-    prompt = example if example is not None else DEFAULT_EXAMPLE_PROMPT
+    prompt = example if example is not None else (DEFAULT_QUESTION if chat else DEFAULT_EXAMPLE_PROMPT)
     if adapter:
         return [
             "```python",

@@ -158,9 +158,17 @@ def test_an_adapter_export_has_a_peft_card(tmp_path):
     assert "AutoPeftModelForCausalLM.from_pretrained" in card.text
 
 
-def test_chat_tokenizers_get_a_messages_snippet():
+def test_chat_tokenizers_get_a_messages_snippet_that_runs(tmp_path, capsys):
     text = render_model_card(ModelCardInfo(example_prompt="What is 2 + 3?"), "out", chat=True)
     assert "generator([{'role': 'user', 'content': 'What is 2 + 3?'}]" in text
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    model = tiny_model(tok)
+    save_pretrained(model, tok, tmp_path)
+    snippet = re.search(r"```python\n(.*?)```", (tmp_path / "README.md").read_text(), re.DOTALL).group(1)
+    exec(snippet.replace("max_new_tokens=256", "max_new_tokens=12"), {})
+    expected = project_greedy(model, "<user>What is 4 + 4 + 2 + 2?\n<assistant>", 12)
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def test_only_hub_ids_become_base_model(tmp_path):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
-import json
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,12 +19,12 @@ import torch
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from grpo_lightning.model_card import ModelCardInfo, write_model_card
+from grpo_lightning.tokenizer_io import save_tokenizer, tokenizer_from_pretrained
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -113,7 +111,7 @@ def load_tokenizer(
             )
         tokenizer = source
     if isinstance(tokenizer, str):
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
+        tokenizer = tokenizer_from_pretrained(resolve_model_path(tokenizer))
     # Batched generation appends to the right end of each prompt: prompts must be left-padded.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -282,58 +280,6 @@ def save_pretrained(
         chat = getattr(tokenizer, "chat_template", None) is not None
         write_model_card(path, card, adapter=adapter, chat=chat)
     return path
-
-
-#: transformers 5 saves a tokenizer.json-backed tokenizer as "TokenizersBackend", a class transformers 4
-#: lacks; both versions know it as "PreTrainedTokenizerFast".
-_PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
-#: Text every export's tokenizer must encode the same way after a plain ``AutoTokenizer`` load.
-ROUND_TRIP_TEXT = "Q: What is 4 + 4 + 2 + 2?\nA: 4+4=8, 8+2=10, 10+2=12 #### 12"
-
-
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
-    """``tokenizer.save_pretrained(path)``, readable by transformers 4 and 5, then checked.
-
-    Save the model first: ``AutoTokenizer`` reads ``config.json`` to pick the tokenizer class, and
-    the check loads the folder the way users will. A tokenizer that comes back encoding
-    :data:`ROUND_TRIP_TEXT` differently is reported with a warning (the files are kept).
-    """
-    path = Path(path)
-    tokenizer.save_pretrained(path)
-    config_file = path / "tokenizer_config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text())
-        declared = config.get("tokenizer_class")
-        if declared in _PORTABLE_TOKENIZER_CLASSES:
-            config["tokenizer_class"] = _PORTABLE_TOKENIZER_CLASSES[declared]
-            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    check_auto_tokenizer(tokenizer, path)
-
-
-def check_auto_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path, text: str = ROUND_TRIP_TEXT) -> bool:
-    """True when ``AutoTokenizer.from_pretrained(path)`` encodes ``text`` as ``tokenizer`` does; else warn."""
-    try:
-        loaded = AutoTokenizer.from_pretrained(str(path))
-    except Exception as err:  # transformers raises many types for a folder it cannot read
-        warnings.warn(
-            f"AutoTokenizer.from_pretrained({str(path)!r}) fails ({type(err).__name__}: {err}): the tokenizer "
-            "saved there cannot be loaded the standard way.",
-            stacklevel=2,
-        )
-        return False
-    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
-    got = loaded(text, add_special_tokens=False)["input_ids"]
-    if got == expected:
-        return True
-    warnings.warn(
-        f"AutoTokenizer.from_pretrained({str(path)!r}) loads a {type(loaded).__name__} that encodes {text!r} "
-        f"differently from the tokenizer used in training ({len(got)} ids against {len(expected)}): whoever "
-        "loads this folder the standard way (AutoTokenizer, pipeline) gets different ids and wrong answers. transformers picks "
-        "the tokenizer class from the model type in config.json for some models: save the tokenizer in that "
-        "model type's own format, or load it with PreTrainedTokenizerFast.from_pretrained.",
-        stacklevel=2,
-    )
-    return False
 
 
 def push_to_hub(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import huggingface_hub
@@ -16,9 +17,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
 from grpo_lightning.model_card import ModelCardInfo, hub_model_id, render_model_card, settings_summary
-from grpo_lightning.models import resolve_model_path, save_pretrained
+from grpo_lightning.models import load_tokenizer, resolve_model_path, save_pretrained
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.tiny import CHARACTERS, SPECIAL_TOKENS, UNK_TOKEN, build_char_tokenizer
+from grpo_lightning.tokenizer_io import save_tokenizer
 
 PROMPT = "Q: What is 4 + 4 + 2 + 2?\nA: "
 # What the shipped model answers, decoded with the tokenizer it was trained with.
@@ -71,6 +73,9 @@ def test_the_shipped_model_loads_with_plain_transformers():
     # transformers 4 has no TokenizersBackend class: the folder names the class both versions know.
     config = json.loads((Path(folder) / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the project loads it the plain way, with nothing to report
+        assert load_tokenizer(None, "builtin:tiny-math")(PROMPT)["input_ids"] == character_ids(PROMPT)
 
 
 def test_an_export_of_the_shipped_model_loads_with_plain_transformers(tmp_path):
@@ -111,6 +116,17 @@ def test_an_export_that_plain_autotokenizer_would_misread_is_reported(tmp_path):
     ):
         save_pretrained(tiny_model(), tok, tmp_path)
     assert (tmp_path / "tokenizer.json").is_file()  # the files are kept
+
+
+def test_a_folder_that_plain_autotokenizer_misreads_loads_as_saved_in_the_project(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    word_level_char_tokenizer().save_pretrained(tmp_path)  # written without the checks
+    assert len(AutoTokenizer.from_pretrained(tmp_path)(PROMPT)["input_ids"]) < 29  # spaces lost
+    with pytest.warns(UserWarning, match=r"using the tokenizer as saved\. .* re-save its tokenizer"):
+        loaded = load_tokenizer(None, str(tmp_path))
+    assert loaded(PROMPT)["input_ids"] == character_ids(PROMPT)
+    assert save_tokenizer(build_char_tokenizer(), tmp_path)  # the repair the warning names
+    assert AutoTokenizer.from_pretrained(tmp_path)(PROMPT)["input_ids"] == character_ids(PROMPT)
 
 
 def test_the_model_card_says_what_how_and_how_to_load(tmp_path):

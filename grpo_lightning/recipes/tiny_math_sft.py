@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo_lightning.models import save_tokenizer
 from grpo_lightning.synthetic import generate_problems
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.tokenizer_io import save_tokenizer
 
 PROMPT_TEMPLATE = "Q: {question}\nA: "
 ANSWER = re.compile(r"####\s*(-?\d+)")

@@ -41,6 +41,7 @@ from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
+from grpo_lightning.model_card import ModelCardInfo
 from grpo_lightning.models import (
     apply_lora,
     create_reference,
@@ -50,6 +51,7 @@ from grpo_lightning.models import (
     is_sharded,
     load_policy,
     load_tokenizer,
+    push_to_hub,
     save_pretrained,
     shard_fsdp2,
 )
@@ -421,14 +423,19 @@ class GRPOModule(LightningModule):
 
     # ---- export ----------------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str, merge_lora: bool = False) -> str:
-        """Write the policy and tokenizer (``from_pretrained`` format) to ``path``; returns the path.
+    def save_pretrained(self, path: str, merge_lora: bool = False, card: ModelCardInfo | None = None) -> str:
+        """Write the policy, tokenizer (``from_pretrained`` format) and model card to ``path``; returns the path.
 
         A LoRA policy is saved as its adapter, or merged into a plain model with ``merge_lora=True``.
         """
         self.configure_model()
         assert self.policy is not None
-        return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora))
+        return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora, card=card))
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``."""
+        self.configure_model()
+        return push_to_hub(self.policy, self.tokenizer, repo_id, **kwargs)
 
 
 def _plain(value: Any) -> bool:

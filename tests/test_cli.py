@@ -86,3 +86,6 @@ def test_fit_runs_exports_and_says_where_everything_is(capsys, tmp_path):
     assert glob.glob(str(tmp_path / "runs" / "**" / "config.yaml"), recursive=True)
     # The exported policy loads back as a plain Hugging Face model.
     assert AutoModelForCausalLM.from_pretrained(export_dir).config.model_type == "qwen2"
+    # Its model card says how it was trained: the rewards, the optimizer steps, the last metrics.
+    card = (export_dir / "README.md").read_text()
+    assert "Rewards: gsm8k_accuracy" in card and "Optimizer steps: 2" in card and "| train/reward |" in card

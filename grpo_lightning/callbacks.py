@@ -1,4 +1,5 @@
-"""Side effects that observe training: sample-completion tables and reference-model sync.
+"""Side effects that observe training: sample-completion tables, reference-model sync, and
+progress bars that count optimizer steps.
 
 GRPOModule adds these itself (``configure_callbacks``) when its settings ask for them; they can
 also be given to the Trainer directly. Schedules count optimizer steps (``trainer.global_step``).
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
 
 from grpo_lightning.models import mix_reference
 
@@ -49,6 +53,107 @@ class RefModelSync(Callback):
             mix_reference(ref, pl_module.policy, self.alpha)
 
 
+def pick_rows(rewards: Tensor, group_size: int, count: int, per_prompt: int = 2) -> list[int]:
+    """Up to ``count`` row indices of a rollout, ``per_prompt`` from each of several prompts.
+
+    Groups whose rewards differ come first (they are the ones that teach something), in rollout
+    order; within a group the best and the worst completion are shown, then the next best, so a
+    table contrasts what the reward paid for with what it did not. ``rewards: [N]``, N = P * G
+    (NaN counts as lowest).
+    """
+    if count < 1 or len(rewards) == 0:
+        return []
+    groups = rewards.view(-1, group_size) if len(rewards) % group_size == 0 else rewards.view(1, -1)
+    filled = torch.nan_to_num(groups.float(), nan=float("-inf"))
+    mixed = (filled.max(dim=1).values != filled.min(dim=1).values).tolist()
+    order = [g for g in range(len(groups)) if mixed[g]] + [g for g in range(len(groups)) if not mixed[g]]
+    width = groups.shape[1]
+    take = min(per_prompt, width, count)
+    picked: list[int] = []
+    for g in order:
+        ranked = torch.argsort(filled[g], descending=True, stable=True).tolist()
+        # Best, worst, second best, second worst, ...
+        alternating = [ranked[(k // 2) if k % 2 == 0 else -(k // 2) - 1] for k in range(width)]
+        seen: list[int] = []
+        for j in alternating:
+            if j not in seen:
+                seen.append(j)
+        picked.extend(g * width + j for j in seen[:take])
+        if len(picked) >= count:
+            break
+    return picked[:count]
+
+
+class StepProgressBarMixin:
+    """Makes Lightning's progress bars count optimizer steps (``trainer.global_step``), as
+    ``max_steps`` does, instead of training steps: a GRPO training step makes
+    ``num_iterations * steps_per_rollout`` optimizer steps.
+
+    The bar of each epoch runs from 0 to the optimizer steps that epoch can make (capped by what
+    ``max_steps`` leaves), and the description leaves out the epoch limit when there is none.
+    """
+
+    _epoch_start_step = 0
+
+    def _steps_per_batch(self) -> int:
+        module = self.trainer.lightning_module  # type: ignore[attr-defined]
+        h = module.hparams
+        return int(h.get("num_iterations", 1)) * int(h.get("steps_per_rollout", 1))
+
+    @property
+    def total_train_batches(self) -> int | float:
+        trainer = self.trainer  # type: ignore[attr-defined]
+        total = trainer.num_training_batches * self._steps_per_batch()
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps - self._epoch_start_step)
+        return total
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_start_step = trainer.global_step
+        super().on_train_epoch_start(trainer, pl_module)  # type: ignore[misc]
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # The parent bars show batch_idx + 1: hand them the optimizer steps done in this epoch instead.
+        done = trainer.global_step - self._epoch_start_step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)  # type: ignore[misc]
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:  # type: ignore[attr-defined]
+            return f"Epoch {current_epoch}"
+        return super()._get_train_description(current_epoch)  # type: ignore[misc]
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        if "v_num" in items:
+            items["v_num"] = str(items["v_num"])  # a version, not a quantity to print as 0.000
+        return items
+
+
+class StepTQDMProgressBar(StepProgressBarMixin, TQDMProgressBar):
+    """:class:`TQDMProgressBar` counting optimizer steps (see :class:`StepProgressBarMixin`)."""
+
+
+class StepRichProgressBar(StepProgressBarMixin, RichProgressBar):
+    """:class:`RichProgressBar` counting optimizer steps (see :class:`StepProgressBarMixin`)."""
+
+
+def step_progress_bar(bar: Callback | None) -> Callback | None:
+    """The optimizer-step-counting twin of Lightning's default progress bar ``bar`` (same settings),
+    or None when ``bar`` is absent or a custom class (then it is left as the user made it)."""
+    if type(bar) is TQDMProgressBar:
+        twin: Callback = StepTQDMProgressBar(
+            refresh_rate=bar.refresh_rate, process_position=bar.process_position, leave=bar._leave
+        )
+        return twin
+    if type(bar) is RichProgressBar:
+        return StepRichProgressBar(
+            refresh_rate=bar.refresh_rate, leave=bar._leave, theme=bar.theme, console_kwargs=bar._console_kwargs
+        )
+    return None
+
+
 class CompletionLogger(Callback):
     """Every ``every_n_steps`` optimizer steps, show a few sampled completions of rank 0.
 
@@ -76,12 +181,13 @@ class CompletionLogger(Callback):
     def rows(
         self, pl_module: LightningModule, outputs: dict[str, Any], step: int
     ) -> tuple[list[str], list[list[Any]]]:
-        """Table columns and rows of the first ``num_completions`` completions of this step."""
+        """Table columns and ``num_completions`` rows of this step, spread over different prompts."""
         samples, advantages = outputs["samples"], outputs["advantages"]
         names = list(pl_module.scorer.names)
         columns = ["step", "prompt", "completion", "reward", *names, "advantage"]
+        group_size = int(pl_module.hparams.get("num_generations", 1))
         data = []
-        for i in range(min(self.num_completions, len(samples.completions))):
+        for i in pick_rows(samples.total, group_size, self.num_completions):
             per_func = [float(v) for v in samples.per_func[i].tolist()]
             data.append(
                 [

@@ -58,6 +58,10 @@ def evaluate(
     metrics.reward.update(greedy.total)
     metrics.mean_length.update(greedy.rollout.lengths.float())
     size = len(greedy.total)
+    if module.trainer.state.fn == "fit":
+        # Logged at the optimizer step the evaluation follows (Lightning's default counts rollouts).
+        # Only while fitting: a stand-alone validate/test would print it among its results.
+        module.log("step", float(module.trainer.global_step), on_step=False, on_epoch=True, batch_size=size)
     module.log(f"{stage}/accuracy", metrics.accuracy, on_epoch=True, prog_bar=True, batch_size=size)
     module.log(f"{stage}/reward", metrics.reward, on_epoch=True, batch_size=size)
     module.log(f"{stage}/completions/mean_length", metrics.mean_length, on_epoch=True, batch_size=size)

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from grpo_lightning.checkpointing import AtomicCheckpointIO, last_good_checkpoint
 from grpo_lightning.resume import apply_optimizer_settings, check_resume_settings, describe_changes
+from grpo_lightning.runs import run_directory
 
 #: Lightning warns that a manual-optimization checkpoint holds the weights *after* the optimizer
 #: step: for GRPOModule that is exactly the state to resume from (each training step is complete).
@@ -75,6 +76,7 @@ class RunGuard(Callback):
         self._step_start = 0
         self._loader_before_step: list[dict[str, Any]] | None = None
         self._rewind: list[dict[str, Any]] | None = None
+        self._dir: Path | None = None
 
     # ---- set-up ----------------------------------------------------------------------------------
 
@@ -85,6 +87,8 @@ class RunGuard(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signal_received = None
+        self._dir = None
+        self.checkpoint_dir(trainer)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -178,12 +182,12 @@ class RunGuard(Callback):
     # ---- saving and reporting ----------------------------------------------------------------------
 
     def checkpoint_dir(self, trainer: Trainer) -> Path:
-        """The ModelCheckpoint folder when there is one, else ``<log dir>/checkpoints``."""
-        ckpt = trainer.checkpoint_callback
-        dirpath = getattr(ckpt, "dirpath", None)
-        if dirpath:
-            return Path(dirpath)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        """The ModelCheckpoint folder when there is one, else the run folder's ``checkpoints``
+        (found once at the start of training, on every rank: finding it may be collective)."""
+        if self._dir is None:
+            dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+            self._dir = Path(dirpath) if dirpath else Path(run_directory(trainer)) / "checkpoints"
+        return self._dir
 
     def _save(self, trainer: Trainer) -> Path:
         path = self.checkpoint_dir(trainer) / self.filename

@@ -212,7 +212,7 @@ class RunGuard(Callback):
             ]
         else:
             lines = [f"{what}; no checkpoint was saved: {reason}."]
-            good = last_good_checkpoint(self.checkpoint_dir(trainer))
+            good = last_good_checkpoint(self._dir) if self._dir is not None else None
             if good is not None:
                 lines.append(
                     f"The last checkpoint is {good}. Resume with:\n  {resume_command(self.command, good)}"

@@ -27,7 +27,7 @@ def _fit(root, model_dir, *extra: str):
         [
             "fit",
             f"--model.model={model_dir}",
-            "--model.reward_funcs=[gsm8k_accuracy]",
+            "--model.reward_funcs=[helpers:char_code_mean]",  # dense: every step has a signal
             "--model.num_generations=2",
             "--model.max_completion_length=6",
             "--model.learning_rate=1e-3",

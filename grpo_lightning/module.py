@@ -56,8 +56,8 @@ from grpo_lightning.models import (
     shard_fsdp2,
 )
 from grpo_lightning.predict import predict_records
+from grpo_lightning.reward_scorer import RewardErrors, RewardFunc, RewardScorer
 from grpo_lightning.rollout import RolloutEngine, SamplingConfig
-from grpo_lightning.scoring import RewardFunc, RewardScorer
 from grpo_lightning.training import TrainingStep
 
 quiet_known_noise()
@@ -86,6 +86,12 @@ class GRPOModule(LightningModule):
             (``pkg.module:func``). Besides the dataset's columns they receive ``completion_ids``,
             ``completion_lengths``, ``truncated`` and ``max_completion_length``.
         reward_weights: One weight per reward function (default 1 each); the reward is the weighted sum.
+        reward_workers: Score in this many worker processes, one call per completion, so a reward that
+            hangs or crashes cannot stall or end the run (0 = in the training process). The functions must
+            be importable (registered names, import paths, module-level functions).
+        reward_timeout: Seconds one reward call may take in a worker (needs reward_workers >= 1; None = no limit).
+        reward_errors: A reward call that raises, times out or crashes its worker: "raise" stops the run
+            naming the reward and the sample; "none" scores that completion None and warns.
         num_generations: G, completions sampled per prompt (at least 2).
         max_completion_length: Most tokens per completion.
         temperature: Sampling temperature; the log-probs of the loss use it too.
@@ -150,6 +156,9 @@ class GRPOModule(LightningModule):
         tokenizer: str | PreTrainedTokenizerBase | None = None,
         reward_funcs: Sequence[str | RewardFunc] | str | RewardFunc | None = None,
         reward_weights: Sequence[float] | None = None,
+        reward_workers: int = 0,
+        reward_timeout: float | None = None,
+        reward_errors: RewardErrors = "raise",
         num_generations: int = 8,
         max_completion_length: int = 256,
         temperature: float = 1.0,
@@ -214,7 +223,7 @@ class GRPOModule(LightningModule):
         validate_settings({**self.hparams, "lora": lora})
         self.automatic_optimization = False
 
-        self.scorer = RewardScorer(funcs, reward_weights)
+        self.scorer = RewardScorer(funcs, reward_weights, reward_workers, reward_timeout, reward_errors)
         self.accuracy_scorer = RewardScorer([accuracy_reward] if accuracy_reward is not None else funcs[:1])
         self.tokenizer = load_tokenizer(tokenizer, model)
         self._model_spec = model if isinstance(model, str) else None

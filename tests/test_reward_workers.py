@@ -107,3 +107,13 @@ def test_silent_reward_problems_are_warned_once(monkeypatch):
 
         warnings.warn("marker", UserWarning, stacklevel=1)
     assert [str(w.message) for w in again] == ["marker"]
+
+
+def test_the_module_settings_reach_the_scorer():
+    from helpers import make_module
+
+    module = make_module(reward_funcs=[sleepy], reward_workers=2, reward_timeout=3.0, reward_errors="none")
+    assert module.scorer.pool.num_workers == 2 and module.scorer.pool.timeout == 3.0
+    assert module.scorer.errors == "none" and not module.scorer.pool._workers  # started on first use
+    with pytest.raises(ValueError, match=r"reward_timeout=3\.0 needs reward_workers >= 1"):
+        make_module(reward_funcs=[sleepy], reward_timeout=3.0)

@@ -107,7 +107,9 @@ def prompt_batch(module: GRPOModule, batch: dict[str, Any]) -> tuple[Tensor, Ten
     texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
     # The DataModule's prompts were checked at setup; this covers batches from anywhere else.
     longest = int(mask.sum(dim=1).max())
-    check_context_length(longest, module.sampling.max_completion_length, context_length(module.policy), "in this batch")
+    check_context_length(
+        longest, module.sampling.max_completion_length, context_length(module.policy), "in this batch"
+    )
     return ids, mask, texts
 
 
@@ -123,17 +125,25 @@ def sample_and_score(
 ) -> ScoredRollout:
     """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
     ids, mask, texts = prompt_batch(module, batch)
-    rollout = module.rollout_engine.generate(
-        module.policy,
-        ids,
-        mask,
-        num_generations=num_generations,
-        sampling=sampling,
-        eos_token_ids=module.eos_token_ids,
-        pad_token_id=module.tokenizer.pad_token_id,
-        seed=seed,
-        mask_truncated=mask_truncated,
-    )
+    try:
+        rollout = module.rollout_engine.generate(
+            module.policy,
+            ids,
+            mask,
+            num_generations=num_generations,
+            sampling=sampling,
+            eos_token_ids=module.eos_token_ids,
+            pad_token_id=module.tokenizer.pad_token_id,
+            seed=seed,
+            mask_truncated=mask_truncated,
+        )
+    except RuntimeError as err:  # generate's sampler: "probability tensor contains either inf, nan or ..."
+        if "inf" in str(err) and "nan" in str(err):
+            raise non_finite_logits_error(module.policy) from err
+        raise
+    # The engines that report their log-probs: one NaN/inf logit makes the chosen token's log-prob NaN.
+    if rollout.sampling_logp is not None and not bool(torch.isfinite(rollout.sampling_logp).all()):
+        raise non_finite_logits_error(module.policy)
     lengths = rollout.lengths.tolist()  # host sync: decoding needs the ids on the CPU anyway
     token_lists = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), lengths, strict=True)]
     completions = module.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
@@ -152,6 +162,21 @@ def sample_and_score(
     )
     per_func = scorer.score(prompts, completions, columns)
     return ScoredRollout(rollout, prompts, completions, per_func, scorer.combine(per_func), columns)
+
+
+def non_finite_logits_error(policy: Any) -> FloatingPointError:
+    """The error for NaN/inf logits while sampling, naming the policy's non-finite weights if any."""
+    bad = [name for name, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
+    where = (
+        f"{len(bad)} weight tensors hold NaN/inf (e.g. {bad[:3]})"
+        if bad
+        else "its weights are finite, so an activation overflowed (fp16 is the usual cause: use bf16 or fp32)"
+    )
+    return FloatingPointError(
+        f"The policy produced NaN/inf logits while sampling: {where}. Usual causes: a learning rate too high "
+        "for the model, fp16 overflow, a damaged checkpoint or model file. Resume from an earlier checkpoint "
+        "with a lower learning_rate (and max_grad_norm set), or check the model's weights."
+    )
 
 
 def concat_scored(parts: list[ScoredRollout], pad_token_id: int) -> ScoredRollout:

@@ -156,7 +156,9 @@ def sample_categorical(probs: Tensor, block: int = 1024) -> Tensor:
         share.clamp(min=0) * inner_total, torch.nextafter(inner_total, torch.zeros_like(inner_total))
     )
     t = torch.searchsorted(inner_cdf, r, right=True).squeeze(1)
-    return b.squeeze(1) * block + t
+    # A row of NaN/inf makes searchsorted run off the end; keep the id a valid index (the caller sees the
+    # row's NaN log-prob and reports the cause) instead of failing in the next embedding lookup.
+    return (b.squeeze(1) * block + t).clamp_(max=vocab - 1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,10 +47,21 @@ def builtin_models() -> list[str]:
     return sorted(BUILTIN_PREFIX + p.name for p in assets.iterdir() if p.is_dir())
 
 
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id (``org/name``): absolute, relative with ``./``, ``~``, or deeper."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve_model_path(name: str) -> str:
-    """Map ``"builtin:<name>"`` to the folder inside the package; any other string is returned as is."""
+    """Map ``"builtin:<name>"`` to the folder inside the package; a missing local path is an error
+    that says so; any other string (a Hub id) is returned as is."""
     if not name.startswith(BUILTIN_PREFIX):
-        return name
+        if _looks_local(name) and not Path(name).expanduser().exists():
+            raise FileNotFoundError(
+                f"No model folder at {name!r}. If it moved, give its new place (--model.model <path>; "
+                "resuming from a checkpoint accepts a new path too), or a Hub id such as 'Qwen/Qwen2.5-0.5B'."
+            )
+        return str(Path(name).expanduser()) if name.startswith("~") else name
     folder = importlib.resources.files("grpo_lightning") / "assets" / name[len(BUILTIN_PREFIX) :]
     if not folder.is_dir():
         raise ValueError(
@@ -92,7 +104,31 @@ def load_policy(
     for key in ("dtype", "torch_dtype"):
         if key in kwargs:
             kwargs[key] = _dtype(kwargs[key])
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
+    with _naming_the_source(model, "model"):
+        return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
+
+
+@contextmanager
+def _naming_the_source(name: str, what: str) -> Iterator[None]:
+    """Loading errors from the Hub client (offline, unknown repo, gated) name ``name`` and the way out.
+    A local folder's own errors (a bad config) pass unchanged."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        hub_id = not name.startswith(BUILTIN_PREFIX) and not _looks_local(name) and not Path(name).exists()
+        if not hub_id:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = (
+            "HF_HUB_OFFLINE is set, so only files already in the Hugging Face cache can be used"
+            if offline
+            else "check the id and your network access"
+        )
+        raise OSError(
+            f"Could not load the {what} {name!r} ({type(err).__name__}: {err}). It is neither a local folder nor "
+            f"a Hub repository that could be read: {hint}. Download it beforehand (huggingface-cli download "
+            f"{name}) or give a local path."
+        ) from err
 
 
 def load_tokenizer(
@@ -112,7 +148,8 @@ def load_tokenizer(
             )
         tokenizer = source
     if isinstance(tokenizer, str):
-        tokenizer = tokenizer_from_pretrained(resolve_model_path(tokenizer))
+        with _naming_the_source(tokenizer, "tokenizer"):
+            tokenizer = tokenizer_from_pretrained(resolve_model_path(tokenizer))
     # Batched generation appends to the right end of each prompt: prompts must be left-padded.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -18,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from grpo_lightning.checkpointing import check_checkpoint_file
 from grpo_lightning.data import PromptDataModule
+from grpo_lightning.export_dir import check_export_dir, replacing
 from grpo_lightning.interrupt import RunGuard
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.predict import PredictionWriter
@@ -75,6 +77,9 @@ class GRPOLightningCLI(LightningCLI):
             "--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter on export."
         )
         parser.add_argument("--export.enabled", type=bool, default=True, help="Export the policy after fit.")
+        parser.add_argument(
+            "--export.overwrite", type=bool, default=False, help="Replace a non-empty export.dir as a whole."
+        )
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's CLI would overwrite every model.* setting with the checkpoint's: keep what the user
@@ -92,6 +97,11 @@ class GRPOLightningCLI(LightningCLI):
         writers = [c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)]
         self._report("GRPO predict finished.", {"predictions": writers[0].path if writers else "(none)"})
 
+    def before_fit(self) -> None:
+        export = self.config[self.subcommand].export
+        if export.enabled and export.dir:  # checked now, not after the whole training
+            check_export_dir(export.dir, export.overwrite)
+
     def after_fit(self) -> None:
         export = self.config[self.subcommand].export
         trainer, paths = self.trainer, {}
@@ -104,7 +114,8 @@ class GRPOLightningCLI(LightningCLI):
         if export.enabled:
             target = export.dir or os.path.join(folder, "hf_model")
             # Every rank takes part (a sharded policy is gathered); rank 0 writes.
-            paths["exported model"] = self.model.save_pretrained(target, merge_lora=export.merge_lora)
+            with replacing(target) if trainer.is_global_zero else nullcontext():  # never merged into
+                paths["exported model"] = self.model.save_pretrained(target, merge_lora=export.merge_lora)
         self._report("GRPO run finished.", paths)
 
     def _report(self, title: str, paths: dict[str, Any]) -> None:

@@ -69,6 +69,10 @@ def validate_settings(h: Mapping[str, Any]) -> None:
 
     ``h`` holds GRPOModule's arguments by name (its ``hparams``).
     """
+    # NaN passes every comparison below (``nan < 0`` is False), so non-finite numbers go first.
+    for name, value in h.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}={value} must be a finite number.")
     num_generations, max_completion_length = h["num_generations"], h["max_completion_length"]
     temperature, top_p, top_k, beta = h["temperature"], h["top_p"], h["top_k"], h["beta"]
     epsilon, epsilon_high, delta = h["epsilon"], h["epsilon_high"], h["delta"]

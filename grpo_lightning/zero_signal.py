@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -33,6 +34,16 @@ def skip_update(module: GRPOModule, num_steps: int) -> dict[str, Tensor]:
     refuses a step without a backward pass). The LR scheduler steps as usual.
     Returns the step's loss metrics: loss and grad_norm 0, and the learning rate.
     """
+    rounds = (
+        module.hparams.get("max_dynamic_sampling_rounds", 0) if module.hparams.get("dynamic_sampling") else 0
+    )
+    rank_zero_warn(
+        "Every group of a training step scored equal rewards"
+        + (f", even after {rounds} dynamic-sampling refill rounds" if rounds else "")
+        + ": no learning signal, so the step left the weights unchanged (logged as train/skipped_zero_advantage). "
+        "If this repeats, the reward cannot tell the completions apart: check it on a few completions, or the "
+        "task is too easy or too hard for the model.",
+    )
     opt, sched = module.optimizers(), module.lr_schedulers()
     lr = opt.param_groups[0]["lr"]
     for _ in range(num_steps):

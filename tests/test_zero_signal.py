@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import (
     PromptsDataModule,
@@ -25,7 +26,10 @@ def test_constant_rewards_with_beta_leave_the_weights_bit_identical(tmp_path):
     start = weights(module)
     logger = CSVLogger(tmp_path)
     trainer = make_trainer(max_steps=8, logger=logger, log_every_n_steps=1)
-    trainer.fit(module, datamodule=PromptsDataModule(tok))
+    with pytest.warns(
+        UserWarning, match="Every group of a training step scored equal rewards: no learning signal"
+    ):
+        trainer.fit(module, datamodule=PromptsDataModule(tok))
     assert trainer.global_step == 8  # the skipped steps still count
     for key, value in weights(module).items():
         assert torch.equal(value, start[key]), key
@@ -42,3 +46,10 @@ def test_steps_with_a_signal_still_train(tmp_path):
     start = weights(module)
     make_trainer(max_steps=1).fit(module, datamodule=PromptsDataModule(tok))
     assert any(not torch.equal(v, start[k]) for k, v in weights(module).items())
+
+
+def test_dynamic_sampling_with_a_constant_reward_says_the_refills_found_nothing():
+    tok = tiny_tokenizer()
+    module = make_module(tok, reward_funcs=[constant], dynamic_sampling=True, max_dynamic_sampling_rounds=1)
+    with pytest.warns(UserWarning, match="even after 1 dynamic-sampling refill rounds"):
+        make_trainer(max_steps=1).fit(module, datamodule=PromptsDataModule(tok))

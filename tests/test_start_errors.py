@@ -1,4 +1,4 @@
-"""Model loading errors name what was asked for and the way out."""
+"""Errors at start: model loading names what was asked for and the way out; non-finite settings."""
 
 from __future__ import annotations
 
@@ -31,3 +31,11 @@ def test_a_local_folder_with_a_bad_config_keeps_its_own_error(tmp_path):
     with pytest.raises((ValueError, OSError)) as info:
         load_policy(str(tmp_path))
     assert "neither a local folder nor" not in str(info.value)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("beta", float("nan")), ("learning_rate", float("inf"))])
+def test_non_finite_settings_are_refused(setting, value):
+    from helpers import make_module
+
+    with pytest.raises(ValueError, match=f"{setting}={value} must be a finite number"):
+        make_module(**{setting: value})

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,18 @@ def test_resume_command_replaces_the_checkpoint_argument():
         "grpo-lightning fit --config 'a b.yaml' --model.beta 0.1 --ckpt_path runs/x/last.ckpt"
     )
     assert resume_command(None, "x.ckpt") == "trainer.fit(module, datamodule=datamodule, ckpt_path='x.ckpt')"
+
+
+def test_step_checkpoints_carry_no_misleading_manual_optimization_warning(tmp_path):
+    # Lightning warns that such a checkpoint holds the weights after the optimizer step: for GRPOModule
+    # that is the state to resume from, as the resume tests show.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    tok = tiny_tokenizer()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    trainer = make_trainer(max_steps=2, callbacks=[ckpt], enable_checkpointing=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(make_module(tok), datamodule=PromptsDataModule(tok))
+    assert (tmp_path / "epoch=0-step=2.ckpt").exists()
+    assert not [w for w in caught if "manual optimization" in str(w.message)]

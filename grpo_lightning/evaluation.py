@@ -31,6 +31,14 @@ class EvalMetrics(nn.Module):
         self.mean_length = MeanMetric()
         self.pass_at_k = MeanMetric() if num_samples > 1 else None
 
+    def reset(self) -> None:
+        """Fresh states, made under the grad mode of the loop about to run: a stand-alone
+        ``validate`` runs under inference mode, validation inside ``fit`` under no_grad, and states
+        left by the one cannot be updated in place by the other."""
+        for metric in (self.accuracy, self.reward, self.mean_length, self.pass_at_k):
+            if metric is not None:
+                metric.reset()
+
 
 def correct(module: GRPOModule, scored: ScoredRollout) -> Tensor:
     """``[N]`` bool: the accuracy reward of each completion is >= ``accuracy_threshold`` (NaN: wrong)."""

@@ -405,6 +405,12 @@ class GRPOModule(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+
     def on_validation_epoch_end(self) -> None:
         # Lightning drops the sanity check's metrics; with num_sanity_val_steps=-1 that check is the
         # accuracy before training, the first point of the curve: log it at step 0 ourselves.

@@ -235,3 +235,17 @@ print("FIT DONE", trainer.global_step)
     assert "FIT DONE 2" in done.stdout
     output = done.stdout + done.stderr
     assert [line for line in output.splitlines() if any(n in line for n in NOISE)] == []
+
+
+def test_validate_then_fit_then_validate_with_one_trainer():
+    # A stand-alone validate runs under inference mode and validation inside fit under no_grad: the
+    # metric states the first leaves must not break the second (a before/after measurement).
+    tok = tiny_tokenizer()
+    module = make_module(tok)
+    trainer = make_trainer(max_steps=2, limit_val_batches=None, num_sanity_val_steps=-1, val_check_interval=1)
+    data = PromptsDataModule(tok, val_prompts=["1+1=", "2+3=", "7-4="])
+    (before,) = trainer.validate(module, datamodule=data, verbose=False)
+    trainer.fit(module, datamodule=data)
+    (after,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert trainer.global_step == 2
+    assert 0.0 <= before["val/accuracy"] <= 1.0 and 0.0 <= after["val/accuracy"] <= 1.0

@@ -153,7 +153,10 @@ def tokenize_prompts(
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         prompts = [formatter(row) for row in rows]
-        ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+        # verbose=False: a prompt past the tokenizer's model_max_length would log an "indexing errors"
+        # warning that reads like a bug; the module checks prompt + completion against the model's
+        # real context at setup and names the setting to change.
+        ids = tokenizer(prompts, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
         return {"prompt": prompts, "input_ids": ids}
 
     settings = (

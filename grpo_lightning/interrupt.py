@@ -77,6 +77,7 @@ class RunGuard(Callback):
         self._loader_before_step: list[dict[str, Any]] | None = None
         self._rewind: list[dict[str, Any]] | None = None
         self._dir: Path | None = None
+        self._training = False
 
     # ---- set-up ----------------------------------------------------------------------------------
 
@@ -87,6 +88,7 @@ class RunGuard(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signal_received = None
+        self._training = True
         self._dir = None
         self.checkpoint_dir(trainer)
         if threading.current_thread() is not threading.main_thread():
@@ -102,6 +104,7 @@ class RunGuard(Callback):
         self._previous = {}
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._training = False
         self._restore_handlers()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -171,6 +174,8 @@ class RunGuard(Callback):
         self._report(trainer, f"Training stopped by {what}", path)
 
     def _why_not_saved(self, trainer: Trainer) -> str | None:
+        if not self._training:  # e.g. restoring a checkpoint failed half-way: that state is not to be saved
+            return "training had not started"
         if trainer.global_step == 0:
             return "no optimizer step had been made, so there is nothing to save"
         if self._in_step and trainer.global_step != self._step_start:

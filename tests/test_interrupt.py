@@ -163,3 +163,12 @@ def test_step_checkpoints_carry_no_misleading_manual_optimization_warning(tmp_pa
         trainer.fit(make_module(tok), datamodule=PromptsDataModule(tok))
     assert (tmp_path / "epoch=0-step=2.ckpt").exists()
     assert not [w for w in caught if "manual optimization" in str(w.message)]
+
+
+def test_a_refused_resume_writes_no_checkpoint(tmp_path, capsys):
+    _, trainer = _fit(tmp_path / "a", max_steps=2)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match="num_generations: checkpoint 4, now 2"):
+        _fit(tmp_path / "b", max_steps=3, ckpt_path=str(tmp_path / "a.ckpt"), num_generations=2)
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    assert "training had not started" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 
@@ -25,3 +26,16 @@ def picky(prompts, completions, answer, **columns):
     if any("bad" in c for c in completions):
         raise ValueError("cannot parse this one")
     return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+
+_calls = 0
+
+
+def sigterm_on_third_call(prompts, completions, **columns):
+    """A dense reward (character codes) whose third call in a process sends SIGTERM to that process,
+    as a cluster scheduler would during the third training step."""
+    global _calls
+    _calls += 1
+    if _calls == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return [sum(map(ord, c)) / (128 * max(len(c), 1)) for c in completions]

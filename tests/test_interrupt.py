@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -172,3 +173,39 @@ def test_a_refused_resume_writes_no_checkpoint(tmp_path, capsys):
         _fit(tmp_path / "b", max_steps=3, ckpt_path=str(tmp_path / "a.ckpt"), num_generations=2)
     assert not (tmp_path / "b" / "checkpoints").exists()
     assert "training had not started" in capsys.readouterr().err
+
+
+def test_the_cli_on_sigterm_exits_143_and_prints_a_resume_command_that_works(tmp_path):
+    from helpers import tiny_model
+
+    tok = tiny_tokenizer()
+    tiny_model(tok).save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+    args = [
+        "fit",
+        f"--model.model={tmp_path / 'policy'}",
+        "--model.reward_funcs=[faulty_rewards:sigterm_on_third_call]",
+        "--model.num_generations=2",
+        "--model.max_completion_length=6",
+        "--data.prompt_template=Q: {question} A:",
+        "--data.batch_size=2",
+        "--data.synthetic={train_size: 16, val_size: 4, test_size: 4}",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_steps=4",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--export.enabled=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    cli = [sys.executable, "-m", "grpo_lightning"]
+    first = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 143, first.stderr[-3000:]
+    command = first.stderr.split("Resume with:\n")[1].splitlines()[0].strip()
+    words = shlex.split(command)
+    assert words[0] == "grpo-lightning" and words[-2] == "--ckpt_path"
+    assert torch.load(words[-1], weights_only=False)["global_step"] == 3
+    resumed = subprocess.run([*cli, *words[1:]], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from step 3." in resumed.stderr

@@ -370,7 +370,8 @@ class GRPOModule(LightningModule):
     def configure_callbacks(self) -> list[Any]:
         """Callbacks that the settings ask for (reference sync, completion logging), and Lightning's
         default progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does."""
-        from grpo_lightning.callbacks import CompletionLogger, RefModelSync, step_progress_bar
+        from grpo_lightning.callbacks import CompletionLogger, RefModelSync
+        from grpo_lightning.progress import step_progress_bar
 
         h = self.hparams
         quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook

@@ -72,6 +72,13 @@ class GRPOLightningCLI(LightningCLI):
             "--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter on export."
         )
         parser.add_argument("--export.enabled", type=bool, default=True, help="Export the policy after fit.")
+        parser.add_argument(
+            "--export.push_to_hub",
+            type=str | None,
+            default=None,
+            help="After fit, also upload the policy to this Hub model repository (owner/name; created private "
+            "when missing). Needs a login (hf auth login) or HF_TOKEN.",
+        )
 
     def before_predict(self) -> None:
         if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
@@ -94,6 +101,9 @@ class GRPOLightningCLI(LightningCLI):
             target = export.dir or os.path.join(folder, "hf_model")
             # Every rank takes part (a sharded policy is gathered); rank 0 writes.
             paths["exported model"] = self.model.save_pretrained(target, merge_lora=export.merge_lora)
+        if export.push_to_hub:
+            url = self.model.push_to_hub(export.push_to_hub, merge_lora=export.merge_lora, private=True)
+            paths["pushed to the Hub"] = url or "(by rank 0)"
         self._report("GRPO run finished.", paths)
 
     def _report(self, title: str, paths: dict[str, Any]) -> None:

@@ -446,8 +446,11 @@ class GRPOModule(LightningModule):
         return run_card_info(self.hparams, self.scorer.names, self._trainer)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``."""
+        """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``
+        (the model card says what :meth:`model_card_info` gathers unless ``card`` is given)."""
         self.configure_model()
+        if kwargs.get("card") is None:
+            kwargs["card"] = self.model_card_info()
         return push_to_hub(self.policy, self.tokenizer, repo_id, **kwargs)
 
 

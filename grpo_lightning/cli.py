@@ -80,6 +80,13 @@ class GRPOLightningCLI(LightningCLI):
         parser.add_argument(
             "--export.overwrite", type=bool, default=False, help="Replace a non-empty export.dir as a whole."
         )
+        parser.add_argument(
+            "--export.push_to_hub",
+            type=str | None,
+            default=None,
+            help="After fit, also upload the policy to this Hub model repository (owner/name; created private "
+            "when missing). Needs a login (hf auth login) or HF_TOKEN.",
+        )
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's CLI would overwrite every model.* setting with the checkpoint's: keep what the user
@@ -116,6 +123,9 @@ class GRPOLightningCLI(LightningCLI):
             # Every rank takes part (a sharded policy is gathered); rank 0 writes.
             with replacing(target) if trainer.is_global_zero else nullcontext():  # never merged into
                 paths["exported model"] = self.model.save_pretrained(target, merge_lora=export.merge_lora)
+        if export.push_to_hub:
+            url = self.model.push_to_hub(export.push_to_hub, merge_lora=export.merge_lora, private=True)
+            paths["pushed to the Hub"] = url or "(by rank 0)"
         self._report("GRPO run finished.", paths)
 
     def _report(self, title: str, paths: dict[str, Any]) -> None:

@@ -68,6 +68,25 @@ def settings_summary(hparams: Mapping[str, Any], keys: Sequence[str] = SUMMARY_K
     return {key: hparams[key] for key in keys if key in hparams}
 
 
+def run_card_info(hparams: Mapping[str, Any], reward_names: Sequence[str], trainer: Any | None) -> ModelCardInfo:
+    """A card's facts from a GRPOModule's ``hparams`` and reward names and, when a Trainer ran it,
+    the optimizer steps, the last ``val/*`` and ``train/reward`` values, the data module's source
+    and its first validation prompt (a prompt in the trained format, for the loading snippet)."""
+    data = getattr(trainer, "datamodule", None)
+    val = getattr(data, "val_dataset", None)
+    metrics = trainer.callback_metrics if trainer is not None else {}
+    model = hparams.get("model")
+    return ModelCardInfo(
+        base_model=model if isinstance(model, str) else None,
+        dataset=getattr(data, "where", None),
+        reward_funcs=list(reward_names),
+        steps=trainer.global_step if trainer is not None else None,
+        settings=settings_summary(hparams),
+        metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/") or k == "train/reward"},
+        example_prompt=val[0]["prompt"] if val is not None and len(val) and "prompt" in val.column_names else None,
+    )
+
+
 def hub_model_id(name: str | None) -> str | None:
     """``name`` when it reads as a Hub model id; None for built-in aliases, existing local paths and None."""
     from grpo_lightning.models import BUILTIN_PREFIX  # models imports this module

@@ -41,7 +41,7 @@ from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
-from grpo_lightning.model_card import ModelCardInfo, settings_summary
+from grpo_lightning.model_card import ModelCardInfo, run_card_info
 from grpo_lightning.models import (
     apply_lora,
     create_reference,
@@ -380,8 +380,9 @@ class GRPOModule(LightningModule):
         """Callbacks that the settings ask for (reference sync, completion logging), Lightning's default
         progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does, and the
         RunGuard (checkpoints on SIGTERM/SIGINT/errors)."""
-        from grpo_lightning.callbacks import CompletionLogger, RefModelSync, step_progress_bar
+        from grpo_lightning.callbacks import CompletionLogger, RefModelSync
         from grpo_lightning.interrupt import RunGuard
+        from grpo_lightning.progress import step_progress_bar
 
         h = self.hparams
         quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
@@ -455,25 +456,15 @@ class GRPOModule(LightningModule):
         return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora, card=card))
 
     def model_card_info(self) -> ModelCardInfo:
-        """The model card's facts: the starting model, data, rewards, settings and, when a Trainer ran
-        this module, its optimizer steps, last ``val/*`` and ``train/reward`` values and a real prompt."""
-        trainer = self._trainer
-        data = trainer.datamodule if trainer is not None else None
-        val = getattr(data, "val_dataset", None) if data is not None else None
-        metrics = trainer.callback_metrics if trainer is not None else {}
-        return ModelCardInfo(
-            base_model=self._model_spec,
-            dataset=getattr(data, "where", None),
-            reward_funcs=list(self.scorer.names),
-            steps=trainer.global_step if trainer is not None else None,
-            settings=settings_summary(self.hparams),
-            metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/") or k == "train/reward"},
-            example_prompt=val[0]["prompt"] if val is not None and len(val) and "prompt" in val.column_names else None,
-        )
+        """The model card's facts (see :func:`~grpo_lightning.model_card.run_card_info`)."""
+        return run_card_info(self.hparams, self.scorer.names, self._trainer)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``."""
+        """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``
+        (the model card says what :meth:`model_card_info` gathers unless ``card`` is given)."""
         self.configure_model()
+        if kwargs.get("card") is None:
+            kwargs["card"] = self.model_card_info()
         return push_to_hub(self.policy, self.tokenizer, repo_id, **kwargs)
 
 

@@ -24,8 +24,8 @@ from helpers import (
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from grpo_lightning.callbacks import StepRichProgressBar, StepTQDMProgressBar
 from grpo_lightning.cli import main
+from grpo_lightning.progress import StepRichProgressBar, StepTQDMProgressBar
 
 
 def csv_rows(folder) -> list[dict[str, str]]:
@@ -249,3 +249,24 @@ def test_validate_then_fit_then_validate_with_one_trainer():
     (after,) = trainer.validate(module, datamodule=data, verbose=False)
     assert trainer.global_step == 2
     assert 0.0 <= before["val/accuracy"] <= 1.0 and 0.0 <= after["val/accuracy"] <= 1.0
+
+
+def test_fit_can_push_the_export_to_the_hub(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: uploads.append(("create", repo_id, kw)))
+
+    def upload_folder(*, repo_id, folder_path, **kw):
+        uploads.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="", commit_description="", oid="1"
+        )
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    main(["fit", *cli_args(model_dir, tmp_path / "runs", "--trainer.max_steps=1", "--export.push_to_hub=me/tiny")])
+    assert uploads[0] == ("create", "me/tiny", {"token": None, "private": True, "exist_ok": True})
+    kind, repo, files = uploads[1]
+    assert (kind, repo) == ("upload", "me/tiny") and {"README.md", "config.json", "model.safetensors"} <= set(files)
+    assert "https://huggingface.co/me/tiny/commit/1" in capsys.readouterr().out

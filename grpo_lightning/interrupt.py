@@ -137,6 +137,8 @@ class RunGuard(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._in_step = False
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            return  # that was the last step: the run ends normally (and exports) anyway
         stop = self.signal_received is not None
         if trainer.world_size > 1:  # every rank stops after the same step
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
@@ -150,6 +152,9 @@ class RunGuard(Callback):
         raise TrainingInterrupted(128 + int(signum))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Save the state as of the start of the failing step (see the module docs). Errors before
+        training starts (settings, a checkpoint being restored) save nothing: that state is not one to
+        resume from."""
         self._restore_handlers()
         if isinstance(exception, TrainingInterrupted):
             return  # saved and reported already
@@ -158,6 +163,8 @@ class RunGuard(Callback):
         what = f"{type(exception).__name__} at step {trainer.global_step + 1}"
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             what = f"{'SIGTERM' if isinstance(exception, SIGTERMException) else 'Ctrl+C'} at step {trainer.global_step}"
+        if not self._training:
+            return  # an error while setting up or restoring: its own message says it all; nothing to save
         reason = self._why_not_saved(trainer)
         if reason is not None:
             self._report(trainer, f"Training stopped by {what}", None, reason)
@@ -174,8 +181,6 @@ class RunGuard(Callback):
         self._report(trainer, f"Training stopped by {what}", path)
 
     def _why_not_saved(self, trainer: Trainer) -> str | None:
-        if not self._training:  # e.g. restoring a checkpoint failed half-way: that state is not to be saved
-            return "training had not started"
         if trainer.global_step == 0:
             return "no optimizer step had been made, so there is nothing to save"
         if self._in_step and trainer.global_step != self._step_start:

@@ -172,7 +172,7 @@ def test_a_refused_resume_writes_no_checkpoint(tmp_path, capsys):
     with pytest.raises(ValueError, match="num_generations: checkpoint 4, now 2"):
         _fit(tmp_path / "b", max_steps=3, ckpt_path=str(tmp_path / "a.ckpt"), num_generations=2)
     assert not (tmp_path / "b" / "checkpoints").exists()
-    assert "training had not started" in capsys.readouterr().err
+    assert "Saved a checkpoint" not in capsys.readouterr().err
 
 
 def test_the_cli_on_sigterm_exits_143_and_prints_a_resume_command_that_works(tmp_path):
@@ -209,3 +209,18 @@ def test_the_cli_on_sigterm_exits_143_and_prints_a_resume_command_that_works(tmp
     resumed = subprocess.run([*cli, *words[1:]], capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from step 3." in resumed.stderr
+
+
+def test_an_error_while_restoring_writes_no_checkpoint(tmp_path):
+    # The loops (global_step) are restored before the optimizer: a failure there must not be saved as
+    # if it were training state.
+    _, trainer = _fit(tmp_path / "a", max_steps=2)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match="parameter group"):
+        _fit(
+            tmp_path / "b",
+            max_steps=3,
+            ckpt_path=str(tmp_path / "a.ckpt"),
+            optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        )
+    assert not (tmp_path / "b" / "checkpoints").exists()

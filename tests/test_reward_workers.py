@@ -117,3 +117,14 @@ def test_the_module_settings_reach_the_scorer():
     assert module.scorer.errors == "none" and not module.scorer.pool._workers  # started on first use
     with pytest.raises(ValueError, match=r"reward_timeout=3\.0 needs reward_workers >= 1"):
         make_module(reward_funcs=[sleepy], reward_timeout=3.0)
+
+
+def test_a_fit_with_reward_workers_trains_and_ends_its_workers():
+    from helpers import PromptsDataModule, make_module, make_trainer, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    module = make_module(tok, reward_funcs=["helpers:char_code_mean"], reward_workers=1, reward_timeout=60.0)
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(module, datamodule=PromptsDataModule(tok))
+    assert trainer.global_step == 1
+    assert module.scorer.pool._workers == []  # closed at the end of fit

@@ -57,7 +57,7 @@ class _Worker:
     """One child process and the request it is working on."""
 
     proc: subprocess.Popen[str]
-    ident: int
+    slot: int  # its place in the pool, kept by the process that replaces it
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
     job: int | None = None
@@ -81,17 +81,21 @@ class CheckerPool:
         self._lock = threading.Lock()  # one run at a time; concurrent callers wait
         self.restarts = 0  # processes killed on a time limit or found dead
 
-    def run(self, requests: list[list[Any]], timeout: float | None) -> list[Any]:
+    def run(
+        self, requests: list[list[Any]], timeout: float | None, keys: list[int] | None = None
+    ) -> list[Any]:
         """One reply per request, in order; a :class:`Failed` for a request not answered within
         ``timeout`` seconds (None: no limit), whose process died on it twice, or that raised.
 
-        Raises :class:`CheckerStartError` when a process cannot start.
+        ``keys`` (one per request) send requests with equal keys to the same process where the
+        load allows (a process caches what it parsed: the gold answer of a group). Raises
+        :class:`CheckerStartError` when a process cannot start.
         """
         if not requests:
             return []
         with self._lock:
             try:
-                return self._run(requests, timeout)
+                return self._run(requests, timeout, keys or list(range(len(requests))))
             except BaseException:
                 # Interrupted (Ctrl-C, a failed start): a busy process would answer into the next run.
                 for ident, worker in list(self._workers.items()):
@@ -99,17 +103,17 @@ class CheckerPool:
                         self._kill(ident)
                 raise
 
-    def _run(self, requests: list[list[Any]], timeout: float | None) -> list[Any]:
+    def _run(self, requests: list[list[Any]], timeout: float | None, keys: list[int]) -> list[Any]:
         lines = [json.dumps(request) + "\n" for request in requests]
         replies: list[Any] = [None] * len(lines)
-        todo = collections.deque(range(len(lines)))
+        todo = _Jobs(keys, self.num_workers)
         deaths = [0] * len(lines)
-        while len(self._workers) < self.num_workers:
-            self._start()
+        for slot in set(range(self.num_workers)) - {w.slot for w in self._workers.values()}:
+            self._start(slot)
         while todo or any(w.job is not None for w in self._workers.values()):
             for worker in list(self._workers.values()):
                 if todo and worker.ready and worker.job is None:
-                    self._send(worker, todo.popleft(), lines, timeout)
+                    self._send(worker, todo.take(worker.slot), lines, timeout)
             try:
                 ident, line = self._replies.get(timeout=self._wait_time())
             except queue.Empty:
@@ -129,11 +133,11 @@ class CheckerPool:
                 worker.job = worker.deadline = None
         return replies
 
-    def _start(self) -> None:
-        """Start one child; it joins the pool once it has written its ready line."""
+    def _start(self, slot: int) -> None:
+        """Start one child in ``slot``; it takes requests once it has written its ready line."""
         proc = _spawn([sys.executable, "-c", _BOOTSTRAP, self.script, str(os.getpid())])
         ident = next(self._idents)
-        self._workers[ident] = _Worker(proc, ident)
+        self._workers[ident] = _Worker(proc, slot)
         reader = threading.Thread(
             target=self._read, args=(proc, ident), daemon=True, name="grpo-checker-reader"
         )
@@ -179,9 +183,11 @@ class CheckerPool:
                 assert worker.job is not None
                 replies[worker.job] = Failed(f"it took longer than the {timeout} s time limit")
                 self._kill(ident)
-                self._start()
+                self._start(worker.slot)
 
-    def _on_exit(self, ident: int, worker: _Worker, replies: list[Any], deaths: list[int], todo: Any) -> None:
+    def _on_exit(
+        self, ident: int, worker: _Worker, replies: list[Any], deaths: list[int], todo: _Jobs
+    ) -> None:
         """A child's output ended without us killing it: retry its request once on a new one."""
         self._kill(ident)
         code = worker.proc.returncode
@@ -196,8 +202,8 @@ class CheckerPool:
             if deaths[worker.job] >= 2:
                 replies[worker.job] = Failed(f"its checker process died on it twice (exit code {code})")
             else:
-                todo.appendleft(worker.job)
-        self._start()
+                todo.put_back(worker.job)
+        self._start(worker.slot)
 
     def _kill(self, ident: int) -> None:
         worker = self._workers.pop(ident)
@@ -214,6 +220,31 @@ class CheckerPool:
         with self._lock:
             for ident in list(self._workers):
                 self._kill(ident)
+
+
+class _Jobs:
+    """Requests waiting for a process: one queue per slot (by key), and stealing when one runs dry.
+
+    A thief takes from the back of the longest queue, so the owner keeps the requests it reaches
+    first and groups stay together as long as the load allows.
+    """
+
+    def __init__(self, keys: list[int], slots: int) -> None:
+        self.queues: list[collections.deque[int]] = [collections.deque() for _ in range(slots)]
+        self.keys = keys
+        for job, key in enumerate(keys):
+            self.queues[key % slots].append(job)
+
+    def __bool__(self) -> bool:
+        return any(self.queues)
+
+    def take(self, slot: int) -> int:
+        if self.queues[slot]:
+            return self.queues[slot].popleft()
+        return max(self.queues, key=len).pop()
+
+    def put_back(self, job: int) -> None:
+        self.queues[self.keys[job] % len(self.queues)].appendleft(job)
 
 
 def _spawn(command: list[str]) -> subprocess.Popen[str]:

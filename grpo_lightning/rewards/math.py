@@ -102,7 +102,10 @@ class MathAccuracy:
                 todo.append(i)
         pool = shared_pool(_mathcheck.__file__, self.num_workers)
         requests = [["check", golds[i], answers[i], self.float_rounding] for i in todo]
-        for i, reply in zip(todo, pool.run(requests, self.timeout_seconds), strict=True):
+        # The checks of one gold answer go to the process that parsed it, where the load allows.
+        group = {gold: k for k, gold in enumerate(dict.fromkeys(golds[i] for i in todo))}
+        keys = [group[golds[i]] for i in todo]
+        for i, reply in zip(todo, pool.run(requests, self.timeout_seconds, keys), strict=True):
             if isinstance(reply, Failed):
                 warnings.warn(
                     f"math_accuracy scored a completion None (not applicable) because {reply.reason}; "
@@ -123,7 +126,7 @@ class MathAccuracy:
         if len(self._gold_status) + len(new) > _GOLD_CACHE_SIZE:
             self._gold_status.clear()
         pool = shared_pool(_mathcheck.__file__, self.num_workers)
-        replies = pool.run([["gold", g] for g in new], self.timeout_seconds)
+        replies = pool.run([["gold", g] for g in new], self.timeout_seconds, list(range(len(new))))
         for gold, reply in zip(new, replies, strict=True):
             if isinstance(reply, Failed):
                 self._gold_status[gold] = f"could not be read: {reply.reason}"

@@ -45,7 +45,19 @@ STARTUP_TIMEOUT = 300.0
 
 # Run the script by path without putting its folder on sys.path (it would shadow ``math`` with
 # rewards/math.py) and without the current folder (a user's ``json.py`` would shadow the stdlib).
-_BOOTSTRAP = "import sys; del sys.path[0]; import runpy; runpy.run_path(sys.argv[1], run_name='__main__')"
+# On Linux, first ask the kernel to kill the process when its parent dies (PR_SET_PDEATHSIG), even
+# in the middle of a computation that never returns; then check the parent did not die before.
+_BOOTSTRAP = """
+import os, sys
+del sys.path[0]
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[2]):
+    os._exit(0)
+import runpy
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
 
 
 class CheckerStartError(RuntimeError):
@@ -177,7 +189,7 @@ class CheckerPool:
             if not worker.ready and now >= worker.started + STARTUP_TIMEOUT:
                 self._kill(ident)
                 raise CheckerStartError(
-                    f"A checker process ({self.script}) did not start within {STARTUP_TIMEOUT:.0f} s."
+                    f"A checker process ({self.script}) did not start within {STARTUP_TIMEOUT:g} s."
                 )
             if worker.deadline is not None and now >= worker.deadline:
                 assert worker.job is not None

@@ -129,17 +129,6 @@ def handle(request: list[Any]) -> Any:
     raise ValueError(f"unknown checker request {kind!r}")
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """On Linux, have the kernel kill this process when its parent dies, even mid-computation."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(0)
-
-
 def main() -> None:
     """The checker process: one JSON request per line on stdin, one JSON reply per line on stdout.
 
@@ -148,7 +137,6 @@ def main() -> None:
     """
     import logging
 
-    _die_with_parent(int(sys.argv[-1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="ascii")

@@ -12,6 +12,7 @@ Measured per completion, in one run:
 - ``extract``: finding the box and normalising both answers (what the reward does before any check);
 - ``serial``: the same checks as the reward, with math-verify called in this process, one after the
   other (no time limit off the main thread; what ``math_accuracy`` did before checker processes);
+- the round trip to a checker process alone (a request answered from the process's cache);
 - ``workers=K``: ``MathAccuracy(num_workers=K)`` end to end (extraction, the gold pass, the checks in
   K checker processes with the 5 s limit), the processes started beforehand (start-up is reported
   on its own).
@@ -145,6 +146,11 @@ def main() -> None:
         start = time.perf_counter()
         shared_pool(_mathcheck.__file__, k).run([["gold", "1"]] * k, None)
         print(f"start-up of {k} checker process(es): {time.perf_counter() - start:.2f} s")
+
+    pool = shared_pool(_mathcheck.__file__, 1)
+    start = time.perf_counter()
+    pool.run([["gold", "1"]] * n, None)  # parsed once, then answered from the process's cache
+    print(f"round trip of a request answered from cache: {1000 * (time.perf_counter() - start) / n:.3f} ms")
 
     results: dict[str, list[float]] = {"extract": [], "serial": []} | {
         f"workers={k}": [] for k in args.workers

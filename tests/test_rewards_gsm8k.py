@@ -106,6 +106,9 @@ MODELS_WRITE = [
     ("####\n72", "72", 1.0, 1.0),  # the marker alone on its line
     ("##### 72", "72", 1.0, 1.0),  # five hashes
     ("#### Answer to part 1: 3\nthen 4", "3", 0.0, 0.0),  # a heading that only mentions an answer
+    ("#### 2. Multiply 6 by 7\n6*7 = 42", "2", 0.0, 0.0),  # a numbered heading
+    ("#### 1) Add\n2+3 = 5\n#### 5", "5", 1.0, 1.0),
+    ("#### 72 (she pays 72 dollars)", "72", 1.0, 1.0),
     ("#### Final Answer\n\\boxed{72}", "72", 1.0, 1.0),
 ]
 

@@ -7,8 +7,9 @@ stripping what GSM8K answers carry around them: thousands separators (``1,234``,
 Strict mode reads an explicitly marked final answer. A ``####`` line is an answer line when what
 follows the marker is a number (``#### 72``, ``#### $1,200``, ``#### **72**``) or says it is the
 answer (``#### Final answer: 72``; ``#### Final Answer`` alone takes the first number of the next
-non-empty line). Any other ``####`` line is a markdown heading (``#### Step 2: multiply 6 by 7``) and
-is skipped. The later of the last answer line and the last complete ``\\boxed{}`` wins.
+non-empty line). Any other ``####`` line is a markdown heading (``#### Step 2: multiply 6 by 7``,
+``#### 2. Multiply the eggs``) and is skipped. The later of the last answer line and the last
+complete ``\\boxed{}`` wins.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ _WRAPPING = r"(?:[*_\s]|\\\(|\$)*"
 _STARTS_WITH_NUMBER_RE = re.compile(
     _WRAPPING + r"(?:[-−+]\s?)?(?:\\\$|\$)?\s?(?:\d|\.\d|\\[dt]?frac|\\boxed)"
 )
+# A numbered markdown heading: "#### 2. Multiply the eggs", "#### 3) Add".
+_NUMBERED_HEADING_RE = re.compile(r"\s*\d{1,2}[.)]\s+[A-Za-z]")
 # "Answer", "Final Answer:", "**The final answer is**", followed by the answer or by nothing.
 _ANSWER_LABEL_RE = re.compile(
     _WRAPPING
@@ -54,7 +57,7 @@ def _hash_answer(line: str, following: str) -> str | None:
     """The answer a ``####`` line gives (``line``: what follows the marker on its line), or None if it
     is a heading. ``following`` is the text after that line, read when the line is a bare label."""
     if _STARTS_WITH_NUMBER_RE.match(line):
-        return line
+        return None if _NUMBERED_HEADING_RE.match(line) else line
     label = _ANSWER_LABEL_RE.match(line)
     if label is None and line.strip():
         return None  # a heading

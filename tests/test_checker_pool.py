@@ -129,6 +129,32 @@ def test_one_pool_per_process_and_settings(monkeypatch, tmp_path):
     assert shared_pool(script, 2) is not parent_pool
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_its_own_processes(tmp_path):
+    # As in a DataLoader worker: the child must not write into its parent's pipes.
+    script = tmp_path / "fake_checker.py"
+    script.write_text(FAKE_CHECKER)
+    parent_pool = shared_pool(str(script), 1)
+    parent_checker = parent_pool.run([["pid"]], timeout=30)[0]
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report which checker answered it, then leave without cleanup
+        try:
+            pool = shared_pool(str(script), 1)
+            os.write(
+                write_end, json.dumps([pool is parent_pool, pool.run([["pid"]], timeout=30)[0]]).encode()
+            )
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reply:
+        same_pool, child_checker = json.loads(reply.read())
+    os.waitpid(child, 0)
+    assert not same_pool and child_checker != parent_checker
+    assert parent_pool.run([["echo", "parent still served"]], timeout=30) == ["parent still served"]
+    parent_pool.close()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_checker_processes_die_with_their_parent(tmp_path):
     # The parent is killed while its checker is busy (a request that would run for a minute): the

@@ -11,7 +11,8 @@ guard would run again) and daemonic processes such as DataLoader workers may not
 ``multiprocessing`` children. Each child runs a script that imports only what it needs and speaks
 one JSON line per request and reply (see ``_mathcheck.main``).
 
-Pools are shared per process (:func:`shared_pool`): a fork (a DataLoader worker) gets fresh ones.
+Pools are shared per process (:func:`shared_pool`): a forked child (a DataLoader worker) starts
+its own and never touches its parent's.
 """
 
 from __future__ import annotations
@@ -312,6 +313,18 @@ def shared_pool(script: str, num_workers: int) -> CheckerPool:
         if pool is None:
             pool = _pools[key] = CheckerPool(script, num_workers)
         return pool
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's pools, spawner thread and locks are not this process's."""
+    global _spawner, _pools_lock
+    _spawner = None
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register

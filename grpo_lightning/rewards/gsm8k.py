@@ -108,7 +108,7 @@ class Gsm8kAccuracy:
             ``#### N`` is extracted.
 
     Returns None (not applicable) for a completion whose gold answer holds no number; the first such
-    gold is named in a warning, the others are counted in ``unusable_golds``.
+    gold is named in a warning; ``unusable_golds`` counts the completions scored None this way.
     """
 
     def __init__(self, mode: Gsm8kMode = "strict", answer_column: str = "answer") -> None:

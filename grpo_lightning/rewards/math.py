@@ -80,7 +80,7 @@ class MathAccuracy:
         self.float_rounding = float_rounding
         self.num_workers = num_workers
         self._gold_status: dict[str, str] = {}
-        self.unusable_golds = 0  # gold answers scored None so far (warned about once)
+        self.unusable_golds = 0  # completions scored None for their gold answer (warned about once)
 
     def score(self, completion: str, gold_text: str | None) -> float | None:
         """The reward of one completion against one gold answer text."""

@@ -10,6 +10,8 @@ measurement gets a rollout of its own (new seed), so no cache is warm from the o
 Measured per completion, in one run:
 
 - ``extract``: finding the box and normalising both answers (what the reward does before any check);
+- ``gsm8k``: ``gsm8k_accuracy`` (strict) on the same completions, in this process (no time limit
+  needed: its reading and comparison are linear-time pure Python);
 - ``serial``: the same checks as the reward, with math-verify called in this process, one after the
   other (no time limit off the main thread; what ``math_accuracy`` did before checker processes);
 - the round trip to a checker process alone (a request answered from the process's cache);
@@ -32,6 +34,7 @@ import random
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +43,7 @@ from grpo_lightning.answers import extract_gold_answer, extract_last_boxed
 from grpo_lightning.rewards import _mathcheck
 from grpo_lightning.rewards._checker_pool import shared_pool
 from grpo_lightning.rewards._normalize import normalize_answer
+from grpo_lightning.rewards.gsm8k import gsm8k_accuracy
 from grpo_lightning.rewards.math import MathAccuracy
 
 REASONING = [
@@ -108,6 +112,15 @@ def time_extract(completions: list[str], golds: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def time_gsm8k(completions: list[str], golds: list[str]) -> float:
+    """``gsm8k_accuracy`` (strict) on the same completions: pure Python, in this process."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # the text answers have no number: None, and a warning
+        warnings.simplefilter("ignore")
+        gsm8k_accuracy([""] * len(completions), completions, answer=golds)
+    return time.perf_counter() - start
+
+
 def time_serial(completions: list[str], golds: list[str]) -> tuple[float, list[float | None]]:
     """The reward's checks, in this process, one after the other."""
     _mathcheck.parse_gold.cache_clear()
@@ -152,7 +165,7 @@ def main() -> None:
     pool.run([["gold", "1"]] * n, None)  # parsed once, then answered from the process's cache
     print(f"round trip of a request answered from cache: {1000 * (time.perf_counter() - start) / n:.3f} ms")
 
-    results: dict[str, list[float]] = {"extract": [], "serial": []} | {
+    results: dict[str, list[float]] = {"extract": [], "gsm8k": [], "serial": []} | {
         f"workers={k}": [] for k in args.workers
     }
     seed = 0
@@ -160,6 +173,7 @@ def main() -> None:
         seed += 1
         completions, golds = make_rollout(args.problems, args.group, seed)
         results["extract"].append(time_extract(completions, golds))
+        results["gsm8k"].append(time_gsm8k(completions, golds))
         seconds, serial = time_serial(completions, golds)
         results["serial"].append(seconds)
         for k in args.workers:

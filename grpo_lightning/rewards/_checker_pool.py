@@ -130,8 +130,9 @@ class CheckerPool:
             try:
                 ident, line = self._replies.get(timeout=self._wait_time())
             except queue.Empty:
-                self._expire(replies, timeout)
                 continue
+            finally:  # on every turn: a stream of replies from others must not delay a kill
+                self._expire(replies, timeout)
             worker = self._workers.get(ident)
             if worker is None:
                 continue  # a line from a process already killed
@@ -194,7 +195,10 @@ class CheckerPool:
                 )
             if worker.deadline is not None and now >= worker.deadline:
                 assert worker.job is not None
-                replies[worker.job] = Failed(f"it took longer than the {timeout} s time limit")
+                replies[worker.job] = Failed(
+                    f"it took longer than the {timeout} s time limit (its checker process was killed "
+                    "and replaced)"
+                )
                 self._kill(ident)
                 self._start(worker.slot)
 

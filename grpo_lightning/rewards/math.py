@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,12 @@ _GOLD_PROBLEMS = {
     _mathcheck.GOLD_NOT_FINITE: "reads as something without a finite value (such as 5/0)",
 }
 _GOLD_CACHE_SIZE = 100_000
+
+
+def _gold_key(gold: str) -> int:
+    """A stable key per gold answer: its parse and its checks go to the same checker process (which
+    caches the parse), where the load allows."""
+    return zlib.crc32(gold.encode("utf-8", "surrogatepass"))
 
 
 class MathAccuracy:
@@ -102,15 +109,12 @@ class MathAccuracy:
                 todo.append(i)
         pool = shared_pool(_mathcheck.__file__, self.num_workers)
         requests = [["check", golds[i], answers[i], self.float_rounding] for i in todo]
-        # The checks of one gold answer go to the process that parsed it, where the load allows.
-        group = {gold: k for k, gold in enumerate(dict.fromkeys(golds[i] for i in todo))}
-        keys = [group[golds[i]] for i in todo]
+        keys = [_gold_key(golds[i]) for i in todo]
         for i, reply in zip(todo, pool.run(requests, self.timeout_seconds, keys), strict=True):
             if isinstance(reply, Failed):
                 warnings.warn(
-                    f"math_accuracy scored a completion None (not applicable) because {reply.reason}; "
-                    f"its checker process was replaced. Boxed answer: {short(answers[i])!r}; "
-                    f"gold: {short(golds[i])!r}.",
+                    f"math_accuracy scored a completion None (not applicable) because {reply.reason}. "
+                    f"Boxed answer: {short(answers[i])!r}; gold: {short(golds[i])!r}.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -126,7 +130,7 @@ class MathAccuracy:
         if len(self._gold_status) + len(new) > _GOLD_CACHE_SIZE:
             self._gold_status.clear()
         pool = shared_pool(_mathcheck.__file__, self.num_workers)
-        replies = pool.run([["gold", g] for g in new], self.timeout_seconds, list(range(len(new))))
+        replies = pool.run([["gold", g] for g in new], self.timeout_seconds, [_gold_key(g) for g in new])
         for gold, reply in zip(new, replies, strict=True):
             if isinstance(reply, Failed):
                 self._gold_status[gold] = f"could not be read: {reply.reason}"

@@ -30,12 +30,8 @@ class GRPOLightningCLI(LightningCLI):
         parser.link_arguments(
             ("model.model", "model.tokenizer"), "data.tokenizer", compute_fn=_data_tokenizer
         )
-        parser.add_argument(
-            "--export.dir", type=str | None, default=None, help="Where fit exports the policy."
-        )
-        parser.add_argument(
-            "--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter on export."
-        )
+        parser.add_argument("--export.dir", type=str | None, default=None, help="Where fit exports the policy.")
+        parser.add_argument("--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter on export.")
         parser.add_argument("--export.enabled", type=bool, default=True, help="Export the policy after fit.")
 
     def after_fit(self) -> None:

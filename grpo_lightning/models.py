@@ -122,6 +122,7 @@ def load_tokenizer(
     return tokenizer
 
 
+
 def _tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained``, except for a plain ``tokenizers`` tokenizer saved locally.
 
@@ -139,7 +140,6 @@ def _tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
 
 
 _GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""

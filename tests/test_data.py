@@ -97,9 +97,7 @@ def test_synthetic_splits_are_seeded_and_held_out(tokenizer):
     again.setup("fit")
     assert again.train_dataset["question"] == train["question"]
     other = make(
-        tokenizer,
-        data_seed=1,
-        synthetic={"train_size": 300, "val_size": 100, "test_size": 100, "max_operand": 6},
+        tokenizer, data_seed=1, synthetic={"train_size": 300, "val_size": 100, "test_size": 100, "max_operand": 6}
     )
     other.setup("fit")
     assert other.train_dataset["question"] != train["question"]

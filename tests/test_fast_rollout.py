@@ -352,8 +352,7 @@ def test_engines_resolve_by_name():
     assert isinstance(resolve_engine("auto", SamplingConfig(top_k=5, min_p=0.1)), FastRolloutEngine)
     assert isinstance(resolve_engine("auto", SamplingConfig(repetition_penalty=1.2)), HFGenerateEngine)
     assert isinstance(
-        resolve_engine("auto", SamplingConfig(generation_kwargs={"no_repeat_ngram_size": 2})),
-        HFGenerateEngine,
+        resolve_engine("auto", SamplingConfig(generation_kwargs={"no_repeat_ngram_size": 2})), HFGenerateEngine
     )
     mine = FastRolloutEngine(decoder="cache")
     assert resolve_engine(mine) is mine

@@ -372,9 +372,7 @@ def test_bad_shapes_fail_with_a_clear_message() -> None:
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_linear_head_equals_naive_with_gradients(
-    chunk_size: int, temperature: float, bias: bool
-) -> None:
+def test_fused_linear_head_equals_naive_with_gradients(chunk_size: int, temperature: float, bias: bool) -> None:
     torch.manual_seed(1)
     head = nn.Linear(16, 50, bias=bias)
     hidden = torch.randn(13, 16, requires_grad=True)
@@ -400,9 +398,7 @@ def test_the_fused_head_is_used_for_plain_linear_heads_only(monkeypatch) -> None
     import grpo_lightning.logprobs as logprobs
 
     calls = []
-    monkeypatch.setattr(
-        logprobs, "linear_logprobs", lambda *a, **k: calls.append(1) or linear_logprobs(*a, **k)
-    )
+    monkeypatch.setattr(logprobs, "linear_logprobs", lambda *a, **k: calls.append(1) or linear_logprobs(*a, **k))
     hidden, labels = torch.randn(2, 3, 8, requires_grad=True), torch.randint(0, 20, (2, 3))
     head = nn.Linear(8, 20)
     logp, _ = token_logprobs_from_hidden(hidden, head, labels, with_entropy=True, entropy_grad=False)

@@ -29,6 +29,4 @@ def test_quickstart_notebook_runs(tmp_path):
     assert "[1.0, 0.0]" in outputs
     assert "val/accuracy" in outputs
     assert outputs.count("gold ") == 4
-    assert any(
-        out.get("output_type") == "display_data" for cell in notebook.cells for out in cell.get("outputs", [])
-    )
+    assert any(out.get("output_type") == "display_data" for cell in notebook.cells for out in cell.get("outputs", []))

@@ -19,14 +19,7 @@ from grpo_lightning.recipes.tiny_math_sft import (
 from grpo_lightning.synthetic import generate_problems
 from grpo_lightning.tiny import build_char_tokenizer
 
-SHORT = {
-    "steps": 12,
-    "batch_size": 16,
-    "hidden_size": 32,
-    "num_layers": 1,
-    "intermediate_size": 64,
-    "log_every": 0,
-}
+SHORT = {"steps": 12, "batch_size": 16, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64, "log_every": 0}
 DATA = {"min_steps": 1, "max_steps": 1, "max_operand": 9}
 
 
@@ -42,9 +35,7 @@ def test_sft_batch_puts_the_loss_on_the_solution_and_eos_only() -> None:
     labels = batch["labels"][0]
     assert (labels[:n_prompt] == -100).all()
     assert tok.decode(labels[n_prompt : n_prompt + n_target]) == rows[0]["solution"] + tok.eos_token
-    assert (labels[n_prompt + n_target :] == -100).all() and (
-        batch["attention_mask"][0, n_prompt + n_target :] == 0
-    ).all()
+    assert (labels[n_prompt + n_target :] == -100).all() and (batch["attention_mask"][0, n_prompt + n_target :] == 0).all()
     assert batch["attention_mask"][1].all()  # the longest row has no padding
 
 
@@ -85,15 +76,7 @@ def test_a_short_run_learns_saves_compactly_and_reloads_as_float32(tmp_path) -> 
 
 def test_stop_at_ends_early_on_the_full_runs_schedule() -> None:
     """Stopping at step 3 of 40 gives the weights a longer run has at its step 3 (same data, same LR)."""
-    settings = {
-        **SHORT,
-        "steps": 40,
-        "data": DATA,
-        "num_problems": 400,
-        "lr": 3e-3,
-        "warmup": 2,
-        "eval_size": 4,
-    }
+    settings = {**SHORT, "steps": 40, "data": DATA, "num_problems": 400, "lr": 3e-3, "warmup": 2, "eval_size": 4}
     snapshots = {}
 
     def keep(step: int, model: torch.nn.Module, tokenizer: object) -> None:

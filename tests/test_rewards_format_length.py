@@ -100,9 +100,7 @@ def test_overlong_penalty_length_sources():
 def test_registered_length_rewards_take_the_limit_from_the_columns():
     # The registered defaults know no limit: the trainer's max_completion_length, when passed, is it.
     assert resolve_reward("overlong_penalty") is overlong_penalty
-    assert overlong_penalty([""], ["a"], completion_lengths=[90], max_completion_length=100) == pytest.approx(
-        [-0.5]
-    )
+    assert overlong_penalty([""], ["a"], completion_lengths=[90], max_completion_length=100) == pytest.approx([-0.5])
     assert length_penalty(["", ""], ["a", "b"], completion_lengths=[25, 400], max_completion_length=100) == [
         pytest.approx(-0.25),
         -1.0,

@@ -32,16 +32,8 @@ def test_offline_wandb_run_writes_metrics_and_a_completion_table(tmp_path, monke
     wandb.finish()
 
     assert glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    for key in (
-        "train/loss",
-        "train/reward",
-        "train/clip_ratio/region_mean",
-        "perf/tokens_per_s",
-        "train/lr",
-    ):
+    for key in ("train/loss", "train/reward", "train/clip_ratio/region_mean", "perf/tokens_per_s", "train/lr"):
         assert key in summary, f"{key} missing from the wandb summary: {sorted(summary)}"
     table = summary["completions"]
     assert table["_type"] == "table-file" and table["nrows"] == 2
-    assert glob.glob(
-        str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "completions_*.json")
-    )
+    assert glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "completions_*.json"))

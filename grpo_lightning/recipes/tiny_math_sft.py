@@ -43,9 +43,7 @@ def sft_batch(
     """Right-padded ``input_ids``, ``attention_mask``, ``labels`` [B, T]; labels are -100 on prompt and padding."""
     prompts = tokenizer([template.format(question=r["question"]) for r in rows], add_special_tokens=False)
     targets = tokenizer([r["solution"] for r in rows], add_special_tokens=False)
-    seqs = [
-        p + t + [tokenizer.eos_token_id] for p, t in zip(prompts.input_ids, targets.input_ids, strict=True)
-    ]
+    seqs = [p + t + [tokenizer.eos_token_id] for p, t in zip(prompts.input_ids, targets.input_ids, strict=True)]
     width = max(map(len, seqs))
     input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)

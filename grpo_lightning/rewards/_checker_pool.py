@@ -75,6 +75,8 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     job: int | None = None
     deadline: float | None = None
+    errors: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=30))
+    relay: threading.Thread | None = None  # forwards its stderr (see CheckerPool._relay_errors)
 
 
 class CheckerPool:
@@ -151,11 +153,15 @@ class CheckerPool:
         """Start one child in ``slot``; it takes requests once it has written its ready line."""
         proc = _spawn([sys.executable, "-c", _BOOTSTRAP, self.script, str(os.getpid())])
         ident = next(self._idents)
-        self._workers[ident] = _Worker(proc, slot)
+        worker = self._workers[ident] = _Worker(proc, slot)
         reader = threading.Thread(
             target=self._read, args=(proc, ident), daemon=True, name="grpo-checker-reader"
         )
         reader.start()
+        worker.relay = threading.Thread(
+            target=_relay_errors, args=(worker,), daemon=True, name="grpo-checker-stderr"
+        )
+        worker.relay.start()
 
     def _read(self, proc: subprocess.Popen[str], ident: int) -> None:
         """Forward each line of the child's stdout to the pool's queue; None at the end."""
@@ -209,10 +215,12 @@ class CheckerPool:
         self._kill(ident)
         code = worker.proc.returncode
         if not worker.ready:
+            if worker.relay is not None:
+                worker.relay.join(timeout=5)  # its last words may still be in the pipe
             raise CheckerStartError(
-                f"A checker process ({self.script}) exited with code {code} while starting; "
-                "its error is printed above. Is math-verify installed for this Python "
-                f"({sys.executable})?"
+                f"A checker process ({self.script}) exited with code {code} while starting. "
+                f"Is math-verify installed for this Python ({sys.executable})? Its error output:\n"
+                + "".join(worker.errors)
             )
         if worker.job is not None:
             deaths[worker.job] += 1
@@ -264,6 +272,19 @@ class _Jobs:
         self.queues[self.keys[job] % len(self.queues)].appendleft(job)
 
 
+def _relay_errors(worker: _Worker) -> None:
+    """Copy a child's error output to this process's ``sys.stderr`` (a notebook shows it there, not
+    in the terminal that started the kernel), keeping the last lines for a start-up error."""
+    stream = worker.proc.stderr
+    assert stream is not None
+    with contextlib.suppress(OSError, ValueError):
+        for line in stream:
+            worker.errors.append(line)
+            sys.stderr.write(line)
+    with contextlib.suppress(OSError):
+        stream.close()
+
+
 def _spawn(command: list[str]) -> subprocess.Popen[str]:
     """Start ``command`` from a thread that lives as long as the process.
 
@@ -294,8 +315,10 @@ def _serve_spawns(requests: queue.Queue[tuple[list[str], queue.Queue[Any]]]) -> 
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                encoding="ascii",  # JSON lines are ASCII (non-ASCII characters are escaped)
+                encoding="utf-8",  # the JSON lines are ASCII (JSON escapes the rest); stderr may not be
+                errors="replace",
                 bufsize=1,
             )
         except BaseException as err:

@@ -3,7 +3,7 @@
 A slow checker (math-verify on sympy) can take unbounded time on a degenerate answer, and inside one
 process nothing stops it reliably: ``signal.alarm`` works only on the main thread and never
 interrupts work inside C code. So requests go to child processes; a request that runs past its
-limit gets its process killed (and replaced), and is answered with :data:`TIMED_OUT`.
+limit gets its process killed (and replaced), and is answered with a :class:`Failed`.
 
 The children are started with ``subprocess`` (not ``multiprocessing``): a spawned
 ``multiprocessing`` child re-imports the parent's ``__main__`` (a training script without a main

@@ -99,10 +99,9 @@ class LeanDecoder:
         x = self.inner.embed_tokens(prompt_ids)
         cos, sin = self.inner.rotary_emb(x, positions)
         total = width + max_new_tokens
-        for layer in self.inner.layers:
+        for i, layer in enumerate(self.inner.layers):
             x, k, v = self._layer(layer, x, cos[:, None], sin[:, None], None, mask)
-            shape = (n, self.num_kv_heads, total, self.head_dim)
-            kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
+            kbuf, vbuf = self._new_buffers(i, (n, self.num_kv_heads, total, self.head_dim), k)
             kbuf[:, :, :width] = k.repeat_interleave(repeats, dim=0)
             vbuf[:, :, :width] = v.repeat_interleave(repeats, dim=0)
             self.keys.append(kbuf)
@@ -139,13 +138,7 @@ class LeanDecoder:
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
-        if index is None:
-            keys, values = k, v
-        else:
-            self.keys[index][:, :, self.column : self.column + 1] = k
-            self.values[index][:, :, self.column : self.column + 1] = v
-            keys = self.keys[index][:, :, : self.column + 1]
-            values = self.values[index][:, :, : self.column + 1]
+        keys, values = (k, v) if index is None else self._cache(index, k, v)
         if _SDPA_GQA:
             o = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True
@@ -159,6 +152,16 @@ class LeanDecoder:
         x = x + attn.o_proj(o.transpose(1, 2).reshape(b, s, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x, k, v
+
+    def _new_buffers(self, index: int, shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+        """Key and value buffers ``shape = [N, kv_heads, L + max_new_tokens, head_dim]`` of layer ``index``."""
+        return like.new_empty(shape), like.new_empty(shape)
+
+    def _cache(self, index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this step's ``k, v: [N, kv_heads, 1, d]`` into layer ``index``'s buffers; the keys/values to attend."""
+        self.keys[index][:, :, self.column : self.column + 1] = k
+        self.values[index][:, :, self.column : self.column + 1] = v
+        return self.keys[index][:, :, : self.column + 1], self.values[index][:, :, : self.column + 1]
 
     def _logits(self, last: Tensor) -> Tensor:
         """``last: [B, H]`` final-layer states -> ``[B, V]`` logits (the LM head on these rows only)."""

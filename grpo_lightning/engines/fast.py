@@ -6,7 +6,8 @@ nothing in correctness:
 
 - each unique prompt is prefilled once and its keys/values shared by its ``G`` samples;
 - Llama-family models decode through :class:`~grpo_lightning.engines.decoders.LeanDecoder`
-  (preallocated key/value buffers, no per-step mask building); others through their own forward;
+  (preallocated key/value buffers, no per-step mask building), on CUDA with each step replayed as a
+  CUDA graph (:mod:`~grpo_lightning.engines.graphed`); others through their own forward;
 - the log-prob of every sampled token under the sampling policy is returned
   (:attr:`Rollout.sampling_logp`), so the update skips the old-policy forward pass.
 """
@@ -21,42 +22,75 @@ from torch import Tensor, nn
 
 from grpo_lightning._checks import check_choice
 from grpo_lightning.engines.decoders import CacheDecoder, LeanDecoder, lean_unsupported_reason
+from grpo_lightning.engines.graphed import StaticStepDecoder, graph_unsupported_reason
 from grpo_lightning.engines.sampling import TokenSampler
 from grpo_lightning.models import eval_mode
 from grpo_lightning.rollout import Rollout, SamplingConfig, completion_masks, left_align, seeded
 
-Decoder = Literal["auto", "lean", "cache"]
+Decoder = Literal["auto", "lean", "graph", "static", "cache"]
+DECODERS: tuple[str, ...] = ("auto", "lean", "graph", "static", "cache")
 
 
 class FastRolloutEngine:
     """Sample ``G`` completions per prompt with a lean decoding loop (CPU or GPU, any dtype).
 
     Args:
-        decoder: ``"auto"`` uses the lean decoder when the model supports it and the model's own forward
-            otherwise; ``"lean"`` insists on the lean one (an error says why it cannot run);
-            ``"cache"`` always uses the model's forward with a ``DynamicCache``.
+        decoder: ``"auto"``: the lean decoder when the model supports it, its steps replayed as CUDA
+            graphs when the rollout runs on CUDA outside autocast, and the model's own forward for
+            other models; ``"lean"`` insists on the lean decoder without graphs, ``"graph"`` on CUDA
+            graphs (an error says why either cannot run); ``"static"`` runs the steps a graph would
+            record, eagerly (for checking them on any device); ``"cache"`` always uses the model's
+            forward with a ``DynamicCache``.
         check_every: on an accelerator, look for "every row has ended" only every this many steps: each
             look is a host-device sync. The extra steps produce padding that is trimmed. 1 on CPU.
+        span_block: graph decoding attends to the current column rounded up to a multiple of this
+            (one graph per multiple; see :class:`~grpo_lightning.engines.graphed.StaticStepDecoder`).
     """
 
-    def __init__(self, decoder: Decoder = "auto", check_every: int = 16) -> None:
-        check_choice("decoder", decoder, ("auto", "lean", "cache"))
+    def __init__(self, decoder: Decoder = "auto", check_every: int = 16, span_block: int = 64) -> None:
+        check_choice("decoder", decoder, DECODERS)
         if check_every < 1:
             raise ValueError(f"check_every={check_every} must be >= 1.")
+        if span_block < 1:
+            raise ValueError(f"span_block={span_block} must be >= 1.")
         self.decoder = decoder
         self.check_every = check_every
+        self.span_block = span_block
+        # Kept between rollouts: its buffers and captured graphs serve every rollout of the same shape.
+        self._static: StaticStepDecoder | None = None
 
-    def _decoder(self, model: nn.Module, total_length: int) -> LeanDecoder | CacheDecoder:
+    def _decoder(
+        self, model: nn.Module, total_length: int, device: torch.device
+    ) -> LeanDecoder | CacheDecoder:
         if self.decoder == "cache":
             return CacheDecoder(model)
         reason = lean_unsupported_reason(model, total_length)
-        if reason is None:
-            return LeanDecoder(model)
+        if reason is not None:
+            if self.decoder != "auto":
+                raise ValueError(
+                    f"decoder={self.decoder!r} cannot run this model: {reason}. Use decoder='auto' or 'cache'."
+                )
+            return CacheDecoder(model)
         if self.decoder == "lean":
-            raise ValueError(
-                f"decoder='lean' cannot run this model: {reason}. Use decoder='auto' or 'cache'."
+            return LeanDecoder(model)
+        if self.decoder == "static":
+            return self._static_decoder(model, graphs=False)
+        graph_reason = graph_unsupported_reason(device)
+        if graph_reason is None:
+            return self._static_decoder(model, graphs=True)
+        if self.decoder == "graph":
+            raise ValueError(f"decoder='graph' cannot run: {graph_reason}. Use decoder='auto' or 'lean'.")
+        return LeanDecoder(model)
+
+    def _static_decoder(self, model: nn.Module, graphs: bool) -> StaticStepDecoder:
+        static = self._static
+        if static is None or not static.serves(model) or static.requested_graphs != graphs:
+            # A failed capture under "auto" warns and falls back to eager steps; "graph" raises.
+            static = StaticStepDecoder(
+                model, graphs=graphs, span_block=self.span_block, fallback=self.decoder == "auto"
             )
-        return CacheDecoder(model)
+            self._static = static
+        return static
 
     @torch.no_grad()
     def generate(
@@ -82,11 +116,11 @@ class FastRolloutEngine:
         check_every = 1 if device.type == "cpu" else self.check_every
         # Greedy decoding has no sampling temperature; its log-probs use the loss's (SamplingConfig's) one.
         logp_temperature = sampling.temperature
-        decoder = self._decoder(model, prompt_ids.shape[1] + max_new)
         # Sharded (FSDP) weights are gathered by collectives inside every forward: all ranks must take
         # the same number of steps, so "every row has ended" is agreed over ranks, as generate's
         # synced_gpus does.
         synced = _is_sharded(model)
+        decoder = self._decoder(model, prompt_ids.shape[1] + max_new, device)
         tokens: list[Tensor] = []
         logps: list[Tensor] = []
         with eval_mode(model), seeded(seed, device):

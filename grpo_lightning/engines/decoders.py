@@ -73,6 +73,8 @@ class LeanDecoder:
     and attends to columns ``< L + t + 1`` minus the prompt's left padding.
     """
 
+    compactable = True  # keep() drops rows
+
     def __init__(self, model: nn.Module) -> None:
         self.lm = _backbone(model)
         self.inner = self.lm.model
@@ -153,7 +155,16 @@ class LeanDecoder:
         x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x, k, v
 
-    def _new_buffers(self, index: int, shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+    def keep(self, rows: Tensor) -> None:
+        """Go on decoding only the rows ``rows: [n']`` (ascending positions among the current rows)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.key_valid = self.key_valid.index_select(0, rows)
+        self.cos, self.sin = self.cos.index_select(0, rows), self.sin.index_select(0, rows)
+
+    def _new_buffers(
+        self, index: int, shape: tuple[int, int, int, int], like: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Key and value buffers ``shape = [N, kv_heads, L + max_new_tokens, head_dim]`` of layer ``index``."""
         return like.new_empty(shape), like.new_empty(shape)
 
@@ -170,6 +181,8 @@ class LeanDecoder:
 
 class CacheDecoder:
     """Decoding loop through the model's own forward and a ``DynamicCache``: works for any causal LM."""
+
+    compactable = True  # keep() drops rows
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -193,6 +206,12 @@ class CacheDecoder:
         out = self._forward(tokens[:, None], self.mask, self.next_position)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
+
+    def keep(self, rows: Tensor) -> None:
+        """Go on decoding only the rows ``rows: [n']`` (ascending positions among the current rows)."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask.index_select(0, rows)
+        self.next_position = self.next_position.index_select(0, rows)
 
     def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Any:
         kwargs = {self.cache_arg: self.cache, **self.keep_arg}

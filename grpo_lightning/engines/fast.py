@@ -15,7 +15,7 @@ nothing in correctness:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -126,16 +126,25 @@ class FastRolloutEngine:
         with eval_mode(model), seeded(seed, device):
             logits = decoder.prefill(prompt_ids, prompt_mask, num_generations, max_new)
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+            # Ended rows are dropped from the decoder once they are half of its rows (not across ranks:
+            # sharded ranks must keep identical shapes; not for graphs, whose shapes are fixed).
+            live = LiveRows(len(done), compact=decoder.compactable and not synced)
             for step in range(max_new):
-                token, logp = sampler(logits, step, logp_temperature)
+                token, logp = live.expand(*sampler(logits, step, logp_temperature), pad_token_id)
                 # Rows that already ended keep emitting padding, as generate does.
                 token = token.masked_fill(done, pad_token_id)
                 tokens.append(token)
                 logps.append(logp)
                 done = done | torch.isin(token, eos)
-                if step + 1 == max_new or ((step + 1) % check_every == 0 and _all_done(done, synced)):
+                if step + 1 == max_new:
                     break
-                logits = decoder.step(token)
+                if (step + 1) % check_every == 0:
+                    if synced:
+                        if _all_done(done, synced):
+                            break
+                    elif live.update(done, decoder):  # one host sync: how many rows are left
+                        break
+                logits = decoder.step(live.select(token))
         completion_ids = torch.stack(tokens, dim=1)
         mask, truncated, lengths = completion_masks(completion_ids, eos_token_ids, max_new, mask_truncated)
         # Drop all-padding steps past the last EOS (kept when synced: every rank then has the same width).
@@ -151,6 +160,44 @@ class FastRolloutEngine:
             lengths,
             sampling_logp=sampling_logp,
         )
+
+
+class LiveRows:
+    """Which of the rollout's ``N`` rows the decoder still computes, in order: all of them at first.
+
+    When at most half of the decoder's rows are still going, the ended ones are dropped
+    (``decoder.keep``): a batch whose completions end at different lengths then costs about the
+    tokens it really generates, not ``N x`` the longest. Every result is still reported for all N rows.
+    """
+
+    def __init__(self, n: int, compact: bool) -> None:
+        self.n = n
+        self.compact = compact
+        self.rows: Tensor | None = None  # [n'] rollout rows of the decoder's rows; None: all, in order
+
+    def expand(self, token: Tensor, logp: Tensor, pad_token_id: int) -> tuple[Tensor, Tensor]:
+        """The decoder rows' ``token, logp: [n']`` as ``[N]`` (padding and 0 on dropped rows)."""
+        if self.rows is None:
+            return token, logp
+        full = token.new_full((self.n,), pad_token_id).index_copy_(0, self.rows, token)
+        return full, logp.new_zeros(self.n).index_copy_(0, self.rows, logp)
+
+    def select(self, token: Tensor) -> Tensor:
+        """``token: [N]`` -> the decoder rows' ``[n']``."""
+        return token if self.rows is None else token.index_select(0, self.rows)
+
+    def update(self, done: Tensor, decoder: Any) -> bool:
+        """Whether every row has ended (``done: [N]`` bool); if not, drop ended rows when they are most."""
+        going = (~done).nonzero().squeeze(1)  # [n_going] ascending
+        current = self.n if self.rows is None else len(self.rows)
+        if len(going) == 0:
+            return True
+        if self.compact and len(going) <= current // 2:
+            # Positions of the going rows among the decoder's rows (both ascending).
+            positions = going if self.rows is None else torch.searchsorted(self.rows, going)
+            decoder.keep(positions)
+            self.rows = going
+        return False
 
 
 def _is_sharded(model: nn.Module) -> bool:

@@ -84,6 +84,8 @@ class StaticStepDecoder(LeanDecoder):
         fallback: when a capture fails, warn and run the step eagerly instead of raising.
     """
 
+    compactable = False  # a captured step's shapes are fixed: ended rows stay in the batch
+
     def __init__(
         self,
         model: nn.Module,
@@ -215,7 +217,9 @@ class StaticStepDecoder(LeanDecoder):
             return value
         return held.copy_(value)
 
-    def _new_buffers(self, index: int, shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+    def _new_buffers(
+        self, index: int, shape: tuple[int, int, int, int], like: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if index < len(self._kv):
             return self._kv[index]
         # Zeros, not empty: masked columns still enter the attention products, and 0 * NaN is NaN.

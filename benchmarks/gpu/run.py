@@ -30,7 +30,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # limits/systems, and the CPU benchmark's workloads
+# limits/systems/report, the CPU benchmark's workloads, and the package itself (no install needed)
+sys.path[:0] = [str(HERE), str(HERE.parent), str(ROOT)]
 
 import torch  # noqa: E402
 from limits import Hardware, ModelShape, measure_hardware, rollout_floor, train_floor  # noqa: E402
@@ -154,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     run = Run(args.out, args.budget_s)
+    try:
+        import grpo_lightning  # noqa: F401
+    except ImportError as err:  # e.g. an optional dependency imported eagerly and missing here
+        run.results["error"] = f"importing grpo_lightning failed: {err!r}"
+        run.say(f"ERROR {run.results['error']}: install that package or make its import lazy.")
+        run.save()
+        return 2
     from workloads import build_tokenizer, make_prompts
 
     work = (

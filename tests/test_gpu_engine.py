@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import grpo_lightning.engines.fast as fast_module
 from grpo_lightning.engines import FastRolloutEngine
@@ -17,6 +18,10 @@ from grpo_lightning.engines.graphed import StaticStepDecoder, graph_unsupported_
 from grpo_lightning.logprobs import sequence_logprobs
 from grpo_lightning.rollout import HFGenerateEngine, SamplingConfig
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+
+# Operations a CUDA graph cannot record: host reads of device values, outputs whose shape depends on
+# values, and tensors made from Python data (a host-to-device copy at replay time).
+NOT_CAPTURABLE = {"_local_scalar_dense", "nonzero", "masked_select", "unique_dim", "_unique2", "lift_fresh"}
 
 # Widths 32 (the longest) and 14: padded to 32 either way with width_block=16.
 PROMPTS = ["Compute 18 - 4 + 11 + 2, please.", "What is 5 + 9?", "3 + 3 =", "What is 12 + 7 - 3?"]
@@ -101,7 +106,7 @@ def recorded(monkeypatch):
         return FakeGraph(lambda: self._static_step(span), out), out
 
     monkeypatch.setattr(StaticStepDecoder, "_capture", fake_capture)
-    monkeypatch.setattr(fast_module, "graph_unsupported_reason", lambda device: None)
+    monkeypatch.setattr(fast_module, "graph_unsupported_reason", lambda device, model: None)
     return spans
 
 
@@ -142,13 +147,18 @@ def test_graphs_are_captured_once_per_span_and_reused_by_later_rollouts(tokenize
     assert recorded == [40, 48, 56, 40, 48, 56]
     assert_same_rollout(replaced, run(HFGenerateEngine(), model, prompts, greedy))
 
+    engine.release()  # buffers and graphs freed: the next rollout records again
+    assert engine._static is None
+    run(engine, model, prompts, greedy)
+    assert recorded == [40, 48, 56] * 3
+
 
 def test_a_failed_capture_under_auto_warns_and_decodes_without_graphs(tokenizer, monkeypatch):
     def broken(self, span):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(StaticStepDecoder, "_capture", broken)
-    monkeypatch.setattr(fast_module, "graph_unsupported_reason", lambda device: None)
+    monkeypatch.setattr(fast_module, "graph_unsupported_reason", lambda device, model: None)
     model = build_tiny_model(tokenizer, arch="qwen2")
     prompts = encode(tokenizer)
     greedy = SamplingConfig(max_completion_length=12, do_sample=False)
@@ -161,14 +171,50 @@ def test_a_failed_capture_under_auto_warns_and_decodes_without_graphs(tokenizer,
         strict.step(logits.argmax(-1))
 
 
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_recorded_step_has_no_operation_a_cuda_graph_cannot_record(tokenizer, lora):
+    model = build_tiny_model(tokenizer, arch="qwen2")
+    if lora:
+        peft = pytest.importorskip("peft")
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+        )
+    model.eval()
+    decoder = StaticStepDecoder(model, graphs=False, span_block=8)
+    with torch.no_grad():
+        logits = decoder.prefill(*encode(tokenizer), 2, 8)
+        decoder._token.copy_(logits.argmax(-1))
+        decoder._column.fill_(decoder.column)
+        with OpRecorder() as recorder:
+            decoder._static_step(40)
+    assert "mm" in recorder.ops or "addmm" in recorder.ops  # the recorder sees the step's operations
+    assert not recorder.ops & NOT_CAPTURABLE, recorder.ops & NOT_CAPTURABLE
+
+
 def test_graph_decoding_is_refused_with_the_reason_where_it_cannot_run(tokenizer):
     model = build_tiny_model(tokenizer, arch="qwen2")
-    assert "CUDA" in graph_unsupported_reason(torch.device("cpu"))
+    assert "CUDA" in graph_unsupported_reason(torch.device("cpu"), model)
     with pytest.raises(ValueError, match="decoder='graph' cannot run: CUDA graphs need a CUDA device"):
         run(FastRolloutEngine("graph"), model, encode(tokenizer), SamplingConfig(max_completion_length=4))
     gpt2 = build_tiny_model(tokenizer, arch="gpt2")
     with pytest.raises(ValueError, match="decoder='static' cannot run this model: model_type 'gpt2'"):
         run(FastRolloutEngine("static"), gpt2, encode(tokenizer), SamplingConfig(max_completion_length=4))
+    quantized = build_tiny_model(tokenizer, arch="qwen2")
+    packed = torch.nn.Parameter(
+        torch.zeros(2, dtype=torch.uint8), requires_grad=False
+    )  # as 4-bit layers store
+    quantized.model.layers[0].mlp.up_proj.weight = packed
+    assert "torch.uint8" in graph_unsupported_reason(torch.device("cpu"), quantized)
     with pytest.raises(ValueError, match="span_block=0"):
         FastRolloutEngine(span_block=0)
 

@@ -27,9 +27,14 @@ from torch.nn import functional as F
 
 from grpo_lightning.engines.decoders import LeanDecoder, _backbone
 
+_GRAPH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-def graph_unsupported_reason(device: torch.device) -> str | None:
-    """Why decoding steps on ``device`` cannot be CUDA graphs here (None: they can)."""
+
+def graph_unsupported_reason(device: torch.device, model: nn.Module) -> str | None:
+    """Why decoding steps of ``model`` on ``device`` cannot be CUDA graphs here (None: they can)."""
+    odd = {p.dtype for p in model.parameters()} - set(_GRAPH_DTYPES)
+    if odd:  # quantized layers run kernels of their own, not known to be capturable
+        return f"parameters of dtype {sorted(map(str, odd))} (quantized?)"
     if device.type != "cuda" or not torch.cuda.is_available():
         return f"CUDA graphs need a CUDA device (the prompts are on {device.type!r})"
     if torch.is_autocast_enabled("cuda"):

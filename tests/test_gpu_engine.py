@@ -255,6 +255,18 @@ def test_ended_rows_are_dropped_and_every_row_is_still_reported(tokenizer, monke
     torch.testing.assert_close(rollout.sampling_logp[mask], logp[mask], rtol=0, atol=1e-4)
     assert (rollout.completion_ids[~mask] == 0).all()
 
+    kept.clear()
+    run(
+        FastRolloutEngine("lean", drop_ended_rows=False),
+        model,
+        prompts,
+        sampling,
+        eos=eos,
+        generations=6,
+        seed=3,
+    )
+    assert kept == []
+
 
 def test_dropping_rows_keeps_greedy_tokens_equal_to_generate(tokenizer, monkeypatch):
     kept: list[int] = []

@@ -45,9 +45,18 @@ class FastRolloutEngine:
             look is a host-device sync. The extra steps produce padding that is trimmed. 1 on CPU.
         span_block: graph decoding attends to the current column rounded up to a multiple of this
             (one graph per multiple; see :class:`~grpo_lightning.engines.graphed.StaticStepDecoder`).
+        drop_ended_rows: stop computing rows that ended once they are half of the decoder's rows
+            (not with graphs, whose shapes are fixed). Same distribution; the random draws after the
+            first drop differ from a run without it.
     """
 
-    def __init__(self, decoder: Decoder = "auto", check_every: int = 16, span_block: int = 64) -> None:
+    def __init__(
+        self,
+        decoder: Decoder = "auto",
+        check_every: int = 16,
+        span_block: int = 64,
+        drop_ended_rows: bool = True,
+    ) -> None:
         check_choice("decoder", decoder, DECODERS)
         if check_every < 1:
             raise ValueError(f"check_every={check_every} must be >= 1.")
@@ -56,6 +65,7 @@ class FastRolloutEngine:
         self.decoder = decoder
         self.check_every = check_every
         self.span_block = span_block
+        self.drop_ended_rows = drop_ended_rows
         # Kept between rollouts: its buffers and captured graphs serve every rollout of the same shape
         # (on the 0.5B model at 128 x 512 tokens, about 1 GB of keys/values); release() frees them.
         self._static: StaticStepDecoder | None = None
@@ -133,7 +143,7 @@ class FastRolloutEngine:
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
             # Ended rows are dropped from the decoder once they are half of its rows (not across ranks:
             # sharded ranks must keep identical shapes; not for graphs, whose shapes are fixed).
-            live = LiveRows(len(done), compact=decoder.compactable and not synced)
+            live = LiveRows(len(done), compact=self.drop_ended_rows and decoder.compactable and not synced)
             for step in range(max_new):
                 token, logp = live.expand(*sampler(logits, step, logp_temperature), pad_token_id)
                 # Rows that already ended keep emitting padding, as generate does.

@@ -153,6 +153,20 @@ def test_graphs_are_captured_once_per_span_and_reused_by_later_rollouts(tokenize
     assert recorded == [40, 48, 56] * 3
 
 
+def test_buffers_made_under_inference_mode_are_not_reused_outside_it(tokenizer):
+    """Lightning validates under ``torch.inference_mode``: tensors made there cannot be written to
+    outside it, so a training rollout of the same shape must not reuse them."""
+    model = build_tiny_model(tokenizer, arch="qwen2")
+    prompts = encode(tokenizer)
+    greedy = SamplingConfig(max_completion_length=8, do_sample=False)
+    engine = FastRolloutEngine("static", span_block=8)
+    with torch.inference_mode():
+        first = run(engine, model, prompts, greedy)
+    assert_same_rollout(run(engine, model, prompts, greedy), first)
+    with torch.inference_mode():
+        assert_same_rollout(run(engine, model, prompts, greedy), first)
+
+
 def test_a_failed_capture_under_auto_warns_and_decodes_without_graphs(tokenizer, monkeypatch):
     def broken(self, span):
         raise RuntimeError("operation not permitted when stream is capturing")

@@ -10,8 +10,8 @@ On CUDA one graph per span is captured the first time it is needed and replayed 
 (how its logic is tested on CPU).
 
 The buffers and graphs are kept between rollouts of the same shape (rows, prompt width rounded up to
-``width_block``, new tokens, dtype, device, the same parameter tensors, the same adapter settings), so
-a training run captures once. Optimizers update weights in place, which the graphs read on replay; a
+``width_block``, new tokens, dtype, device, inference mode or not, the same parameter tensors, the
+same adapter settings), so a training run captures once. Optimizers update weights in place, which the graphs read on replay; a
 parameter replaced by a new tensor, or an adapter switched on or off, starts afresh.
 """
 
@@ -126,7 +126,17 @@ class StaticStepDecoder(LeanDecoder):
             prompt_mask = F.pad(prompt_mask, (pad, 0), value=0)
         n, width = prompt_ids.shape[0] * repeats, prompt_ids.shape[1]
         weight = self.inner.embed_tokens.weight
-        key = (n, width, max_new_tokens, weight.dtype, prompt_ids.device, model_fingerprint(self.lm))
+        # Tensors made under inference mode (Lightning's validation) cannot be written to outside it.
+        inference = torch.is_inference_mode_enabled()
+        key = (
+            n,
+            width,
+            max_new_tokens,
+            weight.dtype,
+            prompt_ids.device,
+            inference,
+            model_fingerprint(self.lm),
+        )
         if key != self._shape_key:
             self._reset(key)
         logits = super().prefill(prompt_ids, prompt_mask, repeats, max_new_tokens)

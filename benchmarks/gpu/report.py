@@ -13,6 +13,15 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _table(header: list[str], rows: dict[str, list[str]]) -> list[str]:
+    """A markdown table (and a blank line after it), or nothing when there are no rows."""
+    if not rows:
+        return []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in rows.items()]
+    return [*lines, ""]
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """Markdown tables from a ``results.json`` dict (stages that did not run are left out or listed)."""
     env, work, floor, hw = results["environment"], results["workload"], results["floor"], results["hardware"]
@@ -40,32 +49,25 @@ def summary_markdown(results: dict[str, Any]) -> str:
             "",
         ]
     rollout = results.get("rollout") or {}
-    if rollout:
-        base = rollout.get("generate")
-        lines += [
-            "| rollout | tokens/s | seconds | x floor | vs generate | peak memory GB |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, r in rollout.items():
-            ratio = r["tokens_per_s"] / base["tokens_per_s"] if base else None
-            lines.append(
-                f"| {name} | {r['tokens_per_s']:.0f} | {_fmt(r['seconds'])} | {r['x_floor']:.2f} | "
-                f"{_ratio(ratio)} | {_fmt(r['peak_memory_gb'], 2)} |"
-            )
-        lines.append("")
+    base = rollout.get("generate")
+    lines += _table(
+        ["rollout", "tokens/s", "seconds", "x floor", "vs generate", "peak memory GB"],
+        {
+            name: [f"{r['tokens_per_s']:.0f}", _fmt(r["seconds"]), f"{r['x_floor']:.2f}",
+                   _ratio(r["tokens_per_s"] / base["tokens_per_s"] if base else None),
+                   _fmt(r["peak_memory_gb"], 2)]
+            for name, r in rollout.items()
+        },
+    )  # fmt: skip
     steps = results.get("steps") or {}
-    if steps:
-        base = steps.get("trl")
-        lines += [
-            "| GRPO step | s/step | sampling s | x floor | speed-up vs TRL | peak memory GB |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, r in steps.items():
-            ratio = base["step_s"] / r["step_s"] if base else None
-            lines.append(
-                f"| {name} | {_fmt(r['step_s'])} | {_fmt(r['sampling_s'])} | {r['x_floor']:.2f} | "
-                f"{_ratio(ratio)} | {_fmt(r['peak_memory_gb'], 2)} |"
-            )
-        lines.append("")
+    base = steps.get("trl")
+    lines += _table(
+        ["GRPO step", "s/step", "sampling s", "x floor", "speed-up vs TRL", "peak memory GB"],
+        {
+            name: [_fmt(r["step_s"]), _fmt(r["sampling_s"]), f"{r['x_floor']:.2f}",
+                   _ratio(base["step_s"] / r["step_s"] if base else None), _fmt(r["peak_memory_gb"], 2)]
+            for name, r in steps.items()
+        },
+    )  # fmt: skip
     lines += [f"Skipped: {s}" for s in results.get("skipped", [])]
     return "\n".join(lines) + "\n"

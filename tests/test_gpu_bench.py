@@ -57,6 +57,10 @@ def test_rollout_and_training_floors_by_hand():
     )
 
 
+def steps_graphs(results):
+    return {k: v.get("cuda_graphs") for k, v in results["steps"].items() if k != "trl"}
+
+
 @pytest.mark.slow
 def test_the_cpu_mode_writes_every_stage(tmp_path):
     out = tmp_path / "gpu"
@@ -87,7 +91,13 @@ def test_the_cpu_mode_writes_every_stage(tmp_path):
     assert 0 < floor["prefill_s"] < floor["floor_s"] < floor["step_s"]
     assert floor["tokens_per_s"] == pytest.approx(2 * 4 * 16 / floor["floor_s"])
 
+    assert results["failed"] == []
     assert set(results["rollout"]) == {"fast", "generate"}  # no graphs off CUDA
+    assert (
+        results["rollout"]["fast"]["cuda_graphs"] is False
+        and results["rollout"]["generate"]["cuda_graphs"] is None
+    )
+    assert steps_graphs(results) == {"grpo_lightning": False, "grpo_lightning + generate": None}
     for r in results["rollout"].values():
         assert r["tokens"] == 2 * 4 * 16
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"])
@@ -103,5 +113,9 @@ def test_the_cpu_mode_writes_every_stage(tmp_path):
         assert r["x_floor"] == pytest.approx(r["step_s"] / floor["step_s"])
 
     summary = (out / "summary.md").read_text()
-    assert "| rollout | tokens/s |" in summary and "| GRPO step | s/step |" in summary
+    assert (
+        "| rollout | tokens/s |" in summary
+        and "Failed:" not in summary
+        and "| GRPO step | s/step |" in summary
+    )
     assert "| fast |" in summary and "| grpo_lightning |" in summary

@@ -13,6 +13,10 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _flag(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
 def _table(header: list[str], rows: dict[str, list[str]]) -> list[str]:
     """A markdown table (and a blank line after it), or nothing when there are no rows."""
     if not rows:
@@ -51,23 +55,25 @@ def summary_markdown(results: dict[str, Any]) -> str:
     rollout = results.get("rollout") or {}
     base = rollout.get("generate")
     lines += _table(
-        ["rollout", "tokens/s", "seconds", "x floor", "vs generate", "peak memory GB"],
+        ["rollout", "tokens/s", "seconds", "x floor", "vs generate", "peak memory GB", "CUDA graphs"],
         {
             name: [f"{r['tokens_per_s']:.0f}", _fmt(r["seconds"]), f"{r['x_floor']:.2f}",
                    _ratio(r["tokens_per_s"] / base["tokens_per_s"] if base else None),
-                   _fmt(r["peak_memory_gb"], 2)]
+                   _fmt(r["peak_memory_gb"], 2), _flag(r.get("cuda_graphs"))]
             for name, r in rollout.items()
         },
     )  # fmt: skip
     steps = results.get("steps") or {}
     base = steps.get("trl")
     lines += _table(
-        ["GRPO step", "s/step", "sampling s", "x floor", "speed-up vs TRL", "peak memory GB"],
+        ["GRPO step", "s/step", "sampling s", "x floor", "speed-up vs TRL", "peak memory GB", "CUDA graphs"],
         {
             name: [_fmt(r["step_s"]), _fmt(r["sampling_s"]), f"{r['x_floor']:.2f}",
-                   _ratio(base["step_s"] / r["step_s"] if base else None), _fmt(r["peak_memory_gb"], 2)]
+                   _ratio(base["step_s"] / r["step_s"] if base else None), _fmt(r["peak_memory_gb"], 2),
+                   _flag(r.get("cuda_graphs"))]
             for name, r in steps.items()
         },
     )  # fmt: skip
+    lines += [f"Failed: {s}" for s in results.get("failed", [])]
     lines += [f"Skipped: {s}" for s in results.get("skipped", [])]
     return "\n".join(lines) + "\n"

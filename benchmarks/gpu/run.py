@@ -24,7 +24,9 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(ROOT)]
 import torch  # noqa: E402
 from limits import Hardware, ModelShape, measure_hardware, rollout_floor, train_floor  # noqa: E402
 from report import summary_markdown  # noqa: E402
-from systems import Workload, grpo_lightning_steps, time_rollouts, trl_steps  # noqa: E402
+from systems import Workload, engine_used_graphs, grpo_lightning_steps, time_rollouts, trl_steps  # noqa: E402
 
 GPU_TESTS = ["tests/test_gpu_cuda.py"]
 # Qwen2.5-0.5B's shape (random weights): 24 layers, hidden 896, 14 / 2 heads, MLP 4864, tied embeddings.
@@ -57,7 +59,7 @@ class Run:
     def __init__(self, out: Path, budget_s: float) -> None:
         self.out = out
         self.deadline = time.monotonic() + budget_s
-        self.results: dict[str, Any] = {"skipped": []}
+        self.results: dict[str, Any] = {"skipped": [], "failed": []}
         out.mkdir(parents=True, exist_ok=True)
         self.log = (out / "log.txt").open("w")
 
@@ -72,6 +74,17 @@ class Run:
     def skip(self, what: str, why: str) -> None:
         self.results["skipped"].append(f"{what}: {why}")
         self.say(f"SKIPPED {what}: {why}")
+
+    def attempt(self, what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """``fn()``, or None when it raises: the error is listed and the traceback logged, and the run
+        goes on to the next stage (one system's failure must not cost the others' figures)."""
+        try:
+            return fn()
+        except Exception as err:
+            self.results["failed"].append(f"{what}: {type(err).__name__}: {err}")
+            self.say(f"FAILED {what}: {type(err).__name__}: {err}")
+            self.log.write(traceback.format_exc())
+            return None
 
     def save(self) -> None:
         (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
@@ -217,9 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         if run.left() <= 0:
             run.skip(f"rollout {name}", "out of the time budget")
             continue
-        got = time_rollouts(
-            engine, model, prompt_ids, prompt_mask, work, tokenizer.eos_token_id, tokenizer.pad_token_id
+        got = run.attempt(
+            f"rollout {name}",
+            lambda engine=engine, model=model: time_rollouts(
+                engine, model, prompt_ids, prompt_mask, work, tokenizer.eos_token_id, tokenizer.pad_token_id
+            ),
         )
+        if got is None:
+            free(device)
+            continue
+        got["cuda_graphs"] = engine_used_graphs(engine)
         got["x_floor"] = got["seconds"] / floor["floor_s"]
         run.results["rollout"][name] = got
         run.say(f"rollout {name}: {got['tokens_per_s']:.0f} tokens/s ({got['seconds']:.3f} s, "
@@ -246,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         if run.left() <= 0:
             run.skip(f"steps {name}", "out of the time budget")
             continue
-        got = fn(build(tokenizer, args.tiny, device, dtype))
+        got = run.attempt(f"steps {name}", lambda fn=fn: fn(build(tokenizer, args.tiny, device, dtype)))
+        if got is None:
+            free(device)
+            continue
         got["x_floor"] = got["step_s"] / floor["step_s"]
         run.results["steps"][name] = got
         run.say(f"steps {name}: {got['step_s']:.3f} s/step, {got['x_floor']:.1f}x floor")
@@ -256,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     (run.out / "summary.md").write_text(summary_markdown(run.results))
     run.say((run.out / "summary.md").read_text())
     tests = run.results.get("tests")
-    return 1 if tests and (tests["failures"] or tests["errors"] or tests["exit_code"] != 0) else 0
+    failed = run.results["failed"] or (
+        tests and (tests["failures"] or tests["errors"] or tests["exit_code"] != 0)
+    )
+    return 1 if failed else 0
 
 
 def _spec(tiny: bool) -> Any:

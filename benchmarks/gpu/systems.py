@@ -91,6 +91,15 @@ def time_rollouts(
     }
 
 
+def engine_used_graphs(engine: Any) -> bool | None:
+    """Whether a fast engine's last rollout replayed CUDA graphs (None: not a fast engine). A capture
+    that failed under ``decoder="auto"`` falls back to eager steps with a warning: this says which ran."""
+    if not hasattr(engine, "release"):
+        return None
+    static = getattr(engine, "_static", None)
+    return bool(static is not None and static.graphs and static.captures > 0)
+
+
 class _Clock:
     """Step end times (after a device sync) and time spent in one wrapped call, after the warm-up step."""
 
@@ -166,7 +175,7 @@ def grpo_lightning_steps(
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[StepClock()],
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=loader)
-    return clock.result(work)
+    return {**clock.result(work), "cuda_graphs": engine_used_graphs(module.rollout_engine)}
 
 
 def trl_steps(

@@ -2,8 +2,9 @@
 (CUDA graphs included) and a few GRPO steps that learn. Each check also runs on CPU where it is
 cheap, so its logic is exercised everywhere; the ``gpu``-marked cases are skipped without CUDA.
 
-Only what these checks need is imported (no datasets / jsonargparse / math-verify / wandb), so the file
-runs on a machine that has just torch, transformers, lightning and pytest.
+This file imports only the package modules the checks use, and nothing from datasets, jsonargparse,
+math-verify or wandb, so that it runs on a machine with just torch, transformers, lightning and pytest
+(given a package whose own imports of those are lazy).
 """
 
 from __future__ import annotations

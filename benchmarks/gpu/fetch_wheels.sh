@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Download TRL and the dependencies a machine with torch, transformers, accelerate and lightning lacks,
-# as CPython 3.12 manylinux wheels, into benchmarks/gpu/wheels (about 60 MB). Only needed for the TRL
-# column of benchmarks/gpu/run.py; without them that column is skipped with a line saying so.
+# as CPython 3.12 manylinux wheels, into benchmarks/gpu/wheels (about 60 MB). Needed for the TRL column
+# of benchmarks/gpu/run.py (without them it is skipped with a line saying so), and they bring `datasets`,
+# which `import grpo_lightning` needs while its data module imports it eagerly.
 set -euo pipefail
 dest="$(cd "$(dirname "$0")" && pwd)/wheels"
 mkdir -p "$dest"

@@ -1,10 +1,13 @@
 """Final-answer extraction shared by the data module (gold answers) and the rewards (predictions).
 
-Pure string functions, no model or tokenizer involved:
+Pure string functions, no model or tokenizer involved, each linear in the length of its input
+(completions in RL can be degenerate: thousands of unclosed ``\\boxed{``, long runs of spaces):
 
 - :func:`extract_hash_answer`: the text after the last GSM8K marker ``#### ...``.
-- :func:`extract_last_boxed`: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces handled.
+- :func:`find_last_boxed` / :func:`extract_last_boxed`: the content of the last complete
+  ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces handled, found by a scan from the end.
 - :func:`extract_gold_answer`: a gold answer from a GSM8K answer text, a MATH solution or a bare answer.
+- :func:`join_digit_groups`: ``10,\\!000``, ``1{,}234``, ``1\\,000`` -> ``10000``, ``1234``, ``1000``.
 - :func:`parse_number` / :func:`last_number`: exact rational values (``fractions.Fraction``) of numbers
   written the way math answers are written: ``1,234``, ``$18.00``, ``-3/4``, ``\\frac{3}{4}``, ``90^\\circ``.
 """
@@ -15,20 +18,57 @@ import re
 from fractions import Fraction
 
 HASH_MARKER = "####"
-_BOXED_COMMANDS = ("\\boxed", "\\fbox")
+#: Numbers with more digits than this are not answers (and ``int()`` refuses beyond 4300 digits).
+MAX_NUMBER_DIGITS = 100
 
 # One numeric token. Alternatives are ordered so that the longest reading wins at a position:
 # a LaTeX fraction, a plain fraction, then a decimal with optional thousands separators.
 # Thousands separators must group by three ("1,234,567"), so a list "1, 2, 3" stays three numbers.
+# Every whitespace run is bounded: an unbounded ``\s*`` before the digits made a failed match at
+# each position of a long run of spaces scan the rest of the run (quadratic time).
 _DECIMAL = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+_WS = r"\s{0,3}"
 # A minus sign counts only where it cannot be a binary minus ("19-3" holds 19 and 3, not -3).
 _NUMBER_RE = re.compile(
-    r"(?:(?<![\w)\]}])(?P<sign>[-−]))?\\?\$?\s*(?:"
-    r"\\[dt]?frac\s*\{\s*(?P<lnum>" + _DECIMAL + r")\s*\}\s*\{\s*(?P<lden>" + _DECIMAL + r")\s*\}"
-    r"|(?P<num>" + _DECIMAL + r")\s*/\s*(?P<den>" + _DECIMAL + r")"
+    r"(?:(?<![\w)\]}])(?P<sign>[-−]))?\\?\$?" + _WS + r"(?:"
+    r"\\[dt]?frac"
+    + _WS
+    + r"\{"
+    + _WS
+    + r"(?P<lnum>"
+    + _DECIMAL
+    + r")"
+    + _WS
+    + r"\}"
+    + _WS
+    + r"\{"
+    + _WS
+    + r"(?P<lden>"
+    + _DECIMAL
+    + r")"
+    + _WS
+    + r"\}"
+    r"|(?P<num>" + _DECIMAL + r")" + _WS + r"/" + _WS + r"(?P<den>" + _DECIMAL + r")"
     r"|(?P<dec>" + _DECIMAL + r")"
     r")"
 )
+
+# Digit-group separators that LaTeX sources and models write inside numbers: ``,\!`` (a comma
+# without its space), ``{,}`` (a comma set as an ordinary symbol), the thin spaces ``\,`` ``\:``
+# ``\;`` ``\ `` ``~`` ``\thinspace`` and their Unicode forms (thin, narrow no-break, no-break, figure,
+# six-per-em space). A plain space is one only inside a marked answer (``\boxed{1 000}``).
+_LATEX_SEPARATORS = r",\\!|\{,\}|\\[,:;! ]|~|\\thinspace\s?|[\u2009\u202f\u00a0\u2007\u2006]"
+_GROUPS_LATEX_RE = re.compile(r"(?<![\d.])\d{1,3}(?:(?:" + _LATEX_SEPARATORS + r")\d{3})+(?!\d)")
+_GROUPS_SPACED_RE = re.compile(r"(?<![\d.])\d{1,3}(?:(?:" + _LATEX_SEPARATORS + r"| )\d{3})+(?!\d)")
+_NON_DIGIT_RE = re.compile(r"\D")
+
+# The box commands and the unescaped braces that delimit their contents.
+_BOX_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])|(?<!\\)[{}]")
+_OPENING_RE = re.compile(r"\s*\{")
+_FIRST_TOKEN_RE = re.compile(r" \s*(\S+)")
+# The scan for the last box looks at the last 4 KiB first, then 4x more each time: the cost is
+# proportional to how far from the end the box is, never worse than linear in the whole text.
+_FIRST_WINDOW = 4096
 
 
 def extract_hash_answer(text: str) -> str | None:
@@ -46,51 +86,58 @@ def extract_hash_answer(text: str) -> str | None:
 def find_last_boxed(text: str) -> tuple[int, str] | None:
     """(start index, content) of the last complete ``\\boxed{...}`` or ``\\fbox{...}``; None if there is none.
 
-    Braces nest (``\\boxed{\\frac{1}{\\sqrt{2}}}``). The form without braces, ``\\boxed 5``, gives the
-    following token. A box whose braces never close is skipped (an earlier complete one is used).
+    Braces nest (``\\boxed{\\frac{1}{\\sqrt{2}}}``); escaped braces ``\\{`` do not count. The form without
+    braces, ``\\boxed 5``, gives the following token. A box whose braces never close is skipped (an
+    earlier complete one is used). Time is linear in ``len(text)`` whatever the text holds.
     """
-    best: tuple[int, str] | None = None
-    for command in _BOXED_COMMANDS:
-        search_from = len(text)
-        while True:
-            start = text.rfind(command, 0, search_from)
-            if start < 0:
-                break
-            content = _box_content(text, start + len(command))
+    window_start = len(text)
+    window = _FIRST_WINDOW
+    while window_start > 0:
+        window_start = max(0, len(text) - window)
+        found = _last_box_from(text, window_start)
+        if found is not None:
+            return found
+        window *= 4
+    return None
+
+
+def _last_box_from(text: str, start: int) -> tuple[int, str] | None:
+    """The last complete box that starts at or after ``start``, by one backward pass over the tokens.
+
+    Walking backwards, each unescaped ``}`` is pushed and each ``{`` pops its partner: the pairing is
+    the usual one (it depends only on the text after the ``{``), and a ``{`` that finds the stack
+    empty never closes. A box command is complete when the brace right after it has a partner.
+    """
+    tokens = list(_BOX_TOKEN_RE.finditer(text, start))
+    closes: list[int] = []
+    next_open: tuple[int, int | None] | None = None  # (position, partner) of the last "{" seen
+    for match in reversed(tokens):
+        token = match.group()
+        if token == "}":
+            closes.append(match.start())
+        elif token == "{":
+            next_open = (match.start(), closes.pop() if closes else None)
+        else:
+            content = _box_content(text, match.end(), next_open)
             if content is not None:
-                if best is None or start > best[0]:
-                    best = (start, content)
-                break
-            search_from = start
-    return best
+                return match.start(), content
+    return None
+
+
+def _box_content(text: str, end: int, next_open: tuple[int, int | None] | None) -> str | None:
+    """Content of the box whose command ends at ``end``; None when its braces never close."""
+    if next_open is not None and _OPENING_RE.match(text, end):
+        # Only whitespace between the command and the first "{" after it: that "{" opens the box.
+        open_at, close_at = next_open
+        return None if close_at is None else text[open_at + 1 : close_at]
+    token = _FIRST_TOKEN_RE.match(text, end)  # "\boxed 5."
+    return token.group(1).rstrip("$.,") if token is not None else None
 
 
 def extract_last_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{...}``/``\\fbox{...}``, stripped (see :func:`find_last_boxed`)."""
     found = find_last_boxed(text)
     return found[1].strip() if found is not None else None
-
-
-def _box_content(text: str, pos: int) -> str | None:
-    """Content of the box whose command ends at ``pos``; None when the braces never close."""
-    rest = text[pos:]
-    if rest.startswith(" ") and not rest.lstrip().startswith("{"):
-        token = rest.split(maxsplit=1)
-        return token[0].rstrip("$.,") if token else None
-    stripped = rest.lstrip()
-    if not stripped.startswith("{"):
-        return None
-    open_at = pos + (len(rest) - len(stripped))
-    depth = 0
-    for i in range(open_at, len(text)):
-        ch = text[i]
-        if ch == "{" and text[i - 1] != "\\":
-            depth += 1
-        elif ch == "}" and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
-    return None
 
 
 def extract_gold_answer(text: str | None) -> str | None:
@@ -106,13 +153,32 @@ def extract_gold_answer(text: str | None) -> str | None:
     text = str(text)
     if HASH_MARKER in text:
         return extract_hash_answer(text)
-    if any(command in text for command in _BOXED_COMMANDS):
+    if "\\boxed" in text or "\\fbox" in text:
         return extract_last_boxed(text)
     return text.strip() or None
 
 
+def join_digit_groups(text: str, plain_spaces: bool = False) -> str:
+    """Numbers written with LaTeX digit-group separators, as plain digits.
+
+    ``10,\\!000`` -> ``10000``, ``1{,}234`` -> ``1234``, ``1\\,000\\,000`` -> ``1000000`` (also thin
+    spaces, ``~``, ``\\ ``). Groups after the first must have exactly three digits, so ``2\\,5`` stays.
+    ``plain_spaces=True`` also joins ``1 000`` (right for a single marked answer such as a box's
+    content, wrong for running text, where ``3 100`` can be two numbers). Plain commas are left alone.
+    """
+    pattern = _GROUPS_SPACED_RE if plain_spaces else _GROUPS_LATEX_RE
+    return pattern.sub(lambda m: _NON_DIGIT_RE.sub("", m.group()), text)
+
+
+class _TooLong(ValueError):
+    """A number with more than MAX_NUMBER_DIGITS digits."""
+
+
 def _to_fraction(token: str) -> Fraction:
-    return Fraction(token.replace(",", ""))
+    digits = token.replace(",", "")
+    if len(digits) > MAX_NUMBER_DIGITS + 1:  # + 1 for a decimal point
+        raise _TooLong(token[:20])
+    return Fraction(digits)
 
 
 def _match_value(match: re.Match[str]) -> Fraction | None:
@@ -135,21 +201,30 @@ def parse_number(text: str | None) -> Fraction | None:
     Commas as thousands separators, ``$`` and ``\\$``, a leading minus (ASCII or U+2212), decimals,
     ``a/b`` and ``\\frac{a}{b}``/``\\dfrac``/``\\tfrac`` are understood; anything after the number
     (units, ``%``, ``^\\circ``, a trailing period) is ignored. ``"$1,234.50 dollars."`` -> 2469/2.
+    A first number of more than ``MAX_NUMBER_DIGITS`` digits is unreadable: None.
     """
     if not text:
         return None
-    for match in _NUMBER_RE.finditer(text):
-        value = _match_value(match)
-        if value is not None:
-            return value
+    try:
+        for match in _NUMBER_RE.finditer(text):
+            value = _match_value(match)
+            if value is not None:
+                return value
+    except _TooLong:
+        return None
     return None
 
 
 def last_number(text: str) -> Fraction | None:
-    """Exact value of the last number in ``text`` (same forms as :func:`parse_number`); None if there is none."""
-    last = None
-    for match in _NUMBER_RE.finditer(text):
-        value = _match_value(match)
-        if value is not None:
-            last = value
-    return last
+    """Exact value of the last number in ``text`` (same forms as :func:`parse_number`); None if there is none.
+
+    Only the matches from the end back to the first one with a value are converted.
+    """
+    try:
+        for match in reversed(list(_NUMBER_RE.finditer(text))):
+            value = _match_value(match)
+            if value is not None:
+                return value
+    except _TooLong:
+        return None
+    return None

@@ -70,3 +70,67 @@ def test_bad_settings_and_counts():
         Gsm8kAccuracy(mode="loose")
     with pytest.raises(ValueError, match="2 completions but 1"):
         gsm8k_accuracy(["", ""], ["#### 1", "#### 2"], answer=["1"])
+
+
+# What models write, with the reward each mode gives (completion, gold, strict, flexible).
+MODELS_WRITE = [
+    # LaTeX thousands separators, in a box and in running text.
+    ("\\boxed{10,\\!000}", "10000", 1.0, 1.0),
+    ("\\boxed{1{,}234}", "1234", 1.0, 1.0),
+    ("\\boxed{1\\,000}", "1000", 1.0, 1.0),
+    ("\\boxed{1\u2009000}", "1000", 1.0, 1.0),  # thin space
+    ("#### 1 000", "1000", 1.0, 0.0),  # a plain space groups digits in a marked answer only
+    ("The total is $10,\\!000$.", "10000", 0.0, 1.0),
+    ("The total is $10,\\!000$.", "10", 0.0, 0.0),
+    ("#### 12,345,678", "12345678", 1.0, 1.0),
+    # Trailing punctuation, units, money, percentages, degrees.
+    ("\\boxed{104.}", "104", 1.0, 1.0),
+    ("#### 42.", "42", 1.0, 1.0),
+    ("\\boxed{18 \\text{ dollars}}", "18", 1.0, 1.0),
+    ("\\boxed{\\$18.00}", "18", 1.0, 1.0),
+    ("#### $1,200.", "1200", 1.0, 1.0),
+    ("\\boxed{25\\%}", "25", 1.0, 1.0),
+    ("\\boxed{30^{\\circ}}", "30", 1.0, 1.0),
+    ("#### 7 hours", "7", 1.0, 1.0),
+    # Markdown.
+    ("#### Step 2: multiply 6 by 7\n6*7 = 42", "2", 0.0, 0.0),  # a heading is not an answer
+    ("#### Step 2: multiply 6 by 7\n6*7 = 42", "42", 0.0, 1.0),
+    ("#### Step 1: add\n5+3 = 8\n#### Step 2: double\n8*2 = 16\n#### 16", "16", 1.0, 1.0),
+    ("#### 16\n\n#### Verification\n16/2 = 8", "16", 1.0, 0.0),  # the heading after the answer is skipped
+    ("#### Final Answer\nThe answer is 72.", "72", 1.0, 1.0),  # a bare label: the next line
+    ("#### Final Answer:\n\n72", "72", 1.0, 1.0),
+    ("#### Final answer: 72", "72", 1.0, 1.0),
+    ("#### **Final Answer:** $72$", "72", 1.0, 1.0),
+    ("#### The answer is 72", "72", 1.0, 1.0),
+    ("#### **72**", "72", 1.0, 1.0),
+    ("####\n72", "72", 1.0, 1.0),  # the marker alone on its line
+    ("##### 72", "72", 1.0, 1.0),  # five hashes
+    ("#### Answer to part 1: 3\nthen 4", "3", 0.0, 0.0),  # a heading that only mentions an answer
+    ("#### 2. Multiply 6 by 7\n6*7 = 42", "2", 0.0, 0.0),  # a numbered heading
+    ("#### 1) Add\n2+3 = 5\n#### 5", "5", 1.0, 1.0),
+    ("#### 72 (she pays 72 dollars)", "72", 1.0, 1.0),
+    ("#### Final Answer\n\\boxed{72}", "72", 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "strict", "flexible"), MODELS_WRITE)
+def test_what_models_write(completion, gold, strict, flexible):
+    assert gsm8k_accuracy([""], [completion], answer=[gold]) == [strict]
+    assert gsm8k_accuracy_reward("flexible")([""], [completion], answer=[gold]) == [flexible]
+
+
+@pytest.mark.parametrize("mode", ["strict", "flexible"])
+def test_degenerate_completions_are_read_quickly_and_right(mode):
+    reward = Gsm8kAccuracy(mode)
+    assert reward([""], ["\\boxed{42} " + "\\boxed{" * 20_000], answer=["42"]) == [1.0]
+    assert reward([""], ["#### 7" + " " * 100_000 + "$"], answer=["7"]) == [1.0]
+    assert reward([""], ["#### " + "9" * 5000], answer=["9"]) == [0.0]  # an overlong number is no answer
+
+
+def test_unusable_gold_warns_once_and_counts():
+    reward = Gsm8kAccuracy()
+    with pytest.warns(RuntimeWarning, match="'five' holds no number") as caught:
+        assert reward(["", "", ""], ["#### 5"] * 3, answer=["five", "six", "5"]) == [None, None, 1.0]
+        assert reward([""], ["#### 5"], answer=[""]) == [None]
+    assert len([w for w in caught if "holds no number" in str(w.message)]) == 1
+    assert reward.unusable_golds == 3

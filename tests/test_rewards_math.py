@@ -1,5 +1,8 @@
-"""math_accuracy: the last \\boxed{} checked with math-verify, also off the main thread."""
+"""math_accuracy: the last \\boxed{} checked with math-verify in checker processes: normalisation, guarded
+false positives, unusable golds, and the time limit on any thread."""
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,7 +67,11 @@ def test_registered_default_and_factory():
         reward([""], [r"\boxed{2}"], answer=["2"])
 
 
-CASES = [(r"\boxed{\frac{1}{2}}", "0.5", 1.0), (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", 1.0), (r"\boxed{4}", "5", 0.0)]
+CASES = [
+    (r"\boxed{\frac{1}{2}}", "0.5", 1.0),
+    (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", 1.0),
+    (r"\boxed{4}", "5", 0.0),
+]
 
 
 def test_works_off_the_main_thread():
@@ -100,3 +107,136 @@ class _RewardDataset(torch.utils.data.Dataset):
 def test_works_in_a_dataloader_worker():
     loader = torch.utils.data.DataLoader(_RewardDataset(), batch_size=None, num_workers=1)
     assert list(loader) == [expected for _, _, expected in CASES]
+
+
+DET_GOLD = r"\begin{vmatrix} 1 & 2 \\ 3 & 4 \end{vmatrix} = -2"
+
+# What models and datasets write, with the reward a grader should give (completion, gold, expected).
+MODELS_WRITE = [
+    # LaTeX digit groups: math-verify alone reads 1\,000 as the product 1*000 = 0.
+    (r"\boxed{0}", r"1\,000", 0.0),
+    (r"\boxed{1000}", r"1\,000", 1.0),
+    (r"\boxed{1\,000}", "1000", 1.0),
+    (r"\boxed{10,\!000}", "10000", 1.0),
+    (r"\boxed{1{,}234}", "1234", 1.0),
+    (r"\boxed{1 000}", "1000", 1.0),
+    (r"\boxed{\frac{12}{5525}}", r"\frac{12}{5,\!525}", 1.0),  # this gold gave None
+    # A trailing full stop or comma inside the box, units, degrees, money.
+    (r"\boxed{104.}", "104", 1.0),
+    (r"\boxed{5,}", "5", 1.0),
+    (r"\boxed{30}", r"30^\circ.", 1.0),  # this gold gave None
+    (r"\boxed{7}", r"7\text{ hours}.", 1.0),  # this gold gave None
+    (r"\boxed{7\text{ hours}}", "7", 1.0),
+    (r"\boxed{12\mbox{ widgets}}", "12", 1.0),
+    (r"\boxed{5\,\mathrm{cm}^2}", "5", 1.0),
+    (r"\boxed{5 cm}", "5", 1.0),  # a unit abbreviation after a number is still a unit
+    (r"\boxed{90°}", "90", 1.0),
+    (r"\boxed{30^{\circ}}", "30", 1.0),
+    (r"\boxed{\$1{,}000}", "1000", 1.0),
+    (r"\boxed{$\frac{1}{2}$}", "0.5", 1.0),
+    (r"\boxed{\frac{1}{2}\text{ cup}}", "0.5", 1.0),
+    (r"\boxed{50\%}", "50", 1.0),  # math-verify's reading of percentages, kept: 50% is 50 or 0.5
+    (r"\boxed{0.5}", r"50\%", 1.0),
+    # math-verify's false positives, guarded.
+    (r"\boxed{11x+6y+5z+86=0}", "0", 0.0),  # an equation is not the value of its right-hand side
+    (r"\boxed{x+y=5}", "5", 0.0),
+    (r"\boxed{2x=10}", "10", 0.0),
+    (r"\boxed{x = 5}", "5", 1.0),  # an assignment is
+    (r"\boxed{f(x) = 2x+1}", "2x+1", 1.0),
+    (r"\boxed{AB = 5}", "5", 1.0),
+    (r"\boxed{6 \times 7 = 42}", "42", 1.0),  # an equation without variables states its value
+    (r"\boxed{2+3=6}", "5", 0.0),
+    (r"\boxed{\begin{vmatrix} 2 & 0 \\ 0 & 3 \end{vmatrix} = 6}", DET_GOLD, 0.0),  # always matched
+    (r"\boxed{2+3=5}", DET_GOLD, 0.0),
+    (r"\boxed{-2}", DET_GOLD, 1.0),
+    (r"\boxed{2c}", "2", 0.0),  # a letter after a number is a variable, not a dropped unit
+    (r"\boxed{2}", "2c", 0.0),
+    (r"\boxed{2c}", "2c", 1.0),
+    (r"\boxed{2ab}", "2", 0.0),
+    (r"\boxed{\frac{a}{2}c}", r"\frac{a}{2}", 0.0),
+    (r"\boxed{x + c}", "x + c", 1.0),
+    # Degenerate completions.
+    ("\\boxed{42} " + "\\boxed{" * 4000, "42", 1.0),
+    ("So the answer is \\boxed{\\frac{1}{2} " * 3000, "0.5", 0.0),
+    ("\\boxed{" + "1+" * 600 + "1}", "601", 0.0),  # over 1,000 characters: not an answer
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "expected"), MODELS_WRITE)
+def test_what_models_write(completion, gold, expected):
+    assert math_accuracy(["prompt"], [completion], answer=[gold]) == [expected]
+
+
+def test_parallel_checker_processes_give_the_serial_answers():
+    # One batch through two processes: order kept, each gold's checks grouped on one process.
+    cases = TABLE + MODELS_WRITE
+    reward = MathAccuracy(num_workers=2)
+    rewards = reward([""] * len(cases), [c for c, _, _ in cases], answer=[g for _, g, _ in cases])
+    assert rewards == [expected for _, _, expected in cases]
+
+
+@pytest.mark.parametrize("gold", [r"05\!:\!00", "5:00", r"\frac{1}{0}"])
+def test_a_gold_without_a_finite_value_is_not_applicable(gold):
+    # math-verify reads 05:00 as 5/0 (complex infinity): every completion, the identical one too,
+    # used to score 0.0.
+    reward = MathAccuracy()
+    with pytest.warns(RuntimeWarning, match="without a finite value"):
+        assert reward([""], [rf"\boxed{{{gold}}}"], answer=[gold]) == [None]
+
+
+def test_unusable_golds_warn_once_per_reward_and_are_counted():
+    reward = MathAccuracy()
+    with pytest.warns(RuntimeWarning) as caught:
+        rewards = reward([""] * 4, [r"\boxed{5}"] * 4, answer=[r"05\!:\!00", r"\frac{", None, "5"])
+    assert rewards == [None, None, None, 1.0]
+    assert len([w for w in caught if "gold answer" in str(w.message)]) == 1
+    assert reward.unusable_golds == 3
+
+
+HANGS = r"\boxed{10^{10^{10}}}"  # sympy works on this for minutes (compared with an integer)
+
+
+def test_a_check_past_the_time_limit_scores_none_off_the_main_thread(capfd):
+    # Off the main thread math-verify has no time limit of its own; the checker process has one.
+    # A fresh pool (three processes) so that their output is captured here.
+    reward = MathAccuracy(timeout_seconds=1, num_workers=3)
+    with pytest.warns(RuntimeWarning) as caught, ThreadPoolExecutor(1) as pool:
+        completions = [HANGS, r"\boxed{5}", r"\boxed{4}"]
+        rewards = pool.submit(reward, [""] * 3, completions, answer=["5"] * 3).result()
+    assert rewards == [None, 1.0, 0.0]
+    timeouts = [str(w.message) for w in caught if "time limit" in str(w.message)]
+    assert len(timeouts) == 1 and "10^{10^{10}}" in timeouts[0]  # one warning, naming it
+    assert reward([""], [r"\boxed{\sqrt{8}}"], answer=[r"2\sqrt{2}"]) == [1.0]  # its replacement works
+    assert "Timeout is disabled" not in capfd.readouterr().err  # math-verify's notice is silenced
+
+
+def test_a_gold_past_the_time_limit_scores_none(monkeypatch):
+    import grpo_lightning.rewards.math as math_reward
+    from grpo_lightning.rewards._checker_pool import Failed
+
+    class SlowPool:
+        def run(self, requests, timeout, keys=None):
+            return [Failed("it took longer than the 1 s time limit")] * len(requests)
+
+    monkeypatch.setattr(math_reward, "shared_pool", lambda script, n: SlowPool())
+    reward = MathAccuracy(timeout_seconds=1)
+    with pytest.warns(RuntimeWarning, match="could not be read: it took longer than the 1 s"):
+        assert reward(["", ""], [r"\boxed{1}", r"\boxed{2}"], answer=["1", "1"]) == [None, None]
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5"])
+def test_bad_timeout_is_refused(bad):
+    with pytest.raises(ValueError, match="timeout_seconds must be a positive number"):
+        MathAccuracy(timeout_seconds=bad)
+
+
+@pytest.mark.parametrize("bad", [0, True, 1.5, "2"])
+def test_bad_num_workers_is_refused(bad):
+    with pytest.raises(ValueError, match="num_workers must be a whole number >= 1"):
+        MathAccuracy(num_workers=bad)
+
+
+def test_importing_the_reward_does_not_load_math_verify():
+    code = "import sys, grpo_lightning.rewards.math; print('math_verify' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

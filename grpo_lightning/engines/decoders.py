@@ -73,6 +73,8 @@ class LeanDecoder:
     and attends to columns ``< L + t + 1`` minus the prompt's left padding.
     """
 
+    compactable = True  # keep() drops rows
+
     def __init__(self, model: nn.Module) -> None:
         self.lm = _backbone(model)
         self.inner = self.lm.model
@@ -99,10 +101,9 @@ class LeanDecoder:
         x = self.inner.embed_tokens(prompt_ids)
         cos, sin = self.inner.rotary_emb(x, positions)
         total = width + max_new_tokens
-        for layer in self.inner.layers:
+        for i, layer in enumerate(self.inner.layers):
             x, k, v = self._layer(layer, x, cos[:, None], sin[:, None], None, mask)
-            shape = (n, self.num_kv_heads, total, self.head_dim)
-            kbuf, vbuf = k.new_empty(shape), v.new_empty(shape)
+            kbuf, vbuf = self._new_buffers(i, (n, self.num_kv_heads, total, self.head_dim), k)
             kbuf[:, :, :width] = k.repeat_interleave(repeats, dim=0)
             vbuf[:, :, :width] = v.repeat_interleave(repeats, dim=0)
             self.keys.append(kbuf)
@@ -139,13 +140,7 @@ class LeanDecoder:
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
-        if index is None:
-            keys, values = k, v
-        else:
-            self.keys[index][:, :, self.column : self.column + 1] = k
-            self.values[index][:, :, self.column : self.column + 1] = v
-            keys = self.keys[index][:, :, : self.column + 1]
-            values = self.values[index][:, :, : self.column + 1]
+        keys, values = (k, v) if index is None else self._cache(index, k, v)
         if _SDPA_GQA:
             o = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True
@@ -160,6 +155,25 @@ class LeanDecoder:
         x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x, k, v
 
+    def keep(self, rows: Tensor) -> None:
+        """Go on decoding only the rows ``rows: [n']`` (ascending positions among the current rows)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.key_valid = self.key_valid.index_select(0, rows)
+        self.cos, self.sin = self.cos.index_select(0, rows), self.sin.index_select(0, rows)
+
+    def _new_buffers(
+        self, index: int, shape: tuple[int, int, int, int], like: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Key and value buffers ``shape = [N, kv_heads, L + max_new_tokens, head_dim]`` of layer ``index``."""
+        return like.new_empty(shape), like.new_empty(shape)
+
+    def _cache(self, index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this step's ``k, v: [N, kv_heads, 1, d]`` into layer ``index``'s buffers; the keys/values to attend."""
+        self.keys[index][:, :, self.column : self.column + 1] = k
+        self.values[index][:, :, self.column : self.column + 1] = v
+        return self.keys[index][:, :, : self.column + 1], self.values[index][:, :, : self.column + 1]
+
     def _logits(self, last: Tensor) -> Tensor:
         """``last: [B, H]`` final-layer states -> ``[B, V]`` logits (the LM head on these rows only)."""
         return self.head(self.inner.norm(last))
@@ -167,6 +181,8 @@ class LeanDecoder:
 
 class CacheDecoder:
     """Decoding loop through the model's own forward and a ``DynamicCache``: works for any causal LM."""
+
+    compactable = True  # keep() drops rows
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -190,6 +206,12 @@ class CacheDecoder:
         out = self._forward(tokens[:, None], self.mask, self.next_position)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
+
+    def keep(self, rows: Tensor) -> None:
+        """Go on decoding only the rows ``rows: [n']`` (ascending positions among the current rows)."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask.index_select(0, rows)
+        self.next_position = self.next_position.index_select(0, rows)
 
     def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Any:
         kwargs = {self.cache_arg: self.cache, **self.keep_arg}

@@ -1,4 +1,4 @@
-"""Reading dataset columns inside reward functions, with errors that name the fix."""
+"""Reading dataset columns inside reward functions, with errors that name the fix; quoting answers in warnings."""
 
 from __future__ import annotations
 
@@ -17,3 +17,11 @@ def gold_column(columns: dict[str, Any], name: str, n: int, reward: str) -> list
     if len(golds) != n:
         raise ValueError(f"{reward}: got {n} completions but {len(golds)} values in column {name!r}.")
     return golds
+
+
+def short(text: Any, limit: int = 160) -> str:
+    """``text`` for a warning: its head and tail around " ... " when longer than ``limit`` characters."""
+    text = "" if text is None else str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]} ... {text[-limit // 2 :]}"

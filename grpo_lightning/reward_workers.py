@@ -15,9 +15,11 @@ that trains must keep its entry point under ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import pickle
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +42,8 @@ class CallFailure:
 def _serve(conn: Connection, funcs: Sequence[Callable[..., Any]]) -> None:
     """A worker's loop: receive ``(task, k, kwargs)``, answer ``(task, ok, value)``; ``None`` stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the training process to handle
+    if sys.platform.startswith("linux"):  # die with the training process, even in the middle of a hung call
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     conn.send("ready")  # time limits start counting from here, not from the process start
     while True:
         message = conn.recv()

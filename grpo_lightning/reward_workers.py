@@ -6,7 +6,7 @@ kills its process (a segfault in a native parser) must not stall or end a traini
 **row)`` in one of that many worker processes. A call that runs past ``timeout`` seconds has its
 worker killed and replaced; a worker that dies is replaced; either way the completion is reported
 by reward name and sample. Worker processes run the reward on their main thread, so signal-based
-time limits inside checkers (math-verify's) work there.
+time limits inside a reward work there.
 
 Workers start with the ``spawn`` method (safe with CUDA and threads): the reward functions must be
 picklable, i.e. defined at module level (registered rewards and import paths are), and a script

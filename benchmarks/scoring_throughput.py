@@ -73,7 +73,9 @@ def timed(scorer: RewardScorer, prompts, texts, golds, repeats: int) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=512, help="completions per batch (e.g. 64 prompts x 8)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
@@ -84,7 +86,9 @@ def main() -> None:
     serial = RewardScorer(["math_accuracy"])
     warm, base = timed(serial, prompts, texts, golds, args.repeats)
     accuracy = float(serial.score(prompts, texts, {"answer": golds}).nanmean())
-    print(f"  serial      : {args.n / base:8.0f} completions/s  ({base * 1000:7.1f} ms per batch)  mean reward {accuracy:.3f}")
+    print(
+        f"  serial      : {args.n / base:8.0f} completions/s  ({base * 1000:7.1f} ms per batch)  mean reward {accuracy:.3f}"
+    )
     for w in args.workers:
         scorer = RewardScorer(["math_accuracy"], workers=w, timeout=args.timeout)
         warm, median = timed(scorer, prompts, texts, golds, args.repeats)

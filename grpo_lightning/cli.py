@@ -35,7 +35,12 @@ def _data_tokenizer(model: Any, tokenizer: Any) -> Any:
 
 class RunConfigSaver(SaveConfigCallback):
     """Saves the resolved config as ``config.yaml`` in the run folder, beside the checkpoints, and
-    refuses to write over another run's config."""
+    refuses to write over another run's config.
+
+    ``ckpt_path`` is left out (saved as null): the file records the settings, so that running it
+    again starts a new run rather than silently resuming the old one (resuming is asked for with
+    ``--ckpt_path``, and the run says so when it starts).
+    """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -50,7 +55,10 @@ class RunConfigSaver(SaveConfigCallback):
             )
         if trainer.is_global_zero:
             os.makedirs(folder, exist_ok=True)
-            self.parser.save(self.config, path, skip_none=False, multifile=self.multifile)
+            config = self.config.clone()
+            if "ckpt_path" in config:
+                config.ckpt_path = None
+            self.parser.save(config, path, skip_none=False, multifile=self.multifile)
         self.already_saved = trainer.strategy.broadcast(True)
 
 

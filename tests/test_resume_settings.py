@@ -71,7 +71,10 @@ def test_a_changed_learning_rate_is_applied_and_recorded(tmp_path, first_run, ca
     assert cli.model.optimizers().param_groups[0]["lr"] == pytest.approx(1e-2 * 4 / 8)
     assert cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(1e-2)] * 2
     (config,) = glob.glob(str(tmp_path / "second" / "**" / "config.yaml"), recursive=True)
-    assert yaml.safe_load(Path(config).read_text())["model"]["learning_rate"] == 1e-2
+    saved = yaml.safe_load(Path(config).read_text())
+    assert saved["model"]["learning_rate"] == 1e-2
+    # The settings, not the one-time resume: running this file again starts a new run.
+    assert saved["ckpt_path"] is None
 
 
 def test_a_changed_num_generations_is_refused_by_name(tmp_path, first_run):

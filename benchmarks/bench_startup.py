@@ -33,7 +33,11 @@ def commands() -> dict[str, list[str]]:
         "baseline: import lightning.pytorch, transformers": [sys.executable, "-c", BASELINE],
         "grpo-lightning --help": help_cmd,
         "import grpo_lightning": [sys.executable, "-c", "import grpo_lightning"],
-        "from grpo_lightning import GRPOModule": [sys.executable, "-c", "from grpo_lightning import GRPOModule"],
+        "from grpo_lightning import GRPOModule": [
+            sys.executable,
+            "-c",
+            "from grpo_lightning import GRPOModule",
+        ],
     }
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
 
 from grpo_lightning.models import mix_reference
 
@@ -49,6 +51,33 @@ class RefModelSync(Callback):
             mix_reference(ref, pl_module.policy, self.alpha)
 
 
+def pick_rows(rewards: Tensor, group_size: int, count: int, per_prompt: int = 2) -> list[int]:
+    """Up to ``count`` row indices of a rollout, ``per_prompt`` from each of several prompts.
+
+    Groups whose rewards differ come first (they are the ones that teach something), in rollout
+    order; within a group the best and the worst completion are shown, then the next best, so a
+    table contrasts what the reward paid for with what it did not. ``rewards: [N]``, N = P * G
+    (NaN counts as lowest).
+    """
+    if count < 1 or len(rewards) == 0:
+        return []
+    groups = rewards.view(-1, group_size) if len(rewards) % group_size == 0 else rewards.view(1, -1)
+    filled = torch.nan_to_num(groups.float(), nan=float("-inf"))
+    mixed = (filled.max(dim=1).values != filled.min(dim=1).values).tolist()
+    order = [g for g in range(len(groups)) if mixed[g]] + [g for g in range(len(groups)) if not mixed[g]]
+    width = groups.shape[1]
+    take = min(per_prompt, width, count)
+    picked: list[int] = []
+    for g in order:
+        ranked = torch.argsort(filled[g], descending=True, stable=True).tolist()
+        # Best, worst, second best, second worst, ...
+        alternating = [ranked[k // 2] if k % 2 == 0 else ranked[-(k // 2) - 1] for k in range(width)]
+        picked.extend(g * width + j for j in list(dict.fromkeys(alternating))[:take])
+        if len(picked) >= count:
+            break
+    return picked[:count]
+
+
 class CompletionLogger(Callback):
     """Every ``every_n_steps`` optimizer steps, show a few sampled completions of rank 0.
 
@@ -76,12 +105,13 @@ class CompletionLogger(Callback):
     def rows(
         self, pl_module: LightningModule, outputs: dict[str, Any], step: int
     ) -> tuple[list[str], list[list[Any]]]:
-        """Table columns and rows of the first ``num_completions`` completions of this step."""
+        """Table columns and ``num_completions`` rows of this step, spread over different prompts."""
         samples, advantages = outputs["samples"], outputs["advantages"]
         names = list(pl_module.scorer.names)
         columns = ["step", "prompt", "completion", "reward", *names, "advantage"]
+        group_size = int(pl_module.hparams.get("num_generations", 1))
         data = []
-        for i in range(min(self.num_completions, len(samples.completions))):
+        for i in pick_rows(samples.total, group_size, self.num_completions):
             per_func = [float(v) for v in samples.per_func[i].tolist()]
             data.append(
                 [

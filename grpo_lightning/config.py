@@ -130,3 +130,31 @@ def validate_settings(h: Mapping[str, Any]) -> None:
     if max_dynamic_sampling_rounds < 0:
         raise ValueError(f"max_dynamic_sampling_rounds={max_dynamic_sampling_rounds} must be >= 0.")
     _positive("val_num_samples", val_num_samples)
+
+
+def context_length(model: Any) -> int | None:
+    """Positions the model can attend to (``max_position_embeddings``, GPT-2's ``n_positions``), if known."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context_length(longest_prompt: int, max_completion_length: int, context: int | None, where: str) -> None:
+    """Refuse prompts that cannot be completed within the model's context, naming both numbers and
+    the settings that fix it. ``where`` says whose prompts these are ("in the data", ...)."""
+    if context is None or longest_prompt + max_completion_length <= context:
+        return
+    room = context - max_completion_length
+    raise ValueError(
+        f"The longest prompt ({where}) has {longest_prompt} tokens; with max_completion_length="
+        f"{max_completion_length} a sequence needs {longest_prompt + max_completion_length} positions, but the "
+        f"model's context is {context}. Lower max_completion_length to at most {max(context - longest_prompt, 0)}, "
+        + (
+            f"or set the DataModule's max_prompt_length to at most {room} (longer prompts are dropped)."
+            if room > 0
+            else "and shorten the prompts (the DataModule's max_prompt_length)."
+        )
+    )

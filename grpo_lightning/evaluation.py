@@ -31,6 +31,14 @@ class EvalMetrics(nn.Module):
         self.mean_length = MeanMetric()
         self.pass_at_k = MeanMetric() if num_samples > 1 else None
 
+    def reset(self) -> None:
+        """Fresh states, made under the grad mode of the loop about to run: a stand-alone
+        ``validate`` runs under inference mode, validation inside ``fit`` under no_grad, and states
+        left by the one cannot be updated in place by the other."""
+        for metric in (self.accuracy, self.reward, self.mean_length, self.pass_at_k):
+            if metric is not None:
+                metric.reset()
+
 
 def correct(module: GRPOModule, scored: ScoredRollout) -> Tensor:
     """``[N]`` bool: the accuracy reward of each completion is >= ``accuracy_threshold`` (NaN: wrong)."""
@@ -58,6 +66,10 @@ def evaluate(
     metrics.reward.update(greedy.total)
     metrics.mean_length.update(greedy.rollout.lengths.float())
     size = len(greedy.total)
+    if module.trainer.state.fn == "fit":
+        # Logged at the optimizer step the evaluation follows (Lightning's default counts rollouts).
+        # Only while fitting: a stand-alone validate/test would print it among its results.
+        module.log("step", float(module.trainer.global_step), on_step=False, on_epoch=True, batch_size=size)
     module.log(f"{stage}/accuracy", metrics.accuracy, on_epoch=True, prog_bar=True, batch_size=size)
     module.log(f"{stage}/reward", metrics.reward, on_epoch=True, batch_size=size)
     module.log(f"{stage}/completions/mean_length", metrics.mean_length, on_epoch=True, batch_size=size)

@@ -8,8 +8,9 @@ already built (a ``PreTrainedModel``, e.g. from a notebook).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.resources
-import json
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,11 +20,12 @@ import torch
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
+
+from grpo_lightning.model_card import ModelCardInfo, write_model_card
+from grpo_lightning.tokenizer_io import save_tokenizer, tokenizer_from_pretrained
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -110,7 +112,7 @@ def load_tokenizer(
             )
         tokenizer = source
     if isinstance(tokenizer, str):
-        tokenizer = _tokenizer_from_pretrained(resolve_model_path(tokenizer))
+        tokenizer = tokenizer_from_pretrained(resolve_model_path(tokenizer))
     # Batched generation appends to the right end of each prompt: prompts must be left-padded.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -122,24 +124,6 @@ def load_tokenizer(
     return tokenizer
 
 
-
-def _tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained``, except for a plain ``tokenizers`` tokenizer saved locally.
-
-    transformers 5 picks the tokenizer class from the model type when a model config sits beside
-    the tokenizer, so a custom ``tokenizer.json`` saved next to a Qwen2 config (as the built-in
-    models are) would be loaded as ``Qwen2Tokenizer`` with its own pre-tokenizer, dropping spaces.
-    A folder whose ``tokenizer_config.json`` names the generic backend is loaded as exactly that.
-    """
-    config_file = Path(path) / "tokenizer_config.json"
-    if config_file.is_file():
-        declared = json.loads(config_file.read_text()).get("tokenizer_class")
-        if declared in _GENERIC_TOKENIZER_CLASSES:
-            return PreTrainedTokenizerFast.from_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
-
-
-_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""
@@ -195,7 +179,12 @@ def apply_lora(model: PreTrainedModel, lora: Mapping[str, Any] | Any) -> nn.Modu
         raise TypeError(
             f"lora must be a dict of LoraConfig fields or a peft LoraConfig, got {type(lora).__name__}."
         )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated checkpointing aliases; nothing the caller can change.
+        warnings.filterwarnings(
+            "ignore", message=r"`(is_)?gradient_checkpointing(_enable)?` is deprecated", category=FutureWarning
+        )
+        return get_peft_model(model, config)
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -258,17 +247,23 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def save_pretrained(
-    policy: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, merge_lora: bool = False
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    merge_lora: bool = False,
+    card: ModelCardInfo | None = None,
 ) -> Path:
-    """Write the policy and tokenizer in ``save_pretrained`` format; returns the folder.
+    """Write the policy, tokenizer and a model card (``README.md``) in ``save_pretrained`` format.
 
-    A LoRA policy is saved as its adapter, or with ``merge_lora=True`` as a plain model with the
-    adapter merged into the weights (on a copy: the policy being trained stays as it is). A model
-    sharded with FSDP2 is gathered first, so call this on every rank; only rank 0 writes.
+    Returns the folder. A LoRA policy is saved as its adapter, or with ``merge_lora=True`` as a plain
+    model with the adapter merged into the weights (on a copy: the policy being trained stays as it
+    is). A model sharded with FSDP2 is gathered first, so call this on every rank; only rank 0 writes.
+    ``card`` is what the model card says about training (base model, settings, steps, metrics).
     """
     path = Path(path)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     writer = not distributed or torch.distributed.get_rank() == 0
+    adapter = is_peft_model(policy) and not merge_lora
     if is_sharded(policy):
         if merge_lora:
             raise ValueError(
@@ -282,14 +277,50 @@ def save_pretrained(
         if writer:
             path.mkdir(parents=True, exist_ok=True)
             policy.save_pretrained(path, state_dict=state)
-            tokenizer.save_pretrained(path)
-        return path
-    if writer:  # under DDP every rank holds the same weights
+    elif writer:  # under DDP every rank holds the same weights
         path.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(policy).merge_and_unload() if is_peft_model(policy) and merge_lora else policy
         model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+    if writer:
+        save_tokenizer(tokenizer, path)
+        chat = getattr(tokenizer, "chat_template", None) is not None
+        write_model_card(path, card, adapter=adapter, chat=chat)
     return path
+
+
+def push_to_hub(
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    repo_id: str,
+    *,
+    merge_lora: bool = False,
+    card: ModelCardInfo | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload model trained with grpo-lightning",
+    folder: str | Path | None = None,
+) -> str:
+    """Export as :func:`save_pretrained` does (into ``folder``, or a temporary folder) and upload it
+    to the Hub model repository ``repo_id`` (created when missing); returns the commit URL.
+
+    The card's loading snippet names ``repo_id``. ``token`` defaults to the logged-in user's
+    (``hf auth login`` or ``HF_TOKEN``). Call it on every rank under FSDP; only rank 0 uploads.
+    """
+    import tempfile
+
+    import huggingface_hub
+
+    card = ModelCardInfo(repo_id=repo_id) if card is None else dataclasses.replace(card, repo_id=repo_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        target = save_pretrained(policy, tokenizer, folder or scratch, merge_lora=merge_lora, card=card)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_rank() != 0:
+            return ""
+        huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        commit = huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(target), commit_message=commit_message, token=token
+        )
+    return str(getattr(commit, "commit_url", commit))
 
 
 def shard_fsdp2(model: nn.Module, mesh: Any) -> None:

@@ -28,12 +28,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
-from grpo_lightning.config import BatchLayout, batch_layout, validate_settings
+from grpo_lightning.config import (
+    BatchLayout,
+    batch_layout,
+    check_context_length,
+    context_length,
+    validate_settings,
+)
 from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
+from grpo_lightning.model_card import ModelCardInfo, run_card_info
 from grpo_lightning.models import (
     apply_lora,
     create_reference,
@@ -43,12 +51,16 @@ from grpo_lightning.models import (
     is_sharded,
     load_policy,
     load_tokenizer,
+    push_to_hub,
     save_pretrained,
     shard_fsdp2,
 )
+from grpo_lightning.predict import predict_records
 from grpo_lightning.rollout import RolloutEngine, SamplingConfig
 from grpo_lightning.scoring import RewardFunc, RewardScorer
 from grpo_lightning.training import TrainingStep
+
+quiet_known_noise()
 
 
 class GRPOModule(LightningModule):
@@ -60,78 +72,76 @@ class GRPOModule(LightningModule):
     tokenized from ``prompt`` when absent) and any other columns, which reach the reward functions
     repeated once per completion.
 
-    Model:
+    Counting: ``trainer.global_step``, ``max_steps``, ``ModelCheckpoint(every_n_train_steps=...)``,
+    the logged step of every metric and the progress bar count optimizer steps
+    (``num_iterations * steps_per_rollout`` per training step); ``val_check_interval`` and
+    ``limit_train_batches`` count training steps (rollouts). Metrics are logged once per training
+    step, so use ``Trainer(log_every_n_steps=1)``.
+
+    Args:
         model: Hub id, local path, ``"builtin:tiny-math"``, or a built ``PreTrainedModel``.
-        tokenizer: tokenizer object, Hub id or path; default: the model's.
-        model_kwargs: passed to ``from_pretrained`` (``dtype``, ``attn_implementation``, ...).
-        lora: LoRA adapter (a dict of ``peft.LoraConfig`` fields, or a ``LoraConfig``); the
-            reference is then the base model with the adapter disabled (no copy).
-        gradient_checkpointing: recompute activations in the backward pass (less memory).
-        disable_dropout: set dropout to 0 so pi and pi_old are the same function.
-
-    Rewards:
-        reward_funcs: callables ``f(prompts, completions, **columns) -> list[float | None]``,
-            registered names, or import paths. Besides the dataset's columns they receive
-            ``completion_ids``, ``completion_lengths``, ``truncated`` (lists, one per completion)
-            and ``max_completion_length`` (an int).
-        reward_weights: one weight per function (default 1 each).
-
-    Sampling (TRL names): num_generations (G), max_completion_length, temperature, top_p,
-        top_k (None/0 = off), min_p, repetition_penalty, generation_kwargs (any other
-        ``GenerationConfig`` field), mask_truncated_completions (completions that hit the length
-        limit without an EOS leave the loss).
-        rollout_engine: ``"auto"`` (default) = :class:`~grpo_lightning.engines.FastRolloutEngine`, a
-        lean KV-cache decoding loop, unless a setting needs transformers' ``generate`` (e.g.
-        repetition_penalty); ``"fast"``; ``"hf"`` (``generate``); or any ``RolloutEngine`` object.
-        reuse_sampling_logprobs: when the engine reports the sampling policy's log-probs (the fast
-        one does) and pi_old is needed (num_iterations > 1 or steps_per_rollout > 1), use them as
-        pi_old instead of a forward pass. They equal a recomputed pass to about 1e-6 in float32; in
-        bf16/fp16 the two passes round differently, so the first ratio is not exactly 1: set False
-        to recompute pi_old with the training forward, as TRL does.
-
-    Loss (see ``losses.py``): beta (KL weight; 0 = no reference model at all), epsilon,
-        epsilon_high, delta, loss_type, scale_rewards, importance_sampling_level ("sequence" =
-        GSPO), top_entropy_quantile, logprob_chunk_size. The ratio is taken against the sampling
-        policy; the reference enters only the KL term.
-
-    Cadence: num_iterations (passes over each rollout), steps_per_rollout (optimizer steps per
-        pass), micro_batch_size (rows per forward/backward; default: the whole mini-batch). Per
-        device ``P * G`` must divide by ``steps_per_rollout``, and the quotient by
-        ``micro_batch_size``; the first step checks it and names the setting to change. Gradients
-        do not depend on micro_batch_size or on the number of devices (except loss_type="bnpo").
-
-    Optimization: optimizer / lr_scheduler (LightningCLI callables; default AdamW with
-        ``learning_rate`` and ``weight_decay`` on matrices, and linear warmup over ``warmup_steps``
-        optimizer steps, constant after), max_grad_norm (None = no clipping). The scheduler steps
-        once per optimizer step. Use ``max_grad_norm``, not the Trainer's ``gradient_clip_val``.
-
-    Reference sync (TR-DPO): sync_ref_model, ref_model_mixup_alpha, ref_model_sync_steps
-        (optimizer steps): ``ref <- alpha * policy + (1 - alpha) * ref``. The reference is then
-        saved in checkpoints; otherwise it is rebuilt from ``model`` on resume and left out.
-
-    Dynamic sampling (DAPO): dynamic_sampling drops groups whose rewards are all equal (they carry
-        no gradient) and tops the rollout up with groups of fresh prompts taken from the training
-        dataloader's iterator, for at most ``max_dynamic_sampling_rounds`` extra generation
-        rounds; groups still missing are filled with dropped ones so every step has P groups. The
-        extra batches come out of the current epoch (it then has fewer training steps) and do not
-        move ``global_step``, which counts optimizer steps only. All ranks do the same number of
-        rounds.
-
-    Validation: ``val/accuracy`` (greedy pass@1 with ``accuracy_reward``, default the first
-        reward function; a completion is correct when it scores >= ``accuracy_threshold``),
-        ``val/pass@<k>`` (k = ``val_num_samples`` > 1 sampled completions), ``val/reward``,
-        ``val/completions/mean_length``. The test loop logs the same under ``test/``.
-
-    Logging: every metric is logged once per training step (one rollout), so use
-        ``Trainer(log_every_n_steps=1)``. log_completions_every_n_steps (optimizer steps; 0 = never)
-        prints sample completions and logs them as a table (wandb / TensorBoard),
-        ``num_completions_to_log`` at a time.
-
-    Counting: ``max_steps`` and ``ModelCheckpoint(every_n_train_steps=...)`` count optimizer steps
-        (pick a multiple of ``num_iterations * steps_per_rollout``); ``val_check_interval`` and
-        ``limit_train_batches`` count training steps (rollouts).
-
-    seed: base of the per-rank, per-step sampling seeds (default: the ``seed_everything`` seed).
+        tokenizer: Tokenizer object, Hub id or path; default: the model's.
+        reward_funcs: Reward functions ``f(prompts, completions, **columns) -> list[float | None]``:
+            callables, registered names (``gsm8k_accuracy``, ``math_accuracy``, ...) or import paths
+            (``pkg.module:func``). Besides the dataset's columns they receive ``completion_ids``,
+            ``completion_lengths``, ``truncated`` and ``max_completion_length``.
+        reward_weights: One weight per reward function (default 1 each); the reward is the weighted sum.
+        num_generations: G, completions sampled per prompt (at least 2).
+        max_completion_length: Most tokens per completion.
+        temperature: Sampling temperature; the log-probs of the loss use it too.
+        top_p: Nucleus sampling mass (1.0 = off).
+        top_k: Sample among the k most likely tokens (None or 0 = off).
+        min_p: Drop tokens below min_p times the top probability (None = off).
+        repetition_penalty: transformers' repetition penalty (1.0 = off; other values sample with ``generate``).
+        generation_kwargs: Any other ``GenerationConfig`` field for sampling (these sample with ``generate``).
+        beta: KL weight to the reference model (k3 estimator); 0 = no KL and no reference model at all.
+        epsilon: Lower clip range of the importance ratio (and upper one unless ``epsilon_high`` is set).
+        epsilon_high: Upper clip range (DAPO clip-higher); None = ``epsilon``.
+        delta: Two-sided clip: cap of the ratio in the unclipped term (None = off; 4 is usual).
+        loss_type: Aggregation of the per-token loss: ``dapo`` (over the mini-batch's tokens), ``grpo``
+            (per sequence, then mean), ``bnpo`` (local micro-batch tokens), ``dr_grpo`` (constant length).
+        scale_rewards: Advantage scaling: ``group`` (divide by the group's std), ``batch`` (by the batch's
+            std), ``none`` (Dr. GRPO: only subtract the group mean).
+        importance_sampling_level: ``token`` ratios, or ``sequence`` (GSPO: one length-normalised ratio per completion).
+        num_iterations: Passes over each rollout (mu); pi_old is then needed.
+        steps_per_rollout: Optimizer steps per pass (mini-batches of the rollout).
+        micro_batch_size: Rows per forward/backward (default: the whole mini-batch); the gradient does
+            not depend on it.
+        mask_truncated_completions: Leave completions that hit the length limit without EOS out of the loss.
+        top_entropy_quantile: Keep only this fraction of the highest-entropy tokens in the loss (1.0 = all).
+        optimizer: An optimizer callable (LightningCLI ``class_path``); default AdamW. When given,
+            ``learning_rate`` and ``weight_decay`` are its own arguments, not these.
+        lr_scheduler: A scheduler callable, stepped once per optimizer step; default linear warmup
+            over ``warmup_steps``, then constant.
+        learning_rate: AdamW learning rate (default optimizer only).
+        weight_decay: AdamW weight decay on matrices (default optimizer only).
+        warmup_steps: Linear warmup, in optimizer steps (default scheduler only).
+        max_grad_norm: Clip the gradient norm to this (None = no clipping); use it instead of the
+            Trainer's ``gradient_clip_val``.
+        gradient_checkpointing: Recompute activations in the backward pass (less memory, more time).
+        lora: LoRA adapter: a dict of ``peft.LoraConfig`` fields or a ``LoraConfig``. The reference is
+            then the base model with the adapter disabled (no copy).
+        model_kwargs: Passed to ``from_pretrained`` (``dtype``, ``attn_implementation``, ``revision``, ...).
+        disable_dropout: Set dropout to 0, so that pi and pi_old are the same function.
+        sync_ref_model: TR-DPO: mix the policy into the reference every ``ref_model_sync_steps`` optimizer steps.
+        ref_model_mixup_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
+        ref_model_sync_steps: TR-DPO period, in optimizer steps.
+        dynamic_sampling: DAPO dynamic sampling: drop groups whose rewards are all equal and top the
+            rollout up with groups of fresh prompts from the training data.
+        max_dynamic_sampling_rounds: Most extra generation rounds per training step for dynamic sampling.
+        val_num_samples: Sampled completions per validation prompt for ``val/pass@k`` (1 = greedy only).
+        accuracy_reward: The reward that decides ``val/accuracy`` (default: the first reward function).
+        accuracy_threshold: A completion is correct when its accuracy reward is at least this.
+        log_completions_every_n_steps: Print sample completions and log them as a table every n
+            optimizer steps (0 = never).
+        num_completions_to_log: How many completions each table shows (spread over different prompts).
+        logprob_chunk_size: Token positions per LM-head chunk in the log-prob passes; lower it to save
+            memory with a large vocabulary.
+        rollout_engine: ``auto`` (the lean KV-cache sampling loop, or ``generate`` when a setting needs
+            it), ``fast``, ``hf`` (transformers' ``generate``) or a ``RolloutEngine`` object.
+        reuse_sampling_logprobs: Take pi_old from the sampling pass when the engine reports it (saves a
+            forward pass; equal to about 1e-6 in float32). Set False to recompute it, as TRL does.
+        seed: Base of the per-rank, per-step sampling seeds (default: the ``seed_everything`` seed).
     """
 
     def __init__(
@@ -298,11 +308,31 @@ class GRPOModule(LightningModule):
             )
 
     def on_fit_start(self) -> None:
+        self._check_prompt_lengths()
         n = self.trainer.log_every_n_steps
         if n > 1 and self.trainer.loggers:
             rank_zero_info(
                 f"GRPOModule logs once per training step (one rollout); Trainer(log_every_n_steps={n}) sends the "
                 f"metrics to the loggers every {n} rollouts. Set log_every_n_steps=1 to see every one."
+            )
+
+    def on_validation_start(self) -> None:
+        self._check_prompt_lengths()
+
+    def on_test_start(self) -> None:
+        self._check_prompt_lengths()
+
+    def on_predict_start(self) -> None:
+        self._check_prompt_lengths()
+
+    def _check_prompt_lengths(self) -> None:
+        """Fail before any step when the data module's longest prompt plus ``max_completion_length``
+        does not fit the model's context (the data module reports its longest prompt)."""
+        longest = getattr(self.trainer.datamodule, "longest_prompt", None)
+        if callable(longest):
+            self.configure_model()
+            check_context_length(
+                longest(), self.hparams.max_completion_length, context_length(self.policy), "in the data"
             )
 
     # ---- optimizer -------------------------------------------------------------------------------
@@ -338,11 +368,15 @@ class GRPOModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[Any]:
-        """Callbacks that the settings ask for: reference sync and completion logging."""
+        """Callbacks that the settings ask for (reference sync, completion logging), and Lightning's
+        default progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does."""
         from grpo_lightning.callbacks import CompletionLogger, RefModelSync
+        from grpo_lightning.progress import step_progress_bar
 
         h = self.hparams
-        callbacks: list[Any] = []
+        quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
+        bar = step_progress_bar(self.trainer.progress_bar_callback)
+        callbacks: list[Any] = [bar] if bar is not None else []
         if h.sync_ref_model:
             callbacks.append(RefModelSync(h.ref_model_mixup_alpha, h.ref_model_sync_steps))
         if h.log_completions_every_n_steps > 0:
@@ -358,6 +392,12 @@ class GRPOModule(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+
     def on_validation_epoch_end(self) -> None:
         # Lightning drops the sanity check's metrics; with num_sanity_val_steps=-1 that check is the
         # accuracy before training, the first point of the curve: log it at step 0 ourselves.
@@ -366,6 +406,12 @@ class GRPOModule(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Records (prompt, completion, rewards, correct, the row's columns) of the greedy completion
+        and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.predict.PredictionWriter`
+        writes them as JSON lines."""
+        return predict_records(self, batch, batch_idx)
 
     # ---- helpers used by the steps ---------------------------------------------------------------
 
@@ -384,14 +430,28 @@ class GRPOModule(LightningModule):
 
     # ---- export ----------------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str, merge_lora: bool = False) -> str:
-        """Write the policy and tokenizer (``from_pretrained`` format) to ``path``; returns the path.
+    def save_pretrained(self, path: str, merge_lora: bool = False, card: ModelCardInfo | None = None) -> str:
+        """Write the policy, tokenizer (``from_pretrained`` format) and model card to ``path``; returns the path.
 
         A LoRA policy is saved as its adapter, or merged into a plain model with ``merge_lora=True``.
+        The card says what :meth:`model_card_info` gathers unless ``card`` is given.
         """
         self.configure_model()
         assert self.policy is not None
-        return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora))
+        card = card if card is not None else self.model_card_info()
+        return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora, card=card))
+
+    def model_card_info(self) -> ModelCardInfo:
+        """The model card's facts (see :func:`~grpo_lightning.model_card.run_card_info`)."""
+        return run_card_info(self.hparams, self.scorer.names, self._trainer)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``
+        (the model card says what :meth:`model_card_info` gathers unless ``card`` is given)."""
+        self.configure_model()
+        if kwargs.get("card") is None:
+            kwargs["card"] = self.model_card_info()
+        return push_to_hub(self.policy, self.tokenizer, repo_id, **kwargs)
 
 
 def _plain(value: Any) -> bool:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from grpo_lightning.config import check_context_length, context_length
 from grpo_lightning.rewards.registry import resolve_reward
 from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts
 
@@ -276,14 +277,9 @@ def prompt_batch(module: GRPOModule, batch: dict[str, Any]) -> tuple[Tensor, Ten
         ids = batch["input_ids"]
         mask = batch.get("attention_mask", torch.ones_like(ids))
     texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
-    limit = getattr(getattr(module.policy, "config", None), "max_position_embeddings", None)
-    need = int(mask.sum(dim=1).max()) + module.sampling.max_completion_length
-    if limit is not None and need > limit:
-        raise ValueError(
-            f"A prompt of {int(mask.sum(dim=1).max())} tokens plus max_completion_length="
-            f"{module.sampling.max_completion_length} exceeds the model's context of {limit} tokens. Shorten the "
-            "prompts (the DataModule's max_prompt_length) or lower max_completion_length."
-        )
+    # The DataModule's prompts were checked at setup; this covers batches from anywhere else.
+    longest = int(mask.sum(dim=1).max())
+    check_context_length(longest, module.sampling.max_completion_length, context_length(module.policy), "in this batch")
     return ids, mask, texts
 
 

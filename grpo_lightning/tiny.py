@@ -10,7 +10,7 @@ import string
 from typing import Literal
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -28,15 +28,22 @@ Architecture = Literal["qwen2", "llama", "gpt2"]
 
 
 def build_char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
-    """A character-level fast tokenizer: ids 0..2 are pad, eos, unk; then one id per character."""
+    """A character-level fast tokenizer: ids 0..2 are pad, eos, unk; then one id per character.
+
+    Stored in the byte-level BPE format (no merges, so every character stays one token) that
+    transformers' own tokenizers rebuild from a ``tokenizer.json``: saved beside a Qwen2 config,
+    ``AutoTokenizer`` loads it as ``Qwen2Tokenizer`` and must still give these ids. Characters outside
+    the alphabet are dropped, as byte-level tokenizers do with bytes missing from their vocabulary.
+    """
+    # The byte-level form of each character: itself for visible ASCII, e.g. "Ġ" for a space, "Ċ" for "\n".
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in CHARACTERS:
-        vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Every character is its own pre-token; [\s\S] also matches newlines.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()  # join characters without spaces
-    tokenizer = PreTrainedTokenizerFast(
+        vocab.setdefault(byte_level.pre_tokenize_str(ch)[0][0], len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,
         eos_token=EOS_TOKEN,
@@ -44,7 +51,6 @@ def build_char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast
         model_max_length=model_max_length,
         padding_side="left",
     )
-    return tokenizer
 
 
 def build_tiny_model(

@@ -303,6 +303,9 @@ class TrainingStep:
             if key in losses:
                 values[f"train/{key}"] = losses[key]
         progress = {k: values.pop(k) for k in ("train/reward", "train/kl") if k in values}
+        # Lightning's own x-axis counts training steps (rollouts); the metrics belong to the optimizer
+        # step they follow, as in TRL, so that curves of runs with other cadences line up.
+        values["step"] = float(m.trainer.global_step)
         batch_size = len(scored.total) // h.num_generations
         m.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
         m.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)

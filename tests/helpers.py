@@ -58,6 +58,14 @@ def tiny_model(
     )
 
 
+def save_tiny_policy(path):
+    """A tiny random policy and its tokenizer saved as a model folder; returns ``path``."""
+    tok = tiny_tokenizer()
+    tiny_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def _answer(prompt: str) -> str:
     """The value of a tiny sum like "7-4=" ("" for any other prompt)."""
     expression = prompt.rstrip("=")

@@ -28,9 +28,24 @@ def test_completions_are_printed_on_the_optimizer_step_schedule(capsys):
     assert "at step 4 ----" in out and "at step 6 ----" in out
     entries = [line for line in out.splitlines() if line.startswith("[reward=")]
     assert len(entries) == 6 and all("char_code_mean=" in e and "advantage=" in e for e in entries)
-    # the first 3 of 4 completions of the batch's first prompt: batch 2 is (7-4=, 9+9=), batch 3 (5-2=, 8+1=)
+    # 3 completions spread over the batch's 2 prompts (2 + 1): batch 2 is (7-4=, 9+9=), batch 3 (5-2=, 8+1=)
     step4, step6 = out.split("at step 6 ----")
-    assert step4.count("prompt:     '7-4='") == 3 and step6.count("prompt:     '5-2='") == 3
+    for block, (a, b) in ((step4, ("7-4=", "9+9=")), (step6, ("5-2=", "8+1="))):
+        counts = sorted(block.count(f"prompt:     '{p}'") for p in (a, b))
+        assert counts == [1, 2], block
+
+
+def test_pick_rows_spreads_over_prompts_best_and_worst_first():
+    # 3 groups of 4. Group 0 all equal (no signal), group 1 mixed, group 2 mixed with a NaN (lowest).
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.5, 0.0, float("nan"), 0.2, 0.9, 0.2])
+    # Mixed groups first (1, then 2), two rows each: the best and the worst of the group.
+    # Group 1: best row 5 (1.0), worst row 7 (0.0; of tied rows the later one ranks lower);
+    # group 2: best row 10 (0.9), worst row 8 (NaN).
+    assert callbacks.pick_rows(rewards, 4, 4) == [5, 7, 10, 8]
+    # Past the mixed groups comes the all-equal one; an odd count cuts the last pair.
+    assert callbacks.pick_rows(rewards, 4, 5) == [5, 7, 10, 8, 0]
+    assert callbacks.pick_rows(rewards, 4, 1) == [5]
+    assert callbacks.pick_rows(rewards, 4, 0) == []
 
 
 def test_table_rows_and_markdown():

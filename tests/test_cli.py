@@ -6,7 +6,7 @@ import glob
 import os
 
 import pytest
-from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
+from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM
 
 from grpo_lightning.cli import main
@@ -50,13 +50,6 @@ def test_print_config_feeds_back_into_fit(capsys, tmp_path):
     assert "beta: 0.04" in second and "batch_size: 4" in second
 
 
-def save_tiny_policy(path):
-    tok = tiny_tokenizer()
-    tiny_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def test_data_tokenizer_follows_the_model(tmp_path):
     model_dir = str(save_tiny_policy(tmp_path / "policy"))
     cli = main(["--model.model", model_dir, "--model.reward_funcs", "[gsm8k_accuracy]"], run=False)
@@ -93,3 +86,6 @@ def test_fit_runs_exports_and_says_where_everything_is(capsys, tmp_path):
     assert glob.glob(str(tmp_path / "runs" / "**" / "config.yaml"), recursive=True)
     # The exported policy loads back as a plain Hugging Face model.
     assert AutoModelForCausalLM.from_pretrained(export_dir).config.model_type == "qwen2"
+    # Its model card says how it was trained: the rewards, the optimizer steps, the last metrics.
+    card = (export_dir / "README.md").read_text()
+    assert "Rewards: gsm8k_accuracy" in card and "Optimizer steps: 2" in card and "| train/reward |" in card

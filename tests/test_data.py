@@ -369,3 +369,96 @@ def test_settings_checked_at_construction(tokenizer):
         PromptDataModule(batch_size=0)
     with pytest.raises(ValueError, match="fewer than batch_size=100"):
         make(tokenizer, batch_size=100).train_dataloader()
+
+
+# ---------------------------------------------------------------- conversational prompts
+
+
+def conversations(n=8, system=True):
+    """TRL's conversational format: ``prompt`` is a list of messages; the gold answer is its own column."""
+    head = [{"role": "system", "content": "Be brief."}] if system else []
+    return [
+        {"prompt": [*head, {"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)}
+        for i in range(1, n + 1)
+    ]
+
+
+def chat_tokenizer():
+    tokenizer = build_char_tokenizer(model_max_length=4096)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_conversational_prompts_are_rendered_by_the_chat_template(tmp_path, from_file):
+    from grpo_lightning.data.prompts import DEFAULT_PROMPT_TEMPLATE
+    from grpo_lightning.rewards.registry import resolve_reward
+
+    source = str(write(conversations(), tmp_path / "chat.jsonl")) if from_file else Dataset.from_list(conversations())
+    tokenizer = chat_tokenizer()
+    dm = make(tokenizer, source, prompt_template=DEFAULT_PROMPT_TEMPLATE, val_fraction=0, batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["prompt"]) == 4
+    for prompt, question, answer, ids, mask in zip(
+        batch["prompt"], batch["question"], batch["answer"], batch["input_ids"], batch["attention_mask"], strict=True
+    ):
+        i = int(answer) // 2  # each prompt travels with its own gold answer
+        assert prompt == f"<|system|>Be brief.\n<|user|>What is {i} + {i}?\n<|assistant|>"
+        assert question == f"What is {i} + {i}?"  # the last user message, for logs and rewards
+        assert tokenizer.decode(ids[mask.bool()]) == prompt  # no special tokens added on top
+    # The rewards see the gold answers of their own rows: right answers score 1, shifted ones 0.
+    reward = resolve_reward("gsm8k_accuracy")
+    columns = {k: v for k, v in batch.items() if k not in ("prompt", "input_ids", "attention_mask")}
+    right = [f"{int(a) // 2}+{int(a) // 2}={a} #### {a}" for a in batch["answer"]]
+    assert reward(batch["prompt"], right, **columns) == [1.0] * 4
+    assert reward(batch["prompt"], right[1:] + right[:1], **columns) == [0.0] * 4
+
+
+def test_conversational_prompts_take_the_system_prompt_when_they_have_none():
+    from grpo_lightning.data.prompts import DEFAULT_PROMPT_TEMPLATE
+
+    rows = Dataset.from_list(conversations(system=False))
+    dm = make(chat_tokenizer(), rows, prompt_template=DEFAULT_PROMPT_TEMPLATE, system_prompt="Think.", val_fraction=0)
+    dm.setup("fit")
+    assert "<|system|>Think.\n<|user|>What is 3 + 3?\n<|assistant|>" in set(dm.train_dataset["prompt"])
+    with pytest.raises(ValueError, match="already starts with a system message"):
+        make(
+            chat_tokenizer(), Dataset.from_list(conversations()), prompt_template=DEFAULT_PROMPT_TEMPLATE,
+            system_prompt="Think.", val_fraction=0,
+        ).setup("fit")  # fmt: skip
+
+
+def test_conversational_prompts_refuse_settings_that_cannot_apply():
+    from grpo_lightning.data.prompts import DEFAULT_PROMPT_TEMPLATE
+
+    rows = Dataset.from_list(conversations())
+    no_template = make(build_char_tokenizer(), rows, prompt_template=DEFAULT_PROMPT_TEMPLATE, val_fraction=0)
+    with pytest.raises(ValueError, match=r"are conversations .* has no chat template\. .*set tokenizer\.chat_template"):
+        no_template.setup("fit")
+    off = make(chat_tokenizer(), rows, prompt_template=DEFAULT_PROMPT_TEMPLATE, use_chat_template=False, val_fraction=0)
+    with pytest.raises(ValueError, match=r"use_chat_template=False, but the prompts .* are conversations"):
+        off.setup("fit")
+    with pytest.raises(ValueError, match=r"prompt_template is set, but the prompts .* are conversations"):
+        make(chat_tokenizer(), rows, val_fraction=0).setup("fit")  # make() sets a template
+    broken = Dataset.from_list([{"prompt": [{"role": "user", "content": None}], "answer": "1"}] * 4)
+    with pytest.raises(DataSourceError, match="without a text 'role' and 'content'"):
+        make(chat_tokenizer(), broken, prompt_template=DEFAULT_PROMPT_TEMPLATE, val_fraction=0).setup("fit")
+
+
+def test_conversations_in_dict_of_lists_form_and_without_a_user_message():
+    from grpo_lightning.data.prompts import DEFAULT_PROMPT_TEMPLATE
+
+    features = datasets.Features(
+        {"prompt": datasets.Sequence({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+         "answer": datasets.Value("string")}
+    )  # fmt: skip
+    rows = [{"prompt": {"role": ["user"], "content": [f"{i}?"]}, "answer": str(i)} for i in range(6)]
+    rows.append({"prompt": {"role": ["system"], "content": ["no question"]}, "answer": "0"})
+    dm = make(
+        chat_tokenizer(), Dataset.from_list(rows, features=features), prompt_template=DEFAULT_PROMPT_TEMPLATE,
+        val_fraction=0,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="dropped 1 of 7 rows without a question"):
+        dm.setup("fit")
+    assert sorted(dm.train_dataset["prompt"]) == [f"<|user|>{i}?\n<|assistant|>" for i in range(6)]

@@ -51,8 +51,8 @@ def test_load_from_local_path_and_tokenizer_defaults_to_the_models(tmp_path):
     torch.testing.assert_close(logits(loaded), logits(model))
     tokenizer = load_tokenizer(None, str(tmp_path))
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id == tok.pad_token_id
-    # Saved beside a Qwen2 config, the character tokenizer must come back as itself (spaces kept),
-    # not as the Qwen2 tokenizer that transformers would pick from the model type.
+    # Saved beside a Qwen2 config, plain AutoTokenizer picks the Qwen2 tokenizer class from the model
+    # type; the character tokenizer's byte-level format makes it come back with the same ids (spaces kept).
     text = "12 + 7 = 19 #### 19"
     assert tokenizer(text)["input_ids"] == tok(text)["input_ids"]
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text

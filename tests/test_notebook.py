@@ -30,3 +30,6 @@ def test_quickstart_notebook_runs(tmp_path):
     assert "val/accuracy" in outputs
     assert outputs.count("gold ") == 4
     assert any(out.get("output_type") == "display_data" for cell in notebook.cells for out in cell.get("outputs", []))
+    # no noise a notebook user cannot act on (ipywidgets is installed with the extras for progress bars)
+    for noise in ("IProgress not found", "LeafSpec", "Tip:", "is deprecated"):
+        assert noise not in outputs, noise

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo_lightning.models import load_tokenizer, resolve_model_path
 from grpo_lightning.recipes.tiny_math_sft import (
@@ -63,6 +63,9 @@ def test_a_short_run_learns_saves_compactly_and_reloads_as_float32(tmp_path) -> 
     tokenizer = load_tokenizer(None, str(tmp_path))
     text = PROMPT_TEMPLATE.format(question="What is 12 + 7 - 3?")
     assert tokenizer(text)["input_ids"] == tok(text)["input_ids"]
+    plain = AutoTokenizer.from_pretrained(tmp_path)  # as a user loads it: the same ids
+    assert plain(text)["input_ids"] == tok(text)["input_ids"] and len(plain(text)["input_ids"]) == len(text)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     ids = torch.tensor([tok(text)["input_ids"]])
     for p, q in zip(reloaded.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(p, q.to(torch.bfloat16).float(), rtol=0, atol=0)  # bf16-rounded weights

@@ -34,8 +34,8 @@ def val_rows(tmp_path, num_sanity_val_steps: int) -> list[dict[str, str]]:
 
 def test_the_sanity_check_is_logged_at_step_0_then_validation_as_usual(tmp_path, capsys):
     rows = val_rows(tmp_path, num_sanity_val_steps=-1)
-    # before training, then the validation after step 2 (at the logging step Lightning gives it)
-    assert [int(r["step"]) for r in rows] == [0, 1]
+    # before training, then the validation after optimizer step 2, logged at that step
+    assert [int(r["step"]) for r in rows] == [0, 2]
     for row in rows:
         assert 0.0 <= float(row["val/accuracy"]) <= 1.0
         assert row["val/pass@2"] and float(row["val/completions/mean_length"]) > 0
@@ -44,4 +44,4 @@ def test_the_sanity_check_is_logged_at_step_0_then_validation_as_usual(tmp_path,
 
 def test_no_sanity_check_no_step_0_point(tmp_path):
     rows = val_rows(tmp_path, num_sanity_val_steps=0)
-    assert [int(r["step"]) for r in rows] == [1]
+    assert [int(r["step"]) for r in rows] == [2]

@@ -47,9 +47,10 @@ class PromptDataModule(LightningDataModule):
             a local ``.json``/``.jsonl``/``.parquet``/``.csv`` file, a ``{split: file}`` mapping, a directory
             (``save_to_disk`` output or a local copy of a Hub repository), or a ``datasets.Dataset``/``DatasetDict``.
         config_name: the Hub configuration (GSM8K: ``"main"``).
-        val_dataset / val_config_name: validate on another source (any kind ``dataset`` accepts), e.g.
-            train on MATH and validate on ``"HuggingFaceH4/MATH-500"``. Its split is ``val_split``, or its
-            only split, or ``"validation"``, or ``"test"``.
+        val_dataset: validate on another source (any kind ``dataset`` accepts), e.g. train on MATH and
+            validate on ``"HuggingFaceH4/MATH-500"``. Its split is ``val_split``, or its only split, or
+            ``"validation"``, or ``"test"``.
+        val_config_name: the Hub configuration of ``val_dataset``.
         tokenizer: the policy's tokenizer, or its Hub id / path / ``"builtin:<name>"`` alias. None: taken
             from the attached module's ``tokenizer`` attribute at setup, so ``trainer.fit(module,
             datamodule=dm)`` just works.
@@ -63,12 +64,16 @@ class PromptDataModule(LightningDataModule):
         long_prompts: ``"drop"`` (with a warning giving the count) or ``"raise"``; never truncated.
         column_map: canonical name -> source column, e.g. ``{"question": "problem", "answer": "final"}``.
         require_answer: refuse a source without gold answers (set False for reward-model-only training).
-        train_split / val_split / test_split: split names. ``val_split=None`` uses ``"validation"`` when
-            the source has it, else holds out ``val_fraction`` of the training split. ``test_split=None``
-            uses ``"test"`` when the source has it (and it is not the training split).
+        train_split: the training split's name.
+        val_split: the validation split's name; None uses ``"validation"`` when the source has it, else
+            holds out ``val_fraction`` of the training split.
+        test_split: the test split's name (also what ``predict`` uses); None uses ``"test"`` when the
+            source has it (and it is not the training split).
         val_fraction: share of the training split held out (seeded) when there is no validation split;
             0 turns validation off.
-        max_train_samples / max_val_samples / max_test_samples: caps (a seeded random subset).
+        max_train_samples: cap on the training split (a seeded random subset; None = all).
+        max_val_samples: cap on the validation split (a seeded random subset; None = all).
+        max_test_samples: cap on the test split (a seeded random subset; None = all).
         synthetic: for ``dataset="synthetic"``: ``train_size``, ``val_size``, ``test_size`` and the knobs of
             :func:`grpo_lightning.synthetic.generate_problems` (``max_steps``, ``max_operand``, ...).
         data_seed: seeds the synthetic problems, the held-out split, the caps and the shuffling.
@@ -153,7 +158,9 @@ class PromptDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Load, check and tokenize the splits this stage needs; errors about the data surface here."""
         self._resolve_tokenizer()
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ())
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage or "", ()
+        )
         if stage is None:
             needed = ("train", "val", "test")
         for split in needed:
@@ -184,6 +191,15 @@ class PromptDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, or the validation split when the source has no test split."""
+        data = self.get_split("test")
+        return self._eval_loader(data if data is not None else self._require("val"))
+
+    def longest_prompt(self) -> int:
+        """Tokens of the longest prompt among the splits loaded so far (0 when none is)."""
+        return max((max(map(len, d["input_ids"]), default=0) for d in self._splits.values() if d is not None), default=0)
 
     # ------------------------------------------------------------------ data
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.data.sources import quiet_progress
+from grpo_lightning.data.sources import CONVERSATION_COLUMN, quiet_progress
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -31,6 +31,9 @@ class PromptFormatter:
     ``\\boxed{}``, stay as written). With a chat template the filled text is the user message, after
     an optional system message, and the assistant turn is opened (``add_generation_prompt``);
     without one the system prompt, if any, is put before the text, separated by a blank line.
+    A conversational row (``prompt_messages``: a list of ``{"role", "content"}`` messages) is rendered
+    by the chat template as it is, after the system prompt when it has no system message of its own;
+    the template does not apply to it.
 
     Args:
         tokenizer: provides the chat template.
@@ -69,14 +72,53 @@ class PromptFormatter:
         )
 
     def __call__(self, row: Mapping[str, Any]) -> str:
+        conversation = row.get(CONVERSATION_COLUMN)
+        if conversation is not None:
+            return self.render(self._with_system_prompt(list(conversation)))
         text = self.fill(row)
         if not self.use_chat_template:
             return f"{self.system_prompt}\n\n{text}" if self.system_prompt else text
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": text})
+        return self.render(messages)
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The chat template applied to ``messages``, with the assistant turn opened."""
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
+
+    def check_conversational(self, where: str) -> None:
+        """Refuse settings that cannot apply to conversational prompts, before any row is rendered."""
+        name = f"{type(self.tokenizer).__name__}, {getattr(self.tokenizer, 'name_or_path', '') or 'built in code'}"
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"The prompts of {where} are conversations (lists of messages), which the tokenizer's chat template "
+                f"renders, but the tokenizer ({name}) has no chat template. Use a tokenizer that has one (an "
+                "instruct/chat model's), set tokenizer.chat_template, or give the problems as text in a "
+                "'question' column."
+            )
+        if not self.use_chat_template:
+            raise ValueError(
+                f"use_chat_template=False, but the prompts of {where} are conversations (lists of messages), "
+                "which only the chat template can render. Set use_chat_template=None or True."
+            )
+        if self.template != DEFAULT_PROMPT_TEMPLATE:
+            raise ValueError(
+                f"prompt_template is set, but the prompts of {where} are conversations, rendered as they are: the "
+                "template fills a text question only. Leave prompt_template at its default, or put the wording "
+                "into the messages."
+            )
+
+    def _with_system_prompt(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        if not self.system_prompt:
+            return messages
+        if messages and messages[0]["role"] == "system":
+            raise ValueError(
+                f"system_prompt={self.system_prompt!r} is set, but a conversation already starts with a system "
+                f"message ({messages[0]['content']!r}). Drop system_prompt, or the system messages from the data."
+            )
+        return [{"role": "system", "content": self.system_prompt}, *messages]
 
 
 def check_template(template: str) -> None:
@@ -102,6 +144,8 @@ def tokenize_prompts(
     would ask a different question.
     """
     check_choice("long_prompts", long_prompts, ("drop", "raise"))
+    if CONVERSATION_COLUMN in data.column_names:
+        formatter.check_conversational(where)
     tokenizer = formatter.tokenizer
     # A chat template writes its own special tokens (BOS, role markers): adding them again doubles BOS.
     add_special_tokens = not formatter.use_chat_template
@@ -109,7 +153,10 @@ def tokenize_prompts(
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         prompts = [formatter(row) for row in rows]
-        ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+        # verbose=False: a prompt past the tokenizer's model_max_length would log an "indexing errors"
+        # warning that reads like a bug; the module checks prompt + completion against the model's
+        # real context at setup and names the setting to change.
+        ids = tokenizer(prompts, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
         return {"prompt": prompts, "input_ids": ids}
 
     settings = (

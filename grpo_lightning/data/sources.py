@@ -5,6 +5,9 @@ Every source ends up as a ``DatasetDict`` whose splits have the canonical column
 - ``question``: the problem text put into the prompt template;
 - ``answer``: the gold final answer (``"72"``, ``"\\frac{14}{3}"``), read by the accuracy rewards;
 - ``solution``: the worked solution, when the source has one;
+- ``prompt_messages``: only for a conversational source (a question column holding a list of
+  ``{"role", "content"}`` messages, as TRL accepts in ``prompt``): the conversation, which the chat
+  template renders; ``question`` then holds its last user message;
 
 plus any other columns of the source, passed through to the reward functions.
 """
@@ -29,8 +32,10 @@ CANONICAL_COLUMNS = ("question", "answer", "solution")
 QUESTION_ALIASES = ("question", "problem", "prompt", "query")
 ANSWER_ALIASES = ("answer", "final_answer", "gold", "target")
 SOLUTION_ALIASES = ("solution", "response", "rationale")
+# The conversation of a conversational source, rendered by the chat template.
+CONVERSATION_COLUMN = "prompt_messages"
 # Keys the data module itself puts in a batch: a source column of that name would be overwritten.
-RESERVED_COLUMNS = ("prompt", "input_ids", "attention_mask")
+RESERVED_COLUMNS = ("prompt", "input_ids", "attention_mask", CONVERSATION_COLUMN)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -171,6 +176,8 @@ def normalize_columns(
       the usual names are recognised (question: ``question``, ``problem``, ``prompt``, ``query``).
     - ``answer`` holding a GSM8K answer text (``... #### 72``) becomes ``solution`` and its ``72`` the
       answer; without an answer column the answer is read from ``solution`` (``####`` or last ``\\boxed{}``).
+    - A question column of ``{"role", "content"}`` message lists (a conversational ``prompt``, as in TRL)
+      is kept as ``prompt_messages`` for the chat template; ``question`` is its last user message.
     - Rows without a question or a gold answer are dropped with a warning.
     """
     column_map = dict(column_map or {})
@@ -205,8 +212,14 @@ def normalize_columns(
     if dropped:
         rank_zero_warn(f"{where}: columns {dropped} clash with names the data module uses and are ignored.")
 
+    conversational = is_conversation_feature(data.features[q_col])
+
     def convert(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"question": batch[q_col]}
+        if conversational:
+            conversations = [None if m is None else to_messages(m, where) for m in batch[q_col]]
+            out[CONVERSATION_COLUMN] = conversations
+            out["question"] = [None if m is None else last_user_message(m) for m in conversations]
         raw_answers = batch[a_col] if a_col is not None else None
         solutions = batch[s_col] if s_col is not None else None
         if raw_answers is not None:
@@ -222,7 +235,7 @@ def normalize_columns(
         return out
 
     fingerprint = hashlib.sha256(
-        f"{data._fingerprint}|{q_col}|{a_col}|{s_col}|{extras}".encode()
+        f"{data._fingerprint}|{q_col}|{a_col}|{s_col}|{extras}|{conversational}".encode()
     ).hexdigest()[:32]
     with quiet_progress():
         data = data.map(
@@ -235,6 +248,35 @@ def normalize_columns(
     return drop_rows_without(
         data, ("question", "answer") if "answer" in data.column_names else ("question",), where
     )
+
+
+def is_conversation_feature(feature: Any) -> bool:
+    """True for a column of message lists: ``List({"role", "content"})``, or the dict-of-lists form
+    ``Sequence({"role", "content"})`` takes."""
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, dict):
+        return {"role", "content"} <= set(inner)
+    return isinstance(feature, dict) and {"role", "content"} <= set(feature) and hasattr(feature["role"], "feature")
+
+
+def to_messages(value: Any, where: str) -> list[dict[str, str]]:
+    """One row's conversation as ``[{"role": ..., "content": ...}]`` (from either column form)."""
+    if isinstance(value, Mapping):  # the dict-of-lists form
+        value = [{"role": r, "content": c} for r, c in zip(value["role"], value["content"], strict=True)]
+    messages = []
+    for message in value:
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise DataSourceError(
+                f"A conversational prompt of {where} has a message without a text 'role' and 'content': {message!r}."
+            )
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def last_user_message(messages: list[dict[str, str]]) -> str | None:
+    """The content of the last ``user`` message (the problem asked), None when there is none."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
 
 
 def drop_rows_without(data: Dataset, required: tuple[str, ...], where: str) -> Dataset:
@@ -251,8 +293,9 @@ def drop_rows_without(data: Dataset, required: tuple[str, ...], where: str) -> D
     question_type = data.features["question"]
     if getattr(question_type, "dtype", None) not in ("string", "large_string"):
         raise DataSourceError(
-            f"The question column of {where} must hold text, but holds {question_type}. "
-            "Conversation-style prompts (lists of messages) are not supported: give the problem text."
+            f"The question column of {where} must hold text or a conversation (a list of {{'role', 'content'}} "
+            f"messages), but holds {question_type}. Give the problem text, or the messages with keys "
+            "'role' and 'content'."
         )
     with quiet_progress():
         kept = data.filter(keep, batched=True, keep_in_memory=True)

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_lightning.synthetic import generate_problems
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.tokenizer_io import save_tokenizer
 
 PROMPT_TEMPLATE = "Q: {question}\nA: "
 ANSWER = re.compile(r"####\s*(-?\d+)")
@@ -176,13 +177,14 @@ def train(
 
 
 def save_compact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:
-    """``save_pretrained`` with bfloat16 weights and a float32 ``config.json`` (loads as float32)."""
+    """``save_pretrained`` with bfloat16 weights and a float32 ``config.json`` (loads as float32); the
+    tokenizer is saved so that plain ``AutoTokenizer`` loads it with the same ids."""
     model.to(torch.bfloat16).save_pretrained(out)
     model.to(torch.float32)
     model.config.dtype = torch.float32
     model.config.to_json_file(str(Path(out) / "config.json"))
     model.generation_config.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)  # after config.json: AutoTokenizer picks its class from the model type
 
 
 def main(argv: Sequence[str] | None = None) -> None:

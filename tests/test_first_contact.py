@@ -1,0 +1,272 @@
+"""What a Lightning user meets first: logged steps are optimizer steps, the progress bar counts
+what max_steps counts, each run keeps its own folder, predict writes JSON lines, every CLI
+argument has help, and prompts too long for the model fail at setup."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import (
+    PromptsDataModule,
+    make_module,
+    make_trainer,
+    one_thread,  # noqa: F401 (autouse fixture)
+    save_tiny_policy,
+    tiny_tokenizer,
+)
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from grpo_lightning.cli import main
+from grpo_lightning.progress import StepRichProgressBar, StepTQDMProgressBar
+
+
+def csv_rows(folder) -> list[dict[str, str]]:
+    (path,) = glob.glob(str(folder / "**" / "metrics.csv"), recursive=True)
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_logger_sees_optimizer_steps_with_two_steps_per_rollout(tmp_path):
+    tok = tiny_tokenizer()
+    # 2 optimizer steps per training step: 3 rollouts make global_step 2, 4, 6.
+    module = make_module(tok, steps_per_rollout=2, log_completions_every_n_steps=2, num_completions_to_log=2)
+    csv_logger = CSVLogger(tmp_path / "csv")
+    tb_logger = TensorBoardLogger(tmp_path / "tb")
+    trainer = make_trainer(
+        max_steps=6,
+        logger=[csv_logger, tb_logger],
+        log_every_n_steps=1,
+        num_sanity_val_steps=-1,
+        limit_val_batches=None,
+        val_check_interval=1,
+    )
+    trainer.fit(module, datamodule=PromptsDataModule(tok, batch_size=2, val_prompts=["1+1=", "2+3="]))
+    assert trainer.global_step == 6
+    rows = csv_rows(tmp_path / "csv")
+    train_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    val_steps = [int(r["step"]) for r in rows if r.get("val/accuracy")]
+    assert train_steps == [2, 4, 6]
+    assert val_steps == [0, 2, 4, 6]  # before training, then after each rollout: one row per step
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = glob.glob(str(tmp_path / "tb" / "**" / "events.out.*"), recursive=True)
+    acc = EventAccumulator(events, size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]
+    table_steps = [e.step for e in acc.Tensors("completions/text_summary")]
+    assert table_steps == [2, 4, 6]  # the completion tables sit on the same x-axis as the scalars
+
+
+@pytest.mark.parametrize("bar", [TQDMProgressBar(), RichProgressBar()], ids=["tqdm", "rich"])
+def test_the_progress_bar_counts_optimizer_steps_and_ends_full(bar):
+    tok = tiny_tokenizer()
+    module = make_module(tok, steps_per_rollout=2)
+    trainer = make_trainer(max_steps=4, enable_progress_bar=True, callbacks=[bar])
+    trainer.fit(module, datamodule=PromptsDataModule(tok))
+    (swapped,) = [c for c in trainer.callbacks if isinstance(c, (TQDMProgressBar, RichProgressBar))]
+    assert isinstance(swapped, (StepTQDMProgressBar, StepRichProgressBar))
+    assert swapped.total_train_batches == 4  # max_steps counts optimizer steps: so does the bar
+    if isinstance(swapped, StepTQDMProgressBar):
+        assert swapped.train_progress_bar.n == 4
+    else:
+        task = swapped.progress.tasks[swapped.train_progress_bar_id]
+        assert (task.completed, task.total) == (4, 4)
+        assert swapped._get_train_description(0).strip() == "Epoch 0"  # no "0/-2" without an epoch limit
+
+
+def test_a_custom_progress_bar_is_left_alone():
+    class MyBar(TQDMProgressBar):
+        pass
+
+    tok = tiny_tokenizer()
+    trainer = make_trainer(max_steps=1, enable_progress_bar=True, callbacks=[MyBar()])
+    trainer.fit(make_module(tok), datamodule=PromptsDataModule(tok))
+    assert [type(c) for c in trainer.callbacks if isinstance(c, TQDMProgressBar)] == [MyBar]
+
+
+def cli_args(model_dir, root, *extra: str) -> list[str]:
+    return [
+        f"--model.model={model_dir}",
+        "--model.reward_funcs=[gsm8k_accuracy]",
+        "--model.num_generations=2",
+        "--model.max_completion_length=6",
+        "--data.prompt_template={question}\n",
+        "--data.batch_size=2",
+        "--data.val_batch_size=4",
+        "--data.synthetic={train_size: 16, val_size: 4, test_size: 3}",
+        "--trainer.accelerator=cpu",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}",
+        *extra,
+    ]
+
+
+def test_two_runs_keep_separate_folders_whatever_the_logger(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    for logger in ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.WandbLogger"):
+        folders = []
+        for _ in range(2):
+            main(
+                [
+                    "fit",
+                    *cli_args(model_dir, tmp_path / "runs", "--trainer.max_steps=1"),
+                    f"--trainer.logger={logger}",
+                    f"--trainer.logger.save_dir={tmp_path / 'runs'}",
+                ]
+            )
+            out = capsys.readouterr().out
+            folder = re.search(r"run folder\s+(\S+)", out).group(1)
+            assert re.search(r"exported model\s+(\S+)", out).group(1) == os.path.join(folder, "hf_model")
+            checkpoint = re.search(r"best checkpoint\s+(\S+)", out).group(1)
+            assert checkpoint.startswith(os.path.join(folder, "checkpoints")) and os.path.isfile(checkpoint)
+            for name in ("config.yaml", "hf_model/config.json"):
+                assert os.path.exists(os.path.join(folder, name)), (logger, name)
+            folders.append(folder)
+            if "Wandb" in logger:  # one wandb run per process, as two CLI invocations would have
+                import wandb
+
+                wandb.finish()
+        assert folders[0] != folders[1], logger  # the second run did not write into the first one's folder
+
+
+def test_without_a_logger_a_second_run_is_refused_not_overwritten(tmp_path, capsys):
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    args = ["fit", *cli_args(model_dir, tmp_path / "runs", "--trainer.max_steps=1", "--trainer.logger=false")]
+    main(args)
+    saved = (tmp_path / "runs" / "config.yaml").read_text()
+    with pytest.raises(RuntimeError, match="another run already uses the folder"):
+        main([*args, "--model.learning_rate=0.5"])
+    assert (tmp_path / "runs" / "config.yaml").read_text() == saved
+
+
+def test_predict_writes_completions_and_rewards_as_json_lines(tmp_path, capsys):
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    main(["predict", *cli_args(model_dir, tmp_path / "runs", "--model.val_num_samples=2")])
+    out = capsys.readouterr().out
+    path = re.search(r"^  predictions\s+(\S+)", out, re.M).group(1)
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    # 3 test prompts: one greedy and two sampled completions each.
+    assert [r["kind"] for r in records] == ["greedy"] * 3 + ["sampled"] * 6
+    assert [r["sample"] for r in records[3:]] == [0, 1] * 3
+    for r in records:
+        assert set(r) >= {"prompt", "completion", "reward", "rewards", "correct", "question", "answer"}
+        assert set(r["rewards"]) == {"gsm8k_accuracy"} and r["reward"] in (0.0, 1.0)
+        assert r["correct"] == (r["reward"] == 1.0)
+
+
+def test_fit_help_documents_every_argument(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    blocks = re.split(r"\n  (?=--)", text)
+    undocumented = []
+    for block in blocks:
+        match = re.match(r"(--(model|data)\.[a-z_]+)\b", block)
+        if match is None or block.startswith(match.group(1) + ".help"):
+            continue
+        description = re.sub(r"\s+", " ", block[match.end():]).strip()
+        description = re.sub(r"^[A-Z_]+( \{[^}]*\})?(, --\S+ [A-Z_]+)?", "", description).strip()
+        if not description or description.startswith("(type:") or description.startswith("(required, type:"):
+            undocumented.append(match.group(1))
+    documented = {b.split()[0] for b in blocks if re.match(r"--(model|data)\.", b)}
+    assert len(documented) > 70  # every model.* and data.* argument was looked at
+    assert undocumented == []
+
+
+def test_prompts_too_long_for_the_context_fail_at_setup_naming_both_numbers(tmp_path):
+    tok = tiny_tokenizer()
+    module = make_module(tok, max_completion_length=120)  # the test model has 128 positions
+
+    class Data(PromptsDataModule):
+        def longest_prompt(self) -> int:
+            return 20
+
+    with pytest.raises(ValueError, match=r"has 20 tokens; with max_completion_length=120 .* 140 positions.*context is 128. "
+                       r"Lower max_completion_length to at most 108, or set the DataModule's max_prompt_length to at most 8"):
+        make_trainer(max_steps=1).fit(module, datamodule=Data(tok))
+    assert module.trainer.global_step == 0  # refused before any step
+
+
+NOISE = (
+    "LeafSpec",  # torch's deprecation of Lightning's own pytree code
+    "Tip:",  # Lightning's litlogger / litmodels advertisements
+    "will override existing callbacks",  # the module's own progress-bar swap
+    "is deprecated",  # transformers' checkpointing aliases that peft reads
+    "anonymous setting",  # wandb about an argument Lightning passes
+    "git root",
+)
+
+
+def test_a_normal_run_prints_nothing_the_user_cannot_act_on(tmp_path):
+    script = f"""
+import os
+os.environ["WANDB_MODE"] = "offline"
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from helpers import PromptsDataModule, make_module, tiny_tokenizer
+tok = tiny_tokenizer()
+module = make_module(tok, lora={{"r": 4}}, gradient_checkpointing=True, steps_per_rollout=2)
+loggers = [CSVLogger({str(tmp_path)!r}), WandbLogger(save_dir={str(tmp_path / "wandb_runs")!r}, offline=True)]
+trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=loggers, log_every_n_steps=1,
+                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+trainer.fit(module, datamodule=PromptsDataModule(tok))
+print("FIT DONE", trainer.global_step)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FIT DONE 2" in done.stdout
+    output = done.stdout + done.stderr
+    assert [line for line in output.splitlines() if any(n in line for n in NOISE)] == []
+
+
+def test_validate_then_fit_then_validate_with_one_trainer():
+    # A stand-alone validate runs under inference mode and validation inside fit under no_grad: the
+    # metric states the first leaves must not break the second (a before/after measurement).
+    tok = tiny_tokenizer()
+    module = make_module(tok)
+    trainer = make_trainer(max_steps=2, limit_val_batches=None, num_sanity_val_steps=-1, val_check_interval=1)
+    data = PromptsDataModule(tok, val_prompts=["1+1=", "2+3=", "7-4="])
+    (before,) = trainer.validate(module, datamodule=data, verbose=False)
+    trainer.fit(module, datamodule=data)
+    (after,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert trainer.global_step == 2
+    assert 0.0 <= before["val/accuracy"] <= 1.0 and 0.0 <= after["val/accuracy"] <= 1.0
+
+
+def test_fit_can_push_the_export_to_the_hub(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: uploads.append(("create", repo_id, kw)))
+
+    def upload_folder(*, repo_id, folder_path, **kw):
+        uploads.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="", commit_description="", oid="1"
+        )
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    main(["fit", *cli_args(model_dir, tmp_path / "runs", "--trainer.max_steps=1", "--export.push_to_hub=me/tiny")])
+    assert uploads[0] == ("create", "me/tiny", {"token": None, "private": True, "exist_ok": True})
+    kind, repo, files = uploads[1]
+    assert (kind, repo) == ("upload", "me/tiny") and {"README.md", "config.json", "model.safetensors"} <= set(files)
+    assert "https://huggingface.co/me/tiny/commit/1" in capsys.readouterr().out

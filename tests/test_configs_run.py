@@ -8,7 +8,6 @@ processes (Lightning launches the second, as it does for ``grpo-lightning fit --
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from config_runs import (
     summary,
     write_stand_ins,
 )
-from helpers import one_thread  # noqa: F401 (autouse fixture)
+from helpers import child_env, one_thread  # noqa: F401 (autouse fixture)
 
 from grpo_lightning.cli import main
 from grpo_lightning.strategies import FSDP2Strategy
@@ -70,15 +69,9 @@ def test_single_process_config_trains_validates_and_exports(configs, data_dir, t
 def test_distributed_presets_train_on_two_processes(data_dir, tmp_path):
     runs = [shrink_args(configs, data_dir) for configs in DISTRIBUTED]
     (tmp_path / "runs.json").write_text(json.dumps(runs))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-    }
-    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
     done = subprocess.run(
         [sys.executable, str(HERE / "config_runs.py"), "runs.json", "out.jsonl"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+        cwd=tmp_path, env=child_env(str(HERE)), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]

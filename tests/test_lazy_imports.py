@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from helpers import child_env
 
 import grpo_lightning
 import grpo_lightning.data
 import grpo_lightning.rewards
 from grpo_lightning.rewards.registry import _REGISTRY, BUILTIN_REWARDS, available_rewards, resolve_reward
+
+REPO = Path(__file__).resolve().parent.parent
 
 #: Optional back-ends a machine may lack (distribution names are derived with "_" -> "-").
 BLOCKED = ["datasets", "jsonargparse", "math_verify", "wandb", "peft"]
@@ -42,7 +45,6 @@ BLOCKER = textwrap.dedent(
     import importlib.metadata, importlib.util, sys
 
     BLOCKED = set({blocked!r})
-    attempts = []
 
     def blocked(name):
         return name.replace("-", "_").partition(".")[0] in BLOCKED
@@ -50,7 +52,6 @@ BLOCKER = textwrap.dedent(
     class Blocker:
         def find_spec(self, name, path=None, target=None):
             if blocked(name):
-                attempts.append(name)
                 raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
             return None
 
@@ -109,7 +110,6 @@ TRAIN_ONE_STEP = textwrap.dedent(
         "lazy_loaded": loaded({lazy!r}),
         "global_step": trainer.global_step,
         "format_reward_by_name": resolve_reward("format_reward") is format_reward,
-        "blocked_attempts": sorted(set(attempts)) if "attempts" in globals() else [],
     }}))
     """
 )
@@ -117,10 +117,9 @@ TRAIN_ONE_STEP = textwrap.dedent(
 
 def _run(code: str) -> list[dict]:
     """Run ``code`` in a fresh interpreter (this checkout's package first); its JSON output lines."""
-    path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": path},
+        env=child_env(str(REPO)),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

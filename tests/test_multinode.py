@@ -6,7 +6,6 @@ samples its own prompts with its own seed, and advantages use the statistics of 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import SETTINGS, train
-from helpers import one_thread  # noqa: F401 (autouse fixture)
+from helpers import child_env, one_thread  # noqa: F401 (autouse fixture)
 
 import grpo_lightning.update as update
 from grpo_lightning.advantages import compute_advantages
@@ -56,14 +55,7 @@ def _node_commands(strategy: str, launcher: str, out: Path, port: int) -> list[t
 
 def _launch_two_nodes(tmp_path: Path, strategy: str, launcher: str) -> Path:
     out = tmp_path / "result.pt"
-    base = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-    }
-    for var in [v for v in base if v.startswith(("SLURM_", "TORCHELASTIC_"))] + [
-        "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-    ]:  # fmt: skip
-        base.pop(var, None)
+    base = child_env(str(HERE))
     port = _free_port()
     logs = [tmp_path / f"node{n}.log" for n in range(NODES)]
     procs = []

@@ -80,6 +80,9 @@ class RolloutRecorder(Callback):
                 "node_rank": trainer.node_rank,
                 "num_nodes": trainer.num_nodes,
                 "world_size": trainer.world_size,
+                "data_parallel_size": pl_module.device_mesh["data_parallel"].size()
+                if pl_module.device_mesh is not None
+                else trainer.world_size,
                 "global_step": self._global_step,
                 "seeds": self.engine.seeds[self._first_seed :],
                 "row_prompts": list(scored.prompts),

@@ -95,6 +95,7 @@ def check_rollouts_across_nodes(single: list[dict], ranks: list[list[dict]]) -> 
         step = ref["global_step"]
         for rank, view in enumerate(views):
             assert (view["global_rank"], view["node_rank"], view["num_nodes"]) == (rank, rank, NODES)
+            assert view["world_size"] == view["data_parallel_size"] == NODES  # FSDP2: every process
             assert view["global_step"] == step
             assert view["seeds"] == [rollout_seed(0, rank, step)]
         assert views[0]["seeds"] != views[1]["seeds"]

@@ -49,7 +49,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def test_every_config_is_covered():
-    assert len(RECIPES) >= 4 and {p.name for p in PRESETS} == {"bf16.yaml", "ddp.yaml", "fsdp.yaml"}
+    """Every recipe alone and with every preset; each distributed preset says what it must start."""
+    assert RECIPES and {"bf16.yaml", "ddp.yaml", "fsdp.yaml"} <= {p.name for p in PRESETS}
     assert {p.name for c in DISTRIBUTED for p in c[1:]} == set(EXPECTED_STRATEGY)
     assert len(LOCAL) + len(DISTRIBUTED) == len(RECIPES) * (1 + len(PRESETS))
 

@@ -4,12 +4,28 @@ The public API: :class:`GRPOModule` (the LightningModule), :class:`PromptDataMod
 and gold answers), :mod:`grpo_lightning.rewards` (reward functions and their registry), and the
 pure math in :mod:`grpo_lightning.advantages`, :mod:`grpo_lightning.losses` and
 :mod:`grpo_lightning.logprobs`.
+
+Attributes load on first access: ``import grpo_lightning`` is fast, and ``GRPOModule`` does not
+need the data stack (``datasets``) or the optional reward back-ends.
 """
 
-from grpo_lightning import rewards
-from grpo_lightning.data import PromptDataModule
-from grpo_lightning.module import GRPOModule
+from typing import TYPE_CHECKING
+
+from grpo_lightning._lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "GRPOModule": "grpo_lightning.module",
+    "PromptDataModule": "grpo_lightning.data.datamodule",
+    "rewards": "grpo_lightning.rewards",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:  # what static tools see; at run time the names above load on first use
+    from grpo_lightning import rewards
+    from grpo_lightning.data.datamodule import PromptDataModule
+    from grpo_lightning.module import GRPOModule
 
 __all__ = ["GRPOModule", "PromptDataModule", "__version__", "rewards"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -197,3 +198,27 @@ class PerPromptEngine(HFGenerateEngine):
             prompt_seed = int(sum(int(t) * 31**k for k, t in enumerate(ids[0].tolist())) % (2**31))
             parts.append(super().generate(model, ids, torch.ones_like(ids), seed=prompt_seed, **kwargs))
         return concat_rollouts(parts, pad_token_id=kwargs["pad_token_id"])
+
+
+#: What a launcher (Lightning, torchrun, srun) sets for its processes: a child started by a test must
+#: not inherit them from the test's own environment.
+LAUNCHER_VARIABLES = (
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "RANK",
+    "GROUP_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def child_env(*paths: str) -> dict[str, str]:
+    """The environment for a test's subprocess: ``paths`` first on PYTHONPATH, no launcher variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCHER_VARIABLES and not k.startswith(("SLURM_", "TORCHELASTIC_"))
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))
+    return env

@@ -36,7 +36,7 @@ def test_presets_change_what_they_say(capsys):
     recipe = os.path.join(CONFIG_DIR, "gsm8k_qwen2.5_0.5b.yaml")
     by_name = {os.path.basename(p): print_config(capsys, "--config", recipe, "--config", p) for p in PRESETS}
     assert "strategy: ddp" in by_name["ddp.yaml"]
-    assert "ModelParallelStrategy" in by_name["fsdp.yaml"]
+    assert "FSDP2Strategy" in by_name["fsdp.yaml"]
     assert "precision: bf16-mixed" in by_name["bf16.yaml"]
 
 

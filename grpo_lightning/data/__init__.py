@@ -1,14 +1,40 @@
-"""Prompt data for GRPO: the PromptDataModule, its sources and its batch format."""
+"""Prompt data for GRPO: the PromptDataModule, its sources and its batch format.
 
-from grpo_lightning.data.datamodule import PromptDataModule
-from grpo_lightning.data.prompts import (
-    DEFAULT_PROMPT_TEMPLATE,
-    EpochRandomSampler,
-    PromptCollator,
-    PromptFormatter,
-    ResumableDataLoader,
-)
-from grpo_lightning.data.sources import DataSourceError, load_source, normalize_columns, synthetic_splits
+The names below load on first access (they need ``datasets``, which a run that brings its own
+DataModule need not import).
+"""
+
+from typing import TYPE_CHECKING
+
+from grpo_lightning._lazy import lazy_exports
+
+_PROMPTS = "grpo_lightning.data.prompts"
+_SOURCES = "grpo_lightning.data.sources"
+_EXPORTS = {
+    "DEFAULT_PROMPT_TEMPLATE": _PROMPTS,
+    "DataSourceError": _SOURCES,
+    "EpochRandomSampler": _PROMPTS,
+    "PromptCollator": _PROMPTS,
+    "PromptDataModule": "grpo_lightning.data.datamodule",
+    "PromptFormatter": _PROMPTS,
+    "ResumableDataLoader": _PROMPTS,
+    "load_source": _SOURCES,
+    "normalize_columns": _SOURCES,
+    "synthetic_splits": _SOURCES,
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from grpo_lightning.data.datamodule import PromptDataModule
+    from grpo_lightning.data.prompts import (
+        DEFAULT_PROMPT_TEMPLATE,
+        EpochRandomSampler,
+        PromptCollator,
+        PromptFormatter,
+        ResumableDataLoader,
+    )
+    from grpo_lightning.data.sources import DataSourceError, load_source, normalize_columns, synthetic_splits
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",

@@ -15,11 +15,27 @@ RewardFunc = Callable[..., list[float | None]]
 
 _REGISTRY: dict[str, RewardFunc] = {}
 
+#: The built-in rewards and the module that registers each. A module is imported when one of its
+#: names is first resolved, so math-verify (``math_accuracy``) loads only for runs that use it.
+BUILTIN_REWARDS: dict[str, str] = {
+    "format_reward": "grpo_lightning.rewards.format",
+    "think_format_reward": "grpo_lightning.rewards.format",
+    "gsm8k_accuracy": "grpo_lightning.rewards.gsm8k",
+    "gsm8k_accuracy_flexible": "grpo_lightning.rewards.gsm8k",
+    "overlong_penalty": "grpo_lightning.rewards.length",
+    "length_penalty": "grpo_lightning.rewards.length",
+    "math_accuracy": "grpo_lightning.rewards.math",
+}
+
 
 def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
     """Decorator: make ``fn`` available to configs as ``name``."""
 
     def decorate(fn: RewardFunc) -> RewardFunc:
+        if name in BUILTIN_REWARDS:
+            # Load the built-in first (a no-op while its own module registers it), so that another
+            # function cannot take a built-in's name just because that module was not imported yet.
+            importlib.import_module(BUILTIN_REWARDS[name])
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"A reward named {name!r} is already registered ({_REGISTRY[name]!r}).")
         _REGISTRY[name] = fn
@@ -29,8 +45,8 @@ def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
 
 
 def available_rewards() -> list[str]:
-    """Names that :func:`resolve_reward` accepts besides import paths."""
-    return sorted(_REGISTRY)
+    """Names that :func:`resolve_reward` accepts besides import paths (built-in ones included)."""
+    return sorted({*_REGISTRY, *BUILTIN_REWARDS})
 
 
 def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
@@ -39,6 +55,8 @@ def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"A reward must be a callable, a registered name or an import path; got {spec!r}.")
+    if spec not in _REGISTRY and spec in BUILTIN_REWARDS:
+        importlib.import_module(BUILTIN_REWARDS[spec])  # registers the names it defines
     if spec in _REGISTRY:
         return _REGISTRY[spec]
     module_name, sep, attr = spec.partition(":")

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from grpo_lightning.checkpointing import check_checkpoint_file
@@ -122,10 +123,13 @@ class GRPOLightningCLI(LightningCLI):
         trainer, paths = self.trainer, {}
         folder = run_directory(trainer)
         paths["run folder"] = folder
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None:
-            paths["best checkpoint"] = ckpt.best_model_path or "(none: nothing monitored)"
-            paths["last checkpoint"] = ckpt.last_model_path or "(none)"
+        # Recipes keep the best validation accuracy in one ModelCheckpoint and last.ckpt in another.
+        checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        if checkpoints:
+            best = next((c.best_model_path for c in checkpoints if c.best_model_path), "")
+            last = next((c.last_model_path for c in checkpoints if c.last_model_path), "")
+            paths["best checkpoint"] = best or "(none: nothing monitored)"
+            paths["last checkpoint"] = last or "(none)"
         if export.enabled:
             target = export.dir or os.path.join(folder, "hf_model")
             # Every rank takes part (a sharded policy is gathered); rank 0 writes.

@@ -1,6 +1,6 @@
 """Start-up checks for GRPOModule settings: every message names the setting to change.
 
-The rollout layout (SPEC section 2): each device takes P prompts per training step and samples
+The rollout layout: each device takes P prompts per training step and samples
 G = ``num_generations`` completions of each, N = P * G rows. Each of the ``num_iterations`` passes
 splits them into ``steps_per_rollout`` mini-batches (one optimizer step each), and every mini-batch
 into micro-batches of ``micro_batch_size`` rows (one forward/backward each).

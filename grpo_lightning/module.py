@@ -1,6 +1,6 @@
 """GRPOModule: the Lightning system that wires rollout, rewards, advantages and the clipped loss.
 
-One ``training_step`` = one rollout and every optimizer step made from it (SPEC section 2)::
+One ``training_step`` = one rollout and every optimizer step made from it::
 
     rollout  = sample num_generations completions of each of the batch's P prompts
     rewards  = score them; advantages over the global batch (all ranks)

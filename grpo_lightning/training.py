@@ -282,7 +282,7 @@ class TrainingStep:
         rollout_s: float,
         update_s: float,
     ) -> None:
-        """Every SPEC section 3 training metric, once per training step (values are global)."""
+        """Every training metric the README lists, once per training step (values are global)."""
         m, h = self.module, self.module.hparams
         total, per_func, lengths = gathered["total"], gathered["per_func"], gathered["lengths"]
         stats = group_stats(total, h.num_generations)

@@ -1,4 +1,4 @@
-"""wandb, offline: a short run writes its files, every metric of the SPEC, and a completions table."""
+"""wandb, offline: a short run writes its files, every documented training metric, and a completions table."""
 
 from __future__ import annotations
 

@@ -30,7 +30,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from grpo_lightning.checkpointing import AtomicCheckpointIO, last_good_checkpoint
-from grpo_lightning.resume import apply_optimizer_settings, check_resume_settings, describe_changes
+from grpo_lightning.resume import (
+    apply_optimizer_settings,
+    check_resume_settings,
+    custom_optimizer_lr_change,
+    describe_changes,
+)
 from grpo_lightning.runs import run_directory
 
 #: Lightning warns that a manual-optimization checkpoint holds the weights *after* the optimizer
@@ -248,8 +253,13 @@ class RunGuard(Callback):
         saved, current = checkpoint.get("hyper_parameters", {}), dict(pl_module.hparams)
         changes = check_resume_settings(saved, current)
         # Only the built-in AdamW takes them from these settings; a custom optimizer has its own.
-        default_optimizer = getattr(pl_module, "optimizer_factory", None) is None
-        if default_optimizer and ("learning_rate" in changes or "weight_decay" in changes):
+        factory = getattr(pl_module, "optimizer_factory", None)
+        if factory is not None:
+            custom = custom_optimizer_lr_change(factory, checkpoint)
+            if custom is not None:
+                apply_optimizer_settings(checkpoint, old_lr=custom[0], new_lr=custom[1])
+                changes["optimizer lr"] = custom
+        elif "learning_rate" in changes or "weight_decay" in changes:
             apply_optimizer_settings(
                 checkpoint,
                 old_lr=float(saved.get("learning_rate", current["learning_rate"])),

@@ -10,8 +10,10 @@ restores it (otherwise the old value would silently win).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import torch
 
 #: Settings a checkpoint cannot continue under, with the reason.
 REFUSED: dict[str, str] = {
@@ -90,3 +92,23 @@ def apply_optimizer_settings(
         for key in ("base_lrs", "_last_lr"):
             if isinstance(sched.get(key), list):
                 sched[key] = [v * scale if scale is not None else new_lr for v in sched[key]]
+
+
+def custom_optimizer_lr_change(
+    factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], checkpoint: Mapping[str, Any]
+) -> tuple[float, float] | None:
+    """``(old, new)`` base learning rate when an optimizer callable now builds its optimizer with
+    another learning rate than the checkpoint's optimizer had, else None.
+
+    Lightning restores the optimizer's state, learning rate included, over the one the callable
+    builds, so a new rate given with ``--ckpt_path`` would otherwise be dropped without a word. The
+    callable is probed on one throw-away parameter (building an optimizer has no side effects).
+    """
+    groups = [g for state in checkpoint.get("optimizer_states", []) for g in state.get("param_groups", [])]
+    if not groups:
+        return None
+    old = groups[0].get("initial_lr", groups[0].get("lr"))
+    new = factory([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
+    if old is None or _same(float(old), float(new)):
+        return None
+    return float(old), float(new)

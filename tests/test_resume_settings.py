@@ -130,3 +130,23 @@ def test_optimizer_state_is_rescaled_to_the_new_learning_rate():
     assert [g["weight_decay"] for g in groups] == [0.2, 0.0]
     assert ckpt["lr_schedulers"][0]["base_lrs"] == [pytest.approx(2e-3)] * 2
     assert ckpt["lr_schedulers"][0]["_last_lr"] == [pytest.approx(1e-3)] * 2
+
+
+def test_a_custom_optimizer_learning_rate_given_on_resume_is_applied(tmp_path):
+    from helpers import PromptsDataModule, make_module, make_trainer
+
+    tok = tiny_tokenizer()
+
+    def sgd(lr):
+        return lambda params: torch.optim.SGD(params, lr=lr)
+
+    trainer = make_trainer(max_steps=2, enable_checkpointing=True, default_root_dir=str(tmp_path / "a"))
+    trainer.fit(make_module(tok, optimizer=sgd(0.1)), datamodule=PromptsDataModule(tok))
+    (ckpt,) = glob.glob(str(tmp_path / "a" / "**" / "*.ckpt"), recursive=True)
+    resumed = make_module(tok, optimizer=sgd(0.01))
+    make_trainer(max_steps=3, default_root_dir=str(tmp_path / "b")).fit(
+        resumed, datamodule=PromptsDataModule(tok), ckpt_path=ckpt
+    )
+    # Lightning restores the checkpoint's optimizer (lr 0.1) over the new one: the new rate must win.
+    assert resumed.optimizers().param_groups[0]["lr"] == pytest.approx(0.01)
+    assert resumed.trainer.global_step == 3

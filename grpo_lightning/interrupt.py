@@ -78,7 +78,8 @@ class RunGuard(Callback):
         self.signal_received: int | None = None
         self._previous: dict[int, Any] = {}
         self._in_step = False
-        self._step_start = 0
+        self._stepped = False  # an optimizer began a step during the training step in progress
+        self._hooks: list[Any] = []
         self._loader_before_step: list[dict[str, Any]] | None = None
         self._rewind: list[dict[str, Any]] | None = None
         self._dir: Path | None = None
@@ -94,6 +95,9 @@ class RunGuard(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signal_received = None
         self._training = True
+        # The weights change inside optimizer.step(), before Lightning counts the step: a failure
+        # there leaves a half-applied update, which must not be saved as the step's starting state.
+        self._hooks = [opt.register_step_pre_hook(self._mark_stepped) for opt in trainer.optimizers]
         self._dir = None
         self.checkpoint_dir(trainer)
         if threading.current_thread() is not threading.main_thread():
@@ -102,7 +106,13 @@ class RunGuard(Callback):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
+    def _mark_stepped(self, *_: Any) -> None:
+        self._stepped = True
+
     def _restore_handlers(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         for signum, handler in self._previous.items():
             if handler is not None:
                 signal.signal(signum, handler)
@@ -139,7 +149,7 @@ class RunGuard(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._in_step, self._step_start = True, trainer.global_step
+        self._in_step, self._stepped = True, False
         self._loader_before_step = _loader_states_before_current_batch(trainer)
 
     def on_train_batch_end(
@@ -167,6 +177,10 @@ class RunGuard(Callback):
         self._restore_handlers()
         if isinstance(exception, TrainingInterrupted):
             return  # saved and reported already
+        if isinstance(exception, KeyboardInterrupt) and self.signal_received == signal.SIGINT:
+            # The second Ctrl+C: the user asked to stop at once, without waiting for a save.
+            self._report(trainer, "Training stopped by a second Ctrl+C", None, "stopping at once, as asked")
+            return
         if isinstance(exception, SIGTERMException):
             exception.code = 128 + signal.SIGTERM  # Lightning's own exception exits 0 otherwise
         what = f"{type(exception).__name__} at step {trainer.global_step + 1}"
@@ -192,8 +206,8 @@ class RunGuard(Callback):
     def _why_not_saved(self, trainer: Trainer) -> str | None:
         if trainer.global_step == 0:
             return "no optimizer step had been made, so there is nothing to save"
-        if self._in_step and trainer.global_step != self._step_start:
-            return "the failing step had already changed the weights part-way"
+        if self._in_step and self._stepped:
+            return "the failing step had already begun changing the weights"
         if trainer.world_size > 1:
             return "an error on one of several processes cannot be saved from there"
         return None

@@ -91,7 +91,7 @@ def test_an_error_after_the_step_moved_the_weights_saves_nothing_and_names_the_l
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(module, datamodule=PromptsDataModule(tok, batch_size=2))
     assert not (root / "checkpoints" / "last.ckpt").exists()
-    assert "already changed the weights" in capsys.readouterr().err
+    assert "already begun changing the weights" in capsys.readouterr().err
 
 
 def test_resuming_with_max_steps_already_reached_is_refused(tmp_path):
@@ -224,3 +224,46 @@ def test_an_error_while_restoring_writes_no_checkpoint(tmp_path):
             optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         )
     assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_a_failure_inside_the_optimizer_step_saves_nothing(tmp_path, capsys):
+    # The update is half applied when the optimizer fails (say, out of memory), and Lightning has not
+    # counted the step yet: that state is neither the step's start nor its end.
+    class HalfThenFail(torch.optim.SGD):
+        calls = 0
+
+        def step(self, closure=None):
+            HalfThenFail.calls += 1
+            if HalfThenFail.calls == 3:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].add_(1.0)
+                raise RuntimeError("out of memory (simulated, mid optimizer step)")
+            return super().step(closure)
+
+    tok = tiny_tokenizer()
+    root = tmp_path / "run"
+    module = make_module(tok, optimizer=lambda params: HalfThenFail(params, lr=0.1))
+    trainer = make_trainer(max_steps=5, default_root_dir=str(root))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.fit(module, datamodule=PromptsDataModule(tok, batch_size=2))
+    assert not (root / "checkpoints" / "last.ckpt").exists()
+    assert "already begun changing the weights" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, capsys):
+    from lightning.pytorch import Callback
+
+    class TwoCtrlC(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    tok = tiny_tokenizer()
+    root = tmp_path / "run"
+    trainer = make_trainer(max_steps=5, default_root_dir=str(root), callbacks=[TwoCtrlC()])
+    with pytest.raises(SystemExit) as stopped:  # Lightning turns the KeyboardInterrupt into exit(1)
+        trainer.fit(make_module(tok), datamodule=PromptsDataModule(tok, batch_size=2))
+    assert stopped.value.code != 0
+    assert not (root / "checkpoints" / "last.ckpt").exists()
+    assert "second Ctrl+C" in capsys.readouterr().err

@@ -360,8 +360,9 @@ class GRPOModule(LightningModule):
         else:
             decay = self.hparams.weight_decay
             groups = [
-                {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": decay},
-                {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+                # Named, so a weight decay changed on resume reaches the decayed group only.
+                {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": decay, "name": "decay"},
+                {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
             ]
             optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.learning_rate)
         if self.lr_scheduler_factory is not None:

@@ -74,16 +74,19 @@ def apply_optimizer_settings(
     Every learning rate stored (``lr``, ``initial_lr`` of each parameter group, the scheduler's
     ``base_lrs`` and ``_last_lr``) is scaled by ``new_lr / old_lr``, so a schedule part-way through
     (warmup, decay) continues at the same point of its shape. A weight decay equal to the old one is
-    replaced (groups without decay, e.g. biases, keep 0).
+    replaced in the decayed group only: the default optimizer names its groups ``decay`` and
+    ``no_decay`` (biases and norms keep 0); unnamed groups follow its layout, decay first.
     """
     scale = new_lr / old_lr if old_lr else None
     for state in checkpoint.get("optimizer_states", []):
-        for group in state.get("param_groups", []):
+        for index, group in enumerate(state.get("param_groups", [])):
             for key in ("lr", "initial_lr"):
                 if key in group:
                     group[key] = group[key] * scale if scale is not None else new_lr
+            decayed = group.get("name", "decay" if index == 0 else "no_decay") == "decay"
             if (
                 new_weight_decay is not None
+                and decayed
                 and "weight_decay" in group
                 and _same(group["weight_decay"], old_weight_decay)
             ):

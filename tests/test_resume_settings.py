@@ -132,6 +132,25 @@ def test_optimizer_state_is_rescaled_to_the_new_learning_rate():
     assert ckpt["lr_schedulers"][0]["_last_lr"] == [pytest.approx(1e-3)] * 2
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_a_new_weight_decay_from_zero_reaches_the_decayed_group_only(named):
+    # Both groups hold 0.0 when the run started without decay: only the matrices' group may change.
+    groups = [{"lr": 1e-3, "weight_decay": 0.0}, {"lr": 1e-3, "weight_decay": 0.0}]
+    if named:
+        groups = [{**groups[0], "name": "decay"}, {**groups[1], "name": "no_decay"}]
+    ckpt = {"optimizer_states": [{"param_groups": groups}]}
+    apply_optimizer_settings(ckpt, old_lr=1e-3, new_lr=1e-3, old_weight_decay=0.0, new_weight_decay=0.1)
+    assert [g["weight_decay"] for g in ckpt["optimizer_states"][0]["param_groups"]] == [0.1, 0.0]
+
+
+def test_the_default_optimizer_names_its_groups():
+    from helpers import make_module
+
+    module = make_module(tiny_tokenizer(), weight_decay=0.1)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert [(g["name"], g["weight_decay"]) for g in optimizer.param_groups] == [("decay", 0.1), ("no_decay", 0.0)]
+
+
 def test_a_custom_optimizer_learning_rate_given_on_resume_is_applied(tmp_path):
     from helpers import PromptsDataModule, make_module, make_trainer
 

@@ -224,6 +224,31 @@ def test_a_gold_past_the_time_limit_scores_none(monkeypatch):
         assert reward(["", ""], [r"\boxed{1}", r"\boxed{2}"], answer=["1", "1"]) == [None, None]
 
 
+def test_a_gold_that_timed_out_once_is_checked_again_next_time(monkeypatch):
+    # A time limit hit on a busy machine is not a verdict on the gold: the next rollout retries it.
+    import grpo_lightning.rewards.math as math_reward
+    from grpo_lightning.rewards import _mathcheck
+    from grpo_lightning.rewards._checker_pool import Failed
+
+    class OnceSlowPool:
+        gold_checks = 0
+
+        def run(self, requests, timeout, keys=None):
+            if requests and requests[0][0] == "gold":
+                OnceSlowPool.gold_checks += 1
+                if OnceSlowPool.gold_checks == 1:
+                    return [Failed("it took longer than the 1 s time limit")] * len(requests)
+                return [_mathcheck.GOLD_OK] * len(requests)
+            return [1.0 if r[2] == r[1] else 0.0 for r in requests]
+
+    monkeypatch.setattr(math_reward, "shared_pool", lambda script, n: OnceSlowPool())
+    reward = MathAccuracy(timeout_seconds=1)
+    with pytest.warns(RuntimeWarning):
+        assert reward([""], [r"\boxed{1}"], answer=["1"]) == [None]
+    assert reward([""], [r"\boxed{1}"], answer=["1"]) == [1.0]
+    assert OnceSlowPool.gold_checks == 2
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5"])
 def test_bad_timeout_is_refused(bad):
     with pytest.raises(ValueError, match="timeout_seconds must be a positive number"):

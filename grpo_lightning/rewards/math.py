@@ -97,12 +97,13 @@ class MathAccuracy:
         """The rewards of ``completions`` against their gold answer texts (one per completion)."""
         golds = [normalize_answer(extract_gold_answer(g)) for g in gold_texts]
         answers = [normalize_answer(extract_last_boxed(c)) for c in completions]
-        self._check_golds([g for g in golds if g is not None])
+        failed = self._check_golds([g for g in golds if g is not None])
         rewards: list[float | None] = [None] * len(completions)
         todo = []
         for i, (gold, answer) in enumerate(zip(golds, answers, strict=True)):
-            if gold is None or self._gold_status.get(gold) != _mathcheck.GOLD_OK:
-                self._warn_gold(gold_texts[i], gold)
+            status = None if gold is None else failed.get(gold, self._gold_status.get(gold))
+            if status != _mathcheck.GOLD_OK:
+                self._warn_gold(gold_texts[i], gold, status)
             elif answer is None:
                 rewards[i] = 0.0
             else:
@@ -122,27 +123,34 @@ class MathAccuracy:
                 rewards[i] = reply
         return rewards
 
-    def _check_golds(self, golds: list[str]) -> None:
-        """Read each gold answer not seen before once, so a bad one costs one check, not G."""
+    def _check_golds(self, golds: list[str]) -> dict[str, str]:
+        """Read each gold answer not seen before once, so a bad one costs one check, not G.
+
+        Returns the golds whose check failed this time (a time limit on a busy machine, a crashed
+        checker) with the reason: those are not remembered, so the next rollout checks them again
+        instead of dropping that problem for the rest of the run.
+        """
         new = list(dict.fromkeys(g for g in golds if g not in self._gold_status))
         if not new:
-            return
+            return {}
         if len(self._gold_status) + len(new) > _GOLD_CACHE_SIZE:
             self._gold_status.clear()
         pool = shared_pool(_mathcheck.__file__, self.num_workers)
         replies = pool.run([["gold", g] for g in new], self.timeout_seconds, [_gold_key(g) for g in new])
+        failed: dict[str, str] = {}
         for gold, reply in zip(new, replies, strict=True):
             if isinstance(reply, Failed):
-                self._gold_status[gold] = f"could not be read: {reply.reason}"
+                failed[gold] = f"could not be read: {reply.reason}"
             else:
                 self._gold_status[gold] = reply
+        return failed
 
-    def _warn_gold(self, gold_text: Any, gold: str | None) -> None:
+    def _warn_gold(self, gold_text: Any, gold: str | None, status: str | None) -> None:
         """Count a gold answer scored None; warn about the first one only."""
         self.unusable_golds += 1
         if self.unusable_golds > 1:
             return
-        status = "holds no answer" if gold is None else self._gold_status.get(gold, "")
+        status = "holds no answer" if gold is None else (status or "")
         warnings.warn(
             f"math_accuracy: the gold answer {short(gold_text)!r} "
             f"{_GOLD_PROBLEMS.get(status, status)}, so its completions score None (left out of the "

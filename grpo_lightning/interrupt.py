@@ -125,9 +125,10 @@ class RunGuard(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore_handlers()
         # Reward worker processes end with the fit (a notebook keeps no idle ones); they restart on use.
-        pool = getattr(getattr(pl_module, "scorer", None), "pool", None)
-        if stage == "fit" and pool is not None:
-            pool.close()
+        for scorer in ("scorer", "accuracy_scorer"):
+            pool = getattr(getattr(pl_module, scorer, None), "pool", None)
+            if stage == "fit" and pool is not None:
+                pool.close()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signal_received == signal.SIGINT and signum == signal.SIGINT:

@@ -224,7 +224,15 @@ class GRPOModule(LightningModule):
         self.automatic_optimization = False
 
         self.scorer = RewardScorer(funcs, reward_weights, reward_workers, reward_timeout, reward_errors)
-        self.accuracy_scorer = RewardScorer([accuracy_reward] if accuracy_reward is not None else funcs[:1])
+        # Validation's sampled pass@k (and an accuracy reward of its own) are scored with the same
+        # workers, time limit and error handling as training.
+        self.accuracy_scorer = RewardScorer(
+            [accuracy_reward] if accuracy_reward is not None else funcs[:1],
+            None,
+            reward_workers,
+            reward_timeout,
+            reward_errors,
+        )
         self.tokenizer = load_tokenizer(tokenizer, model)
         self._model_spec = model if isinstance(model, str) else None
         self._lora = lora

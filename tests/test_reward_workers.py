@@ -115,6 +115,9 @@ def test_the_module_settings_reach_the_scorer():
     module = make_module(reward_funcs=[sleepy], reward_workers=2, reward_timeout=3.0, reward_errors="none")
     assert module.scorer.pool.num_workers == 2 and module.scorer.pool.timeout == 3.0
     assert module.scorer.errors == "none" and not module.scorer.pool._workers  # started on first use
+    # Validation's scorer (sampled pass@k) is guarded the same way.
+    accuracy = module.accuracy_scorer
+    assert accuracy.pool.num_workers == 2 and accuracy.pool.timeout == 3.0 and accuracy.errors == "none"
     with pytest.raises(ValueError, match=r"reward_timeout=3\.0 needs reward_workers >= 1"):
         make_module(reward_funcs=[sleepy], reward_timeout=3.0)
 

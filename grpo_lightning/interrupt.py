@@ -8,7 +8,8 @@
   exception then propagates as usual.
 - Resuming checks the checkpoint against the run's settings (:mod:`grpo_lightning.resume`) and
   refuses ``max_steps`` that are already reached.
-- Checkpoints are written atomically (:class:`~grpo_lightning.checkpointing.AtomicCheckpointIO`).
+- Checkpoints are written atomically (:class:`~grpo_lightning.checkpointing.AtomicCheckpointIO`; a
+  sharded FSDP2 checkpoint folder by :meth:`~grpo_lightning.strategies.FSDP2Strategy.save_checkpoint`).
 
 GRPOModule adds it by itself (``configure_callbacks``); the CLI passes its command line so the
 printed resume command is the one to type.

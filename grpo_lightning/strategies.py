@@ -8,7 +8,11 @@ always the world size (devices per node x nodes), one node or several.
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -23,7 +27,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     Args:
         tensor_parallel_size: must be 1 (GRPOModule does not apply tensor parallelism); any other value is
             refused here, before processes start.
-        save_distributed_checkpoint: each rank saves its shard (``True``) or rank 0 one full file.
+        save_distributed_checkpoint: each rank saves its shard (``True``) or rank 0 one full file. Either
+            way a checkpoint is written whole or not at all (see :meth:`save_checkpoint`).
         process_group_backend: ``nccl`` / ``gloo``; default: the accelerator's.
         timeout: timeout of the process group's collectives.
     """
@@ -54,3 +59,30 @@ class FSDP2Strategy(ModelParallelStrategy):
         # every process of the job is one data-parallel replica.
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Write the checkpoint (a folder of shards, or one file) to a temporary sibling of ``filepath``
+        and, once every rank has written its part, rename it over ``filepath``: a kill or a full disk
+        mid-write leaves the previous checkpoint whole (Lightning writes the shards in place)."""
+        path = Path(self.broadcast(str(filepath)))
+        staging = path.with_name(f".{path.name}.partial")
+        aside = path.with_name(f".{path.name}.replaced")
+        if self.global_rank == 0:
+            _remove(staging)
+        self.barrier()
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier()  # every shard is on disk
+        if self.global_rank == 0:
+            _remove(aside)
+            if path.exists():
+                os.replace(path, aside)
+            os.replace(staging, path)
+            _remove(aside)
+        self.barrier()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -123,3 +123,33 @@ def test_fit_from_a_truncated_checkpoint_fails_clearly(tmp_path):
 def test_no_temp_file_is_left_after_a_successful_write(tmp_path):
     atomic_torch_save({"x": torch.ones(3)}, tmp_path / "sub" / "a.ckpt")
     assert [p.name for p in Path(tmp_path / "sub").iterdir()] == ["a.ckpt"]
+
+
+def test_fsdp2_checkpoints_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    # Lightning writes a sharded checkpoint's files in place; FSDP2Strategy stages them beside it.
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from grpo_lightning.strategies import FSDP2Strategy
+
+    target = tmp_path / "last.ckpt"
+    target.mkdir()
+    (target / "shard0").write_text("old")
+
+    def half_write(self, checkpoint, filepath, storage_options=None):
+        Path(filepath).mkdir(parents=True, exist_ok=True)
+        (Path(filepath) / "shard0").write_text("new, cut short")
+        raise OSError(28, "No space left on device")
+
+    def full_write(self, checkpoint, filepath, storage_options=None):
+        Path(filepath).mkdir(parents=True, exist_ok=True)
+        (Path(filepath) / "shard0").write_text("new")
+
+    strategy = FSDP2Strategy()
+    monkeypatch.setattr(ModelParallelStrategy, "save_checkpoint", half_write)
+    with pytest.raises(OSError, match="No space left"):
+        strategy.save_checkpoint({}, target)
+    assert (target / "shard0").read_text() == "old"  # the previous checkpoint is whole
+    monkeypatch.setattr(ModelParallelStrategy, "save_checkpoint", full_write)
+    strategy.save_checkpoint({}, target)
+    assert (target / "shard0").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # nothing left beside it

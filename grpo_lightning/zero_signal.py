@@ -1,11 +1,16 @@
 """Steps without a learning signal leave the weights exactly as they are.
 
 When every group of a step has zero spread (all of a prompt's completions scored the same), every
-advantage is 0 and the policy term of the loss vanishes. What remains is noise: with ``beta > 0``
-the KL term of a policy that has barely moved is ~1e-9, and AdamW normalises any gradient to steps
-of about the learning rate, so the weights would drift with nothing learned. Such a step therefore
-makes no forward pass, no backward pass and no optimizer update; it still counts its optimizer
-steps (``global_step``, the LR schedule, checkpoint cadence), so a run's length does not change.
+advantage is 0 and the policy term of the loss vanishes. Such a step makes no forward pass, no
+backward pass and no optimizer update; it still counts its optimizer steps (``global_step``, the LR
+schedule, checkpoint cadence), so a run's length does not change.
+
+With ``beta > 0`` this is a choice, and a departure from TRL, which still applies the KL term on
+such steps. Early in a run that term is ~1e-9 and AdamW normalises it into learning-rate-sized
+steps, so the weights would drift on float noise with nothing learned. Later, once the policy has
+moved, it is a real pull towards the reference, and this skip drops it on those steps (and only
+those: every step with any reward signal applies the KL as usual). The skipped steps are logged as
+``train/skipped_zero_advantage``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
 - Lightning advertises ``litlogger`` / ``litmodels`` with "Tip:" lines at every fit.
 - Lightning announces that a callback from ``configure_callbacks`` replaces the Trainer's; the
   module swaps only the default progress bar for its optimizer-step twin, on purpose.
+- A resumed run gets a folder of its own, and Lightning warns that the checkpoints' folder changed.
 - wandb >= 0.22 warns about the ``anonymous=None`` that Lightning 2.6's WandbLogger passes (it has
   no effect), and that the git root does not exist when the logger's folder is not made yet.
 """
@@ -35,6 +36,9 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+    # A resumed run writes into its own new folder by design; Lightning warns that the checkpoint
+    # callback's folder changed from the old run's.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLightningNotices) for f in logger.filters):

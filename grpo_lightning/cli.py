@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -57,9 +58,13 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero:
             os.makedirs(folder, exist_ok=True)
             config = self.config.clone()
+            resumed_from = config.get("ckpt_path")
             if "ckpt_path" in config:
                 config.ckpt_path = None
             self.parser.save(config, path, skip_none=False, multifile=self.multifile)
+            if resumed_from:  # say where this run came from, without making a re-run resume
+                text = Path(path).read_text()
+                Path(path).write_text(f"# This run resumed from {resumed_from} (--ckpt_path).\n{text}")
         self.already_saved = trainer.strategy.broadcast(True)
 
 
@@ -106,6 +111,7 @@ class GRPOLightningCLI(LightningCLI):
             check_checkpoint_file(ckpt_path)
 
     def before_predict(self) -> None:
+        self._refuse_relative_checkpoint()
         if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
 
@@ -113,7 +119,23 @@ class GRPOLightningCLI(LightningCLI):
         writers = [c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)]
         self._report("GRPO predict finished.", {"predictions": writers[0].path if writers else "(none)"})
 
+    def _refuse_relative_checkpoint(self) -> None:
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt in ("last", "hpc", "registry"):
+            raise ValueError(
+                f"--ckpt_path {ckpt} looks in this run's own folder, and every run gets a new one, so it would "
+                "find nothing and start from scratch. Give the checkpoint's path, e.g. --ckpt_path "
+                "runs/quickstart/version_0/checkpoints/last.ckpt (the end of each run prints it)."
+            )
+
+    def before_validate(self) -> None:
+        self._refuse_relative_checkpoint()
+
+    def before_test(self) -> None:
+        self._refuse_relative_checkpoint()
+
     def before_fit(self) -> None:
+        self._refuse_relative_checkpoint()
         export = self.config[self.subcommand].export
         if export.enabled and export.dir:  # checked now, not after the whole training
             check_export_dir(export.dir, export.overwrite)

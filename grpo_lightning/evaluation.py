@@ -108,6 +108,17 @@ def log_sanity_check(module: GRPOModule, metrics: EvalMetrics, stage: str = "val
     }
     if not values:
         return values
+    trainer = module.trainer
+    sanity, full = trainer.num_sanity_val_batches, trainer.num_val_batches
+    if list(sanity) != list(full):
+        # A part of the validation set is not the accuracy before training: say so, log nothing.
+        if trainer.is_global_zero:
+            print(
+                f"Sanity check on {sum(sanity)} of {sum(full)} validation batches (not logged as the "
+                "accuracy before training; num_sanity_val_steps: -1 measures the whole set).",
+                flush=True,
+            )
+        return {}
     step = module.trainer.global_step
     for logger in module.loggers:
         logger.log_metrics(values, step=step)

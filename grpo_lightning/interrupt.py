@@ -260,6 +260,8 @@ class RunGuard(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         step = int(checkpoint.get("global_step", 0))
+        if trainer.state.fn != "fit":
+            return  # validate / test / predict from a checkpoint: nothing is resumed
         if trainer.max_steps is not None and 0 <= trainer.max_steps <= step:
             raise ValueError(
                 f"The checkpoint is at step {step}, and max_steps={trainer.max_steps} is already reached: "

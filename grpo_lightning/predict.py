@@ -100,12 +100,11 @@ class PredictionWriter(BasePredictionWriter):
             stem, ext = os.path.splitext(path)
             path = f"{stem}.rank{trainer.global_rank}{ext}"
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
             raise FileExistsError(
                 f"{path} exists: predictions never overwrite a file. Move it or give another path."
             )
-        open(path, "w").close()
+        # The file is made with the first records: a predict that fails before writing leaves none.
 
     def write_on_batch_end(
         self,
@@ -118,6 +117,7 @@ class PredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         assert self.path is not None
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "a") as f:
             for record in prediction:
                 f.write(json.dumps(record) + "\n")

@@ -270,3 +270,16 @@ def test_fit_can_push_the_export_to_the_hub(tmp_path, capsys, monkeypatch):
     kind, repo, files = uploads[1]
     assert (kind, repo) == ("upload", "me/tiny") and {"README.md", "config.json", "model.safetensors"} <= set(files)
     assert "https://huggingface.co/me/tiny/commit/1" in capsys.readouterr().out
+
+
+def test_predict_from_a_finished_run_and_ckpt_path_last_refused(tmp_path, capsys):
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    args = cli_args(model_dir, tmp_path / "runs", "--trainer.max_steps=1")
+    main(["fit", *args])
+    checkpoint = re.search(r"best checkpoint\s+(\S+)", capsys.readouterr().out).group(1)
+    # The checkpoint already reached max_steps: fine for predict, which resumes nothing.
+    main(["predict", *args, f"--ckpt_path={checkpoint}"])
+    path = re.search(r"^  predictions\s+(\S+)", capsys.readouterr().out, re.M).group(1)
+    assert os.path.getsize(path) > 0
+    with pytest.raises(ValueError, match="every run gets a new one"):
+        main(["fit", *args, "--ckpt_path=last"])

@@ -7,6 +7,7 @@ import glob
 import os
 
 import pytest
+import torch
 from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from grpo_lightning.cli import main
@@ -22,8 +23,8 @@ def test_quickstart_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
             "fit",
             "--config",
             CONFIG,
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
+            "--trainer.max_steps=5",
+            "--trainer.val_check_interval=5",
             "--trainer.limit_val_batches=1",
             "--trainer.enable_progress_bar=false",
             "--data.batch_size=4",
@@ -37,8 +38,9 @@ def test_quickstart_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
     with open(metrics_file) as f:
         rows = list(csv.DictReader(f))
     val = [float(r["val/accuracy"]) for r in rows if r.get("val/accuracy")]
-    assert len(val) == 2  # before training (sanity check on the full val set) and after step 2
+    assert len(val) == 2  # before training (sanity check on the full val set) and after step 5
     assert all(0.0 <= v <= 1.0 for v in val)
     assert [r for r in rows if r.get("train/kl")], "the KL to the reference must be logged"
-    assert glob.glob("runs/quickstart/version_*/checkpoints/last.ckpt")
+    (last,) = glob.glob("runs/quickstart/version_*/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=False)["global_step"] == 5  # the final step, not the best one
     assert os.path.isfile("runs/quickstart/version_0/hf_model/config.json")

@@ -71,6 +71,7 @@ def test_a_changed_learning_rate_is_applied_and_recorded(tmp_path, first_run, ca
     assert cli.model.optimizers().param_groups[0]["lr"] == pytest.approx(1e-2 * 4 / 8)
     assert cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(1e-2)] * 2
     (config,) = glob.glob(str(tmp_path / "second" / "**" / "config.yaml"), recursive=True)
+    assert Path(config).read_text().startswith(f"# This run resumed from {ckpt} (--ckpt_path).")
     saved = yaml.safe_load(Path(config).read_text())
     assert saved["model"]["learning_rate"] == 1e-2
     # The settings, not the one-time resume: running this file again starts a new run.

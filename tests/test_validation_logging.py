@@ -45,3 +45,10 @@ def test_the_sanity_check_is_logged_at_step_0_then_validation_as_usual(tmp_path,
 def test_no_sanity_check_no_step_0_point(tmp_path):
     rows = val_rows(tmp_path, num_sanity_val_steps=0)
     assert [int(r["step"]) for r in rows] == [2]
+
+
+def test_a_partial_sanity_check_is_not_logged_as_the_starting_accuracy(tmp_path, capsys):
+    # 3 validation prompts in batches of 2: a sanity check of 1 batch sees 2 of them, not the set.
+    rows = val_rows(tmp_path, num_sanity_val_steps=1)
+    assert [int(r["step"]) for r in rows] == [2]
+    assert "Sanity check on 1 of 2 validation batches (not logged" in capsys.readouterr().out

@@ -15,6 +15,7 @@ Pure string functions, no model or tokenizer involved, each linear in the length
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from fractions import Fraction
 
 HASH_MARKER = "####"
@@ -205,14 +206,7 @@ def parse_number(text: str | None) -> Fraction | None:
     """
     if not text:
         return None
-    try:
-        for match in _NUMBER_RE.finditer(text):
-            value = _match_value(match)
-            if value is not None:
-                return value
-    except _TooLong:
-        return None
-    return None
+    return _first_value(_NUMBER_RE.finditer(text))
 
 
 def last_number(text: str) -> Fraction | None:
@@ -220,8 +214,14 @@ def last_number(text: str) -> Fraction | None:
 
     Only the matches from the end back to the first one with a value are converted.
     """
+    return _first_value(reversed(list(_NUMBER_RE.finditer(text))))
+
+
+def _first_value(matches: Iterable[re.Match[str]]) -> Fraction | None:
+    """The value of the first match that has one, converting no further; None when none has, or when
+    that first number is too long to read."""
     try:
-        for match in reversed(list(_NUMBER_RE.finditer(text))):
+        for match in matches:
             value = _match_value(match)
             if value is not None:
                 return value

@@ -105,11 +105,12 @@ def prompt_batch(module: GRPOModule, batch: dict[str, Any]) -> tuple[Tensor, Ten
         ids = batch["input_ids"]
         mask = batch.get("attention_mask", torch.ones_like(ids))
     texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
-    # The DataModule's prompts were checked at setup; this covers batches from anywhere else.
-    longest = int(mask.sum(dim=1).max())
-    check_context_length(
-        longest, module.sampling.max_completion_length, context_length(module.policy), "in this batch"
-    )
+    # The DataModule's prompts were checked at setup; this covers batches from anywhere else. The
+    # padded width bounds the longest prompt without a host-device sync; only a batch that might not
+    # fit pays for counting its real lengths.
+    limit, completion = context_length(module.policy), module.sampling.max_completion_length
+    if limit is not None and ids.shape[1] + completion > limit:
+        check_context_length(int(mask.sum(dim=1).max()), completion, limit, "in this batch")
     return ids, mask, texts
 
 

@@ -147,6 +147,7 @@ class PromptDataModule(LightningDataModule):
         self._raw_val: DatasetDict | None = None
         self._normalized: dict[str, Dataset | None] = {}
         self._splits: dict[str, Dataset | None] = {}
+        self._longest: dict[str, int] = {}
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -204,7 +205,10 @@ class PromptDataModule(LightningDataModule):
 
     def longest_prompt(self) -> int:
         """Tokens of the longest prompt among the splits loaded so far (0 when none is)."""
-        return max((max(map(len, d["input_ids"]), default=0) for d in self._splits.values() if d is not None), default=0)
+        for split, data in self._splits.items():
+            if data is not None and split not in self._longest:  # each split is scanned once
+                self._longest[split] = max(map(len, data["input_ids"]), default=0)
+        return max(self._longest.values(), default=0)
 
     # ------------------------------------------------------------------ data
 

@@ -15,6 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from grpo_lightning.config import RefSync
 from grpo_lightning.models import mix_reference
 
 
@@ -34,12 +35,8 @@ class RefModelSync(Callback):
     """
 
     def __init__(self, alpha: float = 0.6, sync_steps: int = 512) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha={alpha} must be in (0, 1].")
-        if sync_steps < 1:
-            raise ValueError(f"sync_steps={sync_steps} must be >= 1.")
-        self.alpha = alpha
-        self.sync_steps = sync_steps
+        sync = RefSync(ref_model_mixup_alpha=alpha, ref_model_sync_steps=sync_steps)  # checks both
+        self.alpha, self.sync_steps = sync.ref_model_mixup_alpha, sync.ref_model_sync_steps
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

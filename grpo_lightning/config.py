@@ -1,4 +1,5 @@
-"""Start-up checks for GRPOModule settings: every message names the setting to change.
+"""GRPOModule's settings as typed groups, each checked once when built; every message names the
+setting to change.
 
 The rollout layout: each device takes P prompts per training step and samples
 G = ``num_generations`` completions of each, N = P * G rows. Each of the ``num_iterations`` passes
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
-from grpo_lightning._checks import check_choice
-from grpo_lightning.advantages import SCALE_REWARDS
-from grpo_lightning.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
+from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
+from grpo_lightning.losses import LossConfig
+from grpo_lightning.optim import OptimizerConfig
+from grpo_lightning.rollout import SamplingConfig
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,76 +68,138 @@ def _positive(name: str, value: Any, minimum: float = 1) -> None:
         raise ValueError(f"{name}={value!r} must be >= {minimum}.")
 
 
-def validate_settings(h: Mapping[str, Any]) -> None:
-    """Reject unknown names and impossible combinations before any model is loaded.
+def _pick(cls: type[T], h: Mapping[str, Any], **extra: Any) -> T:
+    """``cls`` built from the settings in ``h`` that share its field names (GRPOModule's names)."""
+    return cls(**{f.name: h[f.name] for f in fields(cls) if f.name in h}, **extra)  # type: ignore[call-arg]
 
-    ``h`` holds GRPOModule's arguments by name (its ``hparams``).
-    """
-    # NaN passes every comparison below (``nan < 0`` is False), so non-finite numbers go first.
-    for name, value in h.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name}={value} must be a finite number.")
-    num_generations, max_completion_length = h["num_generations"], h["max_completion_length"]
-    temperature, top_p, top_k, beta = h["temperature"], h["top_p"], h["top_k"], h["beta"]
-    epsilon, epsilon_high, delta = h["epsilon"], h["epsilon_high"], h["delta"]
-    loss_type, scale_rewards = h["loss_type"], h["scale_rewards"]
-    importance_sampling_level = h["importance_sampling_level"]
-    num_iterations, steps_per_rollout = h["num_iterations"], h["steps_per_rollout"]
-    micro_batch_size, top_entropy_quantile = h["micro_batch_size"], h["top_entropy_quantile"]
-    max_grad_norm, lora, sync_ref_model = h["max_grad_norm"], h.get("lora"), h["sync_ref_model"]
-    ref_model_mixup_alpha, ref_model_sync_steps = h["ref_model_mixup_alpha"], h["ref_model_sync_steps"]
-    max_dynamic_sampling_rounds, val_num_samples = h["max_dynamic_sampling_rounds"], h["val_num_samples"]
-    check_choice("loss_type", loss_type, LOSS_TYPES)
-    check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
-    check_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
-    if num_generations < 2:
-        raise ValueError(
-            f"num_generations={num_generations}: GRPO compares completions of the same prompt, so it needs at "
-            "least 2 per prompt (8 is usual)."
-        )
-    _positive("max_completion_length", max_completion_length)
-    _positive("num_iterations", num_iterations)
-    _positive("steps_per_rollout", steps_per_rollout)
-    if micro_batch_size is not None:
-        _positive("micro_batch_size", micro_batch_size)
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(
-            f"temperature={temperature} must be > 0 (sampling needs it; the loss divides by it)."
-        )
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]; 1.0 turns nucleus sampling off.")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k={top_k} must be >= 0; 0 (or None) turns it off.")
-    if beta < 0:
-        raise ValueError(f"beta={beta} must be >= 0 (0 = no KL penalty and no reference model).")
-    if epsilon < 0 or (epsilon_high is not None and epsilon_high < 0):
-        raise ValueError(f"epsilon={epsilon} and epsilon_high={epsilon_high} must be >= 0.")
-    high = epsilon if epsilon_high is None else epsilon_high
-    if delta is not None and delta <= 1 + high:
-        raise ValueError(f"delta={delta} must exceed 1 + epsilon_high = {1 + high} (4 is usual), or be None.")
-    if not 0 < top_entropy_quantile <= 1:
-        raise ValueError(
-            f"top_entropy_quantile={top_entropy_quantile} must be in (0, 1]; 1.0 keeps every token."
-        )
-    if max_grad_norm is not None and max_grad_norm <= 0:
-        raise ValueError(f"max_grad_norm={max_grad_norm} must be > 0, or None for no clipping.")
-    if sync_ref_model:
-        if beta == 0:
+
+@dataclass(frozen=True)
+class Cadence:
+    """How many completions a step samples and how its updates use them."""
+
+    num_generations: int = 8
+    """G, completions sampled per prompt (at least 2)."""
+    num_iterations: int = 1
+    """Passes over each rollout (mu)."""
+    steps_per_rollout: int = 1
+    """Optimizer steps per pass: the rollout is cut into this many mini-batches."""
+    micro_batch_size: int | None = None
+    """Rows per forward/backward; None = the whole mini-batch."""
+    reuse_sampling_logprobs: bool = True
+    """Take pi_old from the sampling pass when the engine reports it, instead of a no-grad pass."""
+    dynamic_sampling: bool = False
+    """Replace groups whose rewards are all equal by groups of fresh prompts."""
+    max_dynamic_sampling_rounds: int = 4
+    """Most extra generation rounds per training step for dynamic sampling."""
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
             raise ValueError(
-                "sync_ref_model=True updates the reference model, which only exists when beta > 0: set beta > 0 "
-                "or sync_ref_model=False."
+                f"num_generations={self.num_generations}: GRPO compares completions of the same prompt, so it "
+                "needs at least 2 per prompt (8 is usual)."
             )
-        if lora is not None:
-            raise ValueError(
-                "sync_ref_model=True cannot be used with lora: the reference of a LoRA policy is its base model "
-                "with the adapter disabled, which is never updated. Drop lora or set sync_ref_model=False."
-            )
-        if not 0 < ref_model_mixup_alpha <= 1:
-            raise ValueError(f"ref_model_mixup_alpha={ref_model_mixup_alpha} must be in (0, 1].")
-        _positive("ref_model_sync_steps", ref_model_sync_steps)
-    if max_dynamic_sampling_rounds < 0:
-        raise ValueError(f"max_dynamic_sampling_rounds={max_dynamic_sampling_rounds} must be >= 0.")
-    _positive("val_num_samples", val_num_samples)
+        _positive("num_iterations", self.num_iterations)
+        _positive("steps_per_rollout", self.steps_per_rollout)
+        if self.micro_batch_size is not None:
+            _positive("micro_batch_size", self.micro_batch_size)
+        if self.max_dynamic_sampling_rounds < 0:
+            raise ValueError(f"max_dynamic_sampling_rounds={self.max_dynamic_sampling_rounds} must be >= 0.")
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps per training step: ``num_iterations * steps_per_rollout``."""
+        return self.num_iterations * self.steps_per_rollout
+
+    @property
+    def policy_moves_before_reuse(self) -> bool:
+        """True when an optimizer step comes before the rollout's last use, so pi_old != pi."""
+        return self.optimizer_steps > 1
+
+    def layout(self, prompts_per_device: int) -> BatchLayout:
+        """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked)."""
+        return batch_layout(prompts_per_device, self.num_generations, self.steps_per_rollout, self.micro_batch_size)
+
+
+@dataclass(frozen=True)
+class RefSync:
+    """TR-DPO: every ``ref_model_sync_steps`` optimizer steps, ``ref <- alpha * policy + (1 - alpha) * ref``."""
+
+    ref_model_mixup_alpha: float = 0.6
+    """alpha, the policy's weight in the mix."""
+    ref_model_sync_steps: int = 512
+    """The period, in optimizer steps."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ref_model_mixup_alpha <= 1:
+            raise ValueError(f"ref_model_mixup_alpha={self.ref_model_mixup_alpha} must be in (0, 1].")
+        _positive("ref_model_sync_steps", self.ref_model_sync_steps)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """GRPOModule's settings, grouped and checked once (built from its flat arguments by :meth:`from_hparams`)."""
+
+    loss: LossConfig
+    """The objective: advantage scaling, clipping, KL weight, aggregation."""
+    cadence: Cadence
+    """Completions per prompt, passes, optimizer steps and micro-batches per rollout."""
+    optimizer: OptimizerConfig
+    """The default optimizer and schedule, gradient clipping."""
+    sampling: SamplingConfig
+    """How completions are sampled."""
+    ref_sync: RefSync | None = None
+    """TR-DPO reference mixing; None = the reference stays the starting weights."""
+    lora: bool = False
+    """A LoRA adapter is trained (its reference is the base model with the adapter off)."""
+    val_num_samples: int = 1
+    """Sampled completions per validation prompt for pass@k."""
+    logprob_chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Token positions per LM-head chunk in the log-prob passes."""
+
+    def __post_init__(self) -> None:
+        if self.ref_sync is not None:
+            if self.loss.beta == 0:
+                raise ValueError(
+                    "sync_ref_model=True updates the reference model, which only exists when beta > 0: set beta > 0 "
+                    "or sync_ref_model=False."
+                )
+            if self.lora:
+                raise ValueError(
+                    "sync_ref_model=True cannot be used with lora: the reference of a LoRA policy is its base model "
+                    "with the adapter disabled, which is never updated. Drop lora or set sync_ref_model=False."
+                )
+        _positive("val_num_samples", self.val_num_samples)
+        _positive("logprob_chunk_size", self.logprob_chunk_size)
+
+    @classmethod
+    def from_hparams(
+        cls, h: Mapping[str, Any], *, lora: bool, optimizer: bool = False, lr_scheduler: bool = False
+    ) -> Settings:
+        """Group GRPOModule's arguments ``h`` (its ``hparams``); ``lora``, ``optimizer`` and ``lr_scheduler``
+        say whether those were given (they may be objects, left out of ``hparams``)."""
+        # NaN passes every comparison (``nan < 0`` is False), so non-finite numbers are refused first.
+        for name, value in h.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be a finite number.")
+        sampling = SamplingConfig(
+            max_completion_length=h["max_completion_length"],
+            temperature=h["temperature"],
+            top_p=h["top_p"],
+            top_k=h["top_k"] or 0,
+            min_p=h["min_p"],
+            repetition_penalty=h["repetition_penalty"],
+            generation_kwargs=dict(h["generation_kwargs"] or {}),
+        )
+        return cls(
+            loss=_pick(LossConfig, h),
+            cadence=_pick(Cadence, h),
+            optimizer=_pick(OptimizerConfig, h, custom_optimizer=optimizer, custom_lr_scheduler=lr_scheduler),
+            sampling=sampling,
+            ref_sync=_pick(RefSync, h) if h["sync_ref_model"] else None,
+            lora=lora,
+            val_num_samples=h["val_num_samples"],
+            logprob_chunk_size=h["logprob_chunk_size"],
+        )
 
 
 def context_length(model: Any) -> int | None:

@@ -29,12 +29,14 @@ the whole mini-batch gives the textbook value:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from grpo_lightning._checks import check_choice
+from grpo_lightning.advantages import SCALE_REWARDS, ScaleRewards
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
@@ -46,6 +48,58 @@ IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = get_args(ImportanceSamplingLevel)
 #: Inside the range nothing changes; outside it the gradient through the clamped term is 0, which
 #: the ratio clip would give anyway.
 MAX_LOG_RATIO = 20.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The GRPO objective: advantage scaling, clipping, KL weight and aggregation (checked once, here)."""
+
+    loss_type: LossType = "dapo"
+    """Aggregation of the per-token loss, see the module docstring."""
+    epsilon: float = 0.2
+    """Lower clip: the ratio is kept >= 1 - epsilon (and <= 1 + epsilon unless ``epsilon_high`` is set)."""
+    epsilon_high: float | None = None
+    """Upper clip (DAPO "clip-higher"); None means ``epsilon``."""
+    delta: float | None = None
+    """Two-sided clipping: the unclipped ratio is capped at ``delta`` (> 1 + epsilon_high); None = off."""
+    beta: float = 0.0
+    """Weight of the k3 KL penalty to the reference; 0 disables it (and the reference model)."""
+    importance_sampling_level: ImportanceSamplingLevel = "token"
+    """``token`` ratios or one ``sequence`` ratio per completion (GSPO)."""
+    max_completion_length: int | None = None
+    """The generation length limit; ``dr_grpo`` divides by it."""
+    top_entropy_quantile: float = 1.0
+    """Keep the policy term only on this fraction of highest-entropy active tokens; 1.0 keeps all."""
+    scale_rewards: ScaleRewards = "group"
+    """Advantage scaling (``compute_advantages``): ``group`` std, ``batch`` std, or ``none``."""
+
+    def __post_init__(self) -> None:
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+        if self.beta < 0:
+            raise ValueError(f"beta={self.beta} must be >= 0 (0 = no KL penalty and no reference model).")
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ValueError(f"epsilon={self.epsilon} and epsilon_high={self.epsilon_high} must be >= 0.")
+        if self.delta is not None and self.delta <= 1.0 + self.clip_high:
+            raise ValueError(
+                f"delta={self.delta} must exceed 1 + epsilon_high = {1.0 + self.clip_high}, or be None: it caps "
+                "large ratios of negative-advantage tokens and must not undercut the clip range (4 is usual)."
+            )
+        if not 0.0 < self.top_entropy_quantile <= 1.0:
+            raise ValueError(
+                f"top_entropy_quantile={self.top_entropy_quantile} must be in (0, 1]; 1.0 keeps every token."
+            )
+        if self.loss_type == "dr_grpo" and (self.max_completion_length is None or self.max_completion_length < 1):
+            raise ValueError(
+                "loss_type='dr_grpo' divides by num_sequences * max_completion_length: pass max_completion_length "
+                f"(the generation length limit, a positive int), got {self.max_completion_length!r}."
+            )
+
+    @property
+    def clip_high(self) -> float:
+        """The upper clip range actually used: ``epsilon_high``, else ``epsilon``."""
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -62,12 +116,13 @@ def importance_ratio(
     ``token``: ``exp(logp - old)`` per token. ``sequence`` (GSPO): the exponential of the mean
     log-ratio over the sequence's active tokens, the same value broadcast over its positions.
     """
-    check_choice("importance_sampling_level", level, IMPORTANCE_SAMPLING_LEVELS)
     log_ratio = logp - old_logp
     if level == "sequence":
         mask = mask.to(log_ratio.dtype)
         seq = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
         log_ratio = seq.expand_as(logp)
+    elif level != "token":
+        check_choice("importance_sampling_level", level, IMPORTANCE_SAMPLING_LEVELS)
     return torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
 
 
@@ -102,10 +157,12 @@ def aggregation_count(mask: Tensor, loss_type: LossType) -> Tensor:
     Active tokens for ``dapo`` and ``bnpo``; sequences (empty ones included) for ``grpo`` and
     ``dr_grpo``. A float scalar tensor on ``mask``'s device.
     """
-    check_choice("loss_type", loss_type, LOSS_TYPES)
     if loss_type in ("dapo", "bnpo"):
         return mask.sum().to(torch.float32)
-    return torch.tensor(float(mask.shape[0]), device=mask.device)
+    if loss_type in ("grpo", "dr_grpo"):
+        return torch.tensor(float(mask.shape[0]), device=mask.device)
+    check_choice("loss_type", loss_type, LOSS_TYPES)  # raises: no other name gets here
+    raise AssertionError
 
 
 def _aggregate(
@@ -144,59 +201,15 @@ def _check_shapes(logp: Tensor, advantages: Tensor, **tensors: Tensor | None) ->
         )
 
 
-def _check_settings(
-    *,
-    loss_type: str,
-    epsilon: float,
-    epsilon_high: float,
-    delta: float | None,
-    beta: float,
-    max_completion_length: int | None,
-    top_entropy_quantile: float,
-    has_ref: bool,
-    has_entropy: bool,
-) -> None:
-    check_choice("loss_type", loss_type, LOSS_TYPES)
-    if epsilon < 0 or epsilon_high < 0:
-        raise ValueError(f"epsilon ({epsilon}) and epsilon_high ({epsilon_high}) must be >= 0.")
-    if delta is not None and delta <= 1.0 + epsilon_high:
-        raise ValueError(
-            f"delta={delta} must exceed 1 + epsilon_high = {1.0 + epsilon_high}: it caps large ratios of "
-            "negative-advantage tokens and must not undercut the clip range (the INTELLECT-2 value is 4)."
-        )
-    if beta < 0:
-        raise ValueError(f"beta={beta} must be >= 0 (it weights the KL penalty).")
-    if beta > 0 and not has_ref:
-        raise ValueError("beta > 0 needs ref_logp (reference log-probs); pass them or set beta=0.")
-    if loss_type == "dr_grpo" and (max_completion_length is None or max_completion_length < 1):
-        raise ValueError(
-            "loss_type='dr_grpo' divides by num_sequences * max_completion_length: pass max_completion_length "
-            f"(the generation length limit, a positive int), got {max_completion_length!r}."
-        )
-    if not 0.0 < top_entropy_quantile <= 1.0:
-        raise ValueError(
-            f"top_entropy_quantile={top_entropy_quantile} must be in (0, 1]; 1.0 keeps every token."
-        )
-    if top_entropy_quantile < 1.0 and not has_entropy:
-        raise ValueError("top_entropy_quantile < 1 needs the per-token entropy [B, T]; pass entropy=.")
-
-
 def grpo_loss(
     logp: Tensor,
     old_logp: Tensor | None,
     ref_logp: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
+    config: LossConfig = LossConfig(),
     *,
-    loss_type: LossType = "dapo",
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    delta: float | None = None,
-    beta: float = 0.0,
-    importance_sampling_level: ImportanceSamplingLevel = "token",
-    max_completion_length: int | None = None,
     normalizer: Tensor | float | None = None,
-    top_entropy_quantile: float = 1.0,
     entropy: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss of one (micro-)batch and its detached metrics.
@@ -204,20 +217,13 @@ def grpo_loss(
     Args:
         logp: [B, T] log-probs of the completion tokens under the policy (carries the gradient).
         old_logp: [B, T] under the sampling policy; None means on-policy (``logp.detach()``).
-        ref_logp: [B, T] under the reference; needed only when ``beta > 0``.
+        ref_logp: [B, T] under the reference; needed only when ``config.beta > 0``.
         advantages: [B] one advantage per completion.
         mask: [B, T] 1 on completion tokens that count, 0 on padding and after EOS.
-        loss_type: aggregation, see the module docstring.
-        epsilon: lower clip, the ratio is kept >= 1 - epsilon.
-        epsilon_high: upper clip (DAPO "clip-higher"); None means ``epsilon``.
-        delta: two-sided clipping: the unclipped ratio is capped at ``delta`` (> 1 + epsilon_high).
-        beta: weight of the k3 KL penalty to the reference; 0 disables it.
-        importance_sampling_level: ``token`` ratios or one ``sequence`` ratio (GSPO).
-        max_completion_length: the generation length limit; required by ``dr_grpo``.
+        config: the objective's settings (aggregation, clip ranges, KL weight, ...), checked when built.
         normalizer: the mini-batch total of :func:`aggregation_count`; None = this call's count.
-        top_entropy_quantile: keep the policy term only on this fraction of highest-entropy active
-            tokens (threshold local to this call, see :func:`high_entropy_mask`); 1.0 keeps all.
-        entropy: [B, T] per-token entropy; required when ``top_entropy_quantile < 1``.
+        entropy: [B, T] per-token entropy; required when ``config.top_entropy_quantile < 1`` (the
+            threshold is local to this call, see :func:`high_entropy_mask`).
 
     Returns:
         ``(loss, metrics)``: a scalar, and detached means over this call's active tokens:
@@ -225,19 +231,12 @@ def grpo_loss(
         ``clip_ratio/high_mean`` (ratio > 1 + epsilon_high and A > 0), ``clip_ratio/region_mean``
         (either), and ``kl`` when ``beta > 0``.
     """
-    check_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    _check_settings(
-        loss_type=loss_type,
-        epsilon=epsilon,
-        epsilon_high=epsilon_high,
-        delta=delta,
-        beta=beta,
-        max_completion_length=max_completion_length,
-        top_entropy_quantile=top_entropy_quantile,
-        has_ref=ref_logp is not None,
-        has_entropy=entropy is not None,
-    )
+    epsilon, epsilon_high, delta, beta = config.epsilon, config.clip_high, config.delta, config.beta
+    top_entropy_quantile = config.top_entropy_quantile
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp (reference log-probs); pass them or set beta=0.")
+    if top_entropy_quantile < 1.0 and entropy is None:
+        raise ValueError("top_entropy_quantile < 1 needs the per-token entropy [B, T]; pass entropy=.")
     _check_shapes(logp, advantages, old_logp=old_logp, ref_logp=ref_logp, mask=mask, entropy=entropy)
 
     old_logp = logp.detach() if old_logp is None else old_logp
@@ -251,7 +250,7 @@ def grpo_loss(
     mask = active.to(logp.dtype)
     adv = advantages.to(logp.dtype).unsqueeze(-1)  # [B, 1], broadcast over tokens
 
-    ratio = importance_ratio(logp, old_logp, mask, importance_sampling_level)
+    ratio = importance_ratio(logp, old_logp, mask, config.importance_sampling_level)
     clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
     unclipped = ratio if delta is None else ratio.clamp(max=delta)
     per_token = -torch.min(unclipped * adv, clipped * adv)
@@ -267,7 +266,7 @@ def grpo_loss(
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask)
 
-    loss = _aggregate(per_token, mask, loss_type, max_completion_length, normalizer)
+    loss = _aggregate(per_token, mask, config.loss_type, config.max_completion_length, normalizer)
 
     with torch.no_grad():
         low = (ratio < 1.0 - epsilon) & (adv < 0)

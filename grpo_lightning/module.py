@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,13 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
-from grpo_lightning.config import (
-    BatchLayout,
-    batch_layout,
-    check_context_length,
-    context_length,
-    validate_settings,
-)
+from grpo_lightning.config import BatchLayout, Settings, check_context_length, context_length
 from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
@@ -55,9 +48,10 @@ from grpo_lightning.models import (
     save_pretrained,
     shard_fsdp2,
 )
+from grpo_lightning.optim import configure_optimizers
 from grpo_lightning.predict import predict_records
 from grpo_lightning.reward_scorer import RewardErrors, RewardFunc, RewardScorer
-from grpo_lightning.rollout import RolloutEngine, SamplingConfig
+from grpo_lightning.rollout import RolloutEngine
 from grpo_lightning.training import TrainingStep
 
 quiet_known_noise()
@@ -220,7 +214,8 @@ class GRPOModule(LightningModule):
         ignore += [] if _plain(accuracy_reward) else ["accuracy_reward"]
         ignore += [] if lora is None or isinstance(lora, dict) else ["lora"]
         self.save_hyperparameters(ignore=ignore)
-        validate_settings({**self.hparams, "lora": lora})
+        given = {"lora": lora is not None, "optimizer": optimizer is not None, "lr_scheduler": lr_scheduler is not None}
+        self.settings = Settings.from_hparams(self.hparams, **given)  # checks every setting once
         self.automatic_optimization = False
 
         self.scorer = RewardScorer(funcs, reward_weights, reward_workers, reward_timeout, reward_errors)
@@ -240,15 +235,7 @@ class GRPOModule(LightningModule):
         self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.ref_model: nn.Module | None = None
         self._configured = False
-        self.sampling = SamplingConfig(
-            max_completion_length=max_completion_length,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k or 0,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            generation_kwargs=dict(generation_kwargs or {}),
-        )
+        self.sampling = self.settings.sampling
         self.greedy = replace(self.sampling, do_sample=False)
         self.rollout_engine: RolloutEngine = resolve_engine(rollout_engine, self.sampling)
         self.optimizer_factory = optimizer
@@ -360,30 +347,9 @@ class GRPOModule(LightningModule):
         in the optimizer."""
         self.configure_model()
         assert self.policy is not None
-        trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        if not trainable:
-            raise ValueError("The policy has no trainable parameter (all frozen?): nothing to optimize.")
-        if self.optimizer_factory is not None:
-            optimizer = self.optimizer_factory(trainable)
-        else:
-            decay = self.hparams.weight_decay
-            groups = [
-                # Named, so a weight decay changed on resume reaches the decayed group only.
-                {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": decay, "name": "decay"},
-                {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
-            ]
-            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.learning_rate)
-        if self.lr_scheduler_factory is not None:
-            scheduler = self.lr_scheduler_factory(optimizer)
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                raise ValueError(
-                    "lr_scheduler: ReduceLROnPlateau is not supported, the scheduler is stepped once per "
-                    "optimizer step. Choose a step-based scheduler."
-                )
-        else:
-            warmup = max(int(self.hparams.warmup_steps), 0)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup(step, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(
+            self.policy, self.settings.optimizer, self.optimizer_factory, self.lr_scheduler_factory
+        )
 
     def configure_callbacks(self) -> list[Any]:
         """Callbacks that the settings ask for (reference sync, completion logging), Lightning's default
@@ -397,8 +363,8 @@ class GRPOModule(LightningModule):
         quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
         bar = step_progress_bar(self.trainer.progress_bar_callback)
         callbacks: list[Any] = [bar] if bar is not None else []
-        if h.sync_ref_model:
-            callbacks.append(RefModelSync(h.ref_model_mixup_alpha, h.ref_model_sync_steps))
+        if (sync := self.settings.ref_sync) is not None:
+            callbacks.append(RefModelSync(sync.ref_model_mixup_alpha, sync.ref_model_sync_steps))
         if h.log_completions_every_n_steps > 0:
             callbacks.append(CompletionLogger(h.log_completions_every_n_steps, h.num_completions_to_log))
         # Checkpoint on SIGTERM/SIGINT/errors, atomic writes, resume checks; one given to the Trainer wins.
@@ -440,8 +406,7 @@ class GRPOModule(LightningModule):
 
     def layout(self, prompts_per_device: int) -> BatchLayout:
         """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked)."""
-        h = self.hparams
-        return batch_layout(prompts_per_device, h.num_generations, h.steps_per_rollout, h.micro_batch_size)
+        return self.settings.cadence.layout(prompts_per_device)
 
     def base_seed(self) -> int:
         """``seed`` if given, else the ``seed_everything`` seed (0 when none was set)."""
@@ -479,8 +444,3 @@ class GRPOModule(LightningModule):
 
 def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _warmup(step: int, warmup: int) -> float:
-    """Linear warmup factor: (step + 1) / warmup for the first ``warmup`` optimizer steps, then 1."""
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0

@@ -7,6 +7,7 @@ implements the same one-method protocol and returns the same :class:`Rollout`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ class SamplingConfig:
     """False = greedy decoding (validation)."""
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
     """Any other ``GenerationConfig`` field; these win over the fields above."""
+
+    def __post_init__(self) -> None:
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length={self.max_completion_length!r} must be >= 1.")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature={self.temperature} must be > 0 (sampling needs it; the loss divides by it).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]; 1.0 turns nucleus sampling off.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0; 0 (or None) turns it off.")
 
     def generation_config(self, eos_token_ids: Sequence[int], pad_token_id: int) -> GenerationConfig:
         """A complete ``GenerationConfig``: the model's own sampling defaults are deliberately not inherited."""

@@ -16,11 +16,21 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.advantages import compute_advantages, group_stats
-from grpo_lightning.losses import aggregation_count, grpo_loss
+from grpo_lightning.losses import grpo_loss
 from grpo_lightning.models import reference_context
 from grpo_lightning.rollout import rollout_seed
 from grpo_lightning.scoring import ScoredRollout, concat_scored, sample_and_score
-from grpo_lightning.update import StepMetrics, UpdateBatch, full_logprobs, micro_logprobs
+from grpo_lightning.update import (
+    GradientScales,
+    Plan,
+    StepMetrics,
+    UpdateBatch,
+    full_logprobs,
+    gradient_scales,
+    micro_logprobs,
+    minibatch_plan,
+    normalizer_counts,
+)
 from grpo_lightning.zero_signal import has_signal, skip_update
 
 if TYPE_CHECKING:
@@ -165,44 +175,41 @@ class TrainingStep:
 
     def update(self, scored: ScoredRollout, advantages: Tensor, step: int) -> dict[str, Tensor]:
         """``num_iterations`` passes of ``steps_per_rollout`` optimizer steps over the rollout."""
-        m, h = self.module, self.module.hparams
+        m, cadence, loss_type = self.module, self.module.settings.cadence, self.module.settings.loss.loss_type
         rollout = scored.rollout
-        layout = m.layout(len(rollout) // h.num_generations)
+        layout = m.layout(len(rollout) // cadence.num_generations)
         batch = UpdateBatch(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, advantages)
-        opts = {"temperature": h.temperature, "chunk_size": h.logprob_chunk_size}
-        # pi_old is only needed when the policy moves before the rollout is used again; the sampling
-        # pass already computed it when the engine reports its log-probs (one forward pass saved).
-        if h.num_iterations > 1 or h.steps_per_rollout > 1:
-            if h.reuse_sampling_logprobs and rollout.sampling_logp is not None:
+        self._old_and_ref_logprobs(batch, scored, layout.micro_batch_size)
+        # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
+        seed = rollout_seed(m.base_seed(), m.global_rank, step, 7)
+        plan = minibatch_plan(layout, cadence.num_iterations, seed, rollout.completion_ids.device)
+        # Each step's loss normaliser counts its whole mini-batch on every rank: one all-reduce for all.
+        counts = m.trainer.strategy.reduce(normalizer_counts(batch.completion_mask, plan, loss_type), reduce_op="sum")
+        scales = gradient_scales(loss_type, layout.micro_batches_per_step, m.trainer.world_size)
+        return self._optimizer_steps(batch, plan, counts, scales)
+
+    def _old_and_ref_logprobs(self, batch: UpdateBatch, scored: ScoredRollout, micro_batch_size: int) -> None:
+        """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and
+        ``batch.ref_logp`` (only when beta > 0) with no-grad passes."""
+        m, s = self.module, self.module.settings
+        rollout = scored.rollout
+        opts = {"temperature": s.sampling.temperature, "chunk_size": s.logprob_chunk_size}
+        # The sampling pass already computed pi_old when the engine reports its log-probs (one forward saved).
+        if s.cadence.policy_moves_before_reuse:
+            if s.cadence.reuse_sampling_logprobs and rollout.sampling_logp is not None:
                 batch.old_logp = rollout.sampling_logp.float()
             else:
-                batch.old_logp = full_logprobs(m.policy, batch, layout.micro_batch_size, **opts)
-        if h.beta > 0:
+                batch.old_logp = full_logprobs(m.policy, batch, micro_batch_size, **opts)
+        if s.loss.beta > 0:
             with reference_context(m.policy, m.ref_model) as ref:
-                batch.ref_logp = full_logprobs(ref, batch, layout.micro_batch_size, **opts)
+                batch.ref_logp = full_logprobs(ref, batch, micro_batch_size, **opts)
 
-        # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
-        gen = torch.Generator().manual_seed(rollout_seed(m.base_seed(), m.global_rank, step, 7))
-        device = rollout.completion_ids.device
-        plan: list[list[Tensor]] = []
-        for _ in range(h.num_iterations):
-            order = torch.randperm(layout.num_rows, generator=gen) if h.steps_per_rollout > 1 else None
-            order = (order if order is not None else torch.arange(layout.num_rows)).to(device)
-            for mini in order.split(layout.mini_batch_size):
-                plan.append(list(mini.split(layout.micro_batch_size)))
-        # Each step's loss normaliser counts its whole mini-batch on every rank: one all-reduce for all.
-        counts = torch.stack(
-            [sum(aggregation_count(batch.completion_mask[r], h.loss_type) for r in micro) for micro in plan]
-        )
-        counts = m.trainer.strategy.reduce(counts, reduce_op="sum")
-        world = m.trainer.world_size
-        # DDP/FSDP average gradients over ranks; the normaliser is already global, so undo the mean.
-        # bnpo is a local mean per micro-batch by definition: average the micro-batches instead.
-        scale = 1.0 / layout.micro_batches_per_step if h.loss_type == "bnpo" else float(world)
-        # Each micro-batch's share of the logged loss, so that the sum over micro-batches and ranks
-        # is the mini-batch loss (for bnpo: the mean of the ranks' micro-batch means).
-        share = 1.0 / (layout.micro_batches_per_step * world) if h.loss_type == "bnpo" else 1.0
-
+    def _optimizer_steps(
+        self, batch: UpdateBatch, plan: Plan, counts: Tensor, scales: GradientScales
+    ) -> dict[str, Tensor]:
+        """One optimizer step per entry of ``plan``: accumulate its micro-batches' gradients (synced
+        on the last one only), clip, step the optimizer and the scheduler."""
+        m, max_grad_norm = self.module, self.module.settings.optimizer.max_grad_norm
         opt, sched = m.optimizers(), m.lr_schedulers()
         params = [p for group in opt.param_groups for p in group["params"]]
         metrics = StepMetrics()
@@ -212,11 +219,11 @@ class TrainingStep:
                 sync = j == len(micro_batches) - 1
                 with nullcontext() if sync else _no_grad_sync(m):
                     loss, parts, entropy, mask = self._micro_loss(batch, rows, normalizer)
-                    m.manual_backward(loss * scale)
-                metrics.add(loss * share, parts, entropy, mask)
+                    m.manual_backward(loss * scales.backward)
+                metrics.add(loss * scales.logged, parts, entropy, mask)
             norms.append(_grad_norm(params))
-            if h.max_grad_norm is not None:
-                m.clip_gradients(opt, gradient_clip_val=h.max_grad_norm, gradient_clip_algorithm="norm")
+            if max_grad_norm is not None:
+                m.clip_gradients(opt, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
             lrs.append(opt.param_groups[0]["lr"])
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -227,35 +234,21 @@ class TrainingStep:
     def _micro_loss(
         self, batch: UpdateBatch, rows: Tensor, normalizer: Tensor
     ) -> tuple[Tensor, dict[str, Tensor], Tensor | None, Tensor]:
-        m, h = self.module, self.module.hparams
+        m, s = self.module, self.module.settings
         # Entropy always: train/entropy is logged every step, and top_entropy_quantile needs it.
         logp, entropy, keep = micro_logprobs(
             m.policy,
             batch,
             rows,
-            temperature=h.temperature,
-            chunk_size=h.logprob_chunk_size,
+            temperature=s.sampling.temperature,
+            chunk_size=s.logprob_chunk_size,
             with_entropy=True,
         )
         mask = batch.completion_mask[rows][:, :keep]
         old = batch.old_logp[rows][:, :keep] if batch.old_logp is not None else None
         ref = batch.ref_logp[rows][:, :keep] if batch.ref_logp is not None else None
         loss, parts = grpo_loss(
-            logp,
-            old,
-            ref,
-            batch.advantages[rows],
-            mask,
-            loss_type=h.loss_type,
-            epsilon=h.epsilon,
-            epsilon_high=h.epsilon_high,
-            delta=h.delta,
-            beta=h.beta,
-            importance_sampling_level=h.importance_sampling_level,
-            max_completion_length=h.max_completion_length,
-            normalizer=normalizer,
-            top_entropy_quantile=h.top_entropy_quantile,
-            entropy=entropy,
+            logp, old, ref, batch.advantages[rows], mask, s.loss, normalizer=normalizer, entropy=entropy
         )
         return loss, parts, entropy, mask
 

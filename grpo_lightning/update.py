@@ -1,5 +1,6 @@
 """The pieces of the update loop that need no Lightning: cutting a rollout into micro-batches,
-no-grad log-prob passes, and the per-step metric sums.
+no-grad log-prob passes, the plan of optimizer steps, the loss normaliser counts, the gradient
+scale rules, and the per-step metric sums.
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from grpo_lightning.config import BatchLayout
 from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
+from grpo_lightning.losses import LossType, aggregation_count
+
+#: ``plan[step][micro]``: the rows (1-D int64 indices) of each micro-batch of each optimizer step.
+Plan = list[list[Tensor]]
 
 
 @dataclass
@@ -91,6 +97,64 @@ def full_logprobs(
         )
         out[rows, :keep] = logp
     return out
+
+
+def minibatch_plan(layout: BatchLayout, num_iterations: int, seed: int, device: torch.device | str = "cpu") -> Plan:
+    """The rows of every optimizer step of one rollout, cut into micro-batches.
+
+    ``num_iterations`` passes over the ``N = layout.num_rows`` rows; each pass is cut into
+    mini-batches of ``layout.mini_batch_size`` rows (one optimizer step each), each mini-batch into
+    micro-batches of ``layout.micro_batch_size`` rows. With more than one mini-batch per pass, every
+    pass takes its own permutation of the rows from a generator seeded with ``seed`` (the same seed
+    gives the same plan, so a resumed run is exact); with one, the rows stay in order.
+
+    Returns ``plan[step][micro]``: 1-D int64 row indices on ``device``;
+    ``len(plan) == num_iterations * N / mini_batch_size``.
+    """
+    n = layout.num_rows
+    shuffle = layout.mini_batch_size < n
+    gen = torch.Generator().manual_seed(seed)
+    plan: Plan = []
+    for _ in range(num_iterations):
+        order = (torch.randperm(n, generator=gen) if shuffle else torch.arange(n)).to(device)
+        plan.extend(list(mini.split(layout.micro_batch_size)) for mini in order.split(layout.mini_batch_size))
+    return plan
+
+
+def normalizer_counts(completion_mask: Tensor, plan: Plan, loss_type: LossType) -> Tensor:
+    """This rank's count of the loss normaliser's unit (:func:`aggregation_count`) in each optimizer
+    step's mini-batch: ``[len(plan)]`` float32. Summed over ranks, entry s is the ``normalizer`` of
+    every micro-batch of step s. ``completion_mask: [N, T]``.
+    """
+    return torch.stack(
+        [sum(aggregation_count(completion_mask[rows], loss_type) for rows in step) for step in plan]
+    )
+
+
+@dataclass(frozen=True)
+class GradientScales:
+    """Factors of one micro-batch's loss: ``backward`` multiplies the loss that is backpropagated,
+    ``logged`` its share of the logged step loss."""
+
+    backward: float
+    logged: float
+
+
+def gradient_scales(loss_type: LossType, micro_batches_per_step: int, world_size: int) -> GradientScales:
+    """How a micro-batch's loss enters the gradient and the logged loss, given that DDP/FSDP average
+    gradients over the ``world_size`` ranks.
+
+    With a global normaliser (every loss type but ``bnpo``) each micro-batch's loss is already its
+    share of the global mini-batch loss, so the ranks' gradients must be summed: the backward scale
+    ``world_size`` undoes the strategy's mean, and the logged shares (summed over micro-batches and
+    ranks) add up to the mini-batch loss. ``bnpo`` is a local token mean per micro-batch by
+    definition: the mini-batch loss is the mean of the ``k = micro_batches_per_step`` micro-batch
+    losses on each rank and of the ranks' values, so the backward scale is ``1 / k`` (the strategy
+    averages over ranks) and the logged share ``1 / (k * world_size)``.
+    """
+    if loss_type == "bnpo":
+        return GradientScales(backward=1.0 / micro_batches_per_step, logged=1.0 / (micro_batches_per_step * world_size))
+    return GradientScales(backward=float(world_size), logged=1.0)
 
 
 def pad_to(x: Tensor, width: int) -> Tensor:

@@ -159,6 +159,8 @@ def make_module(tokenizer=None, model=None, **overrides: Any) -> GRPOModule:
         "warmup_steps": 0,
         "seed": 0,
     }
+    if overrides.get("optimizer") is not None:
+        del settings["learning_rate"]  # the optimizer callable carries its own (the module refuses both)
     settings.update(overrides)
     return GRPOModule(model if model is not None else tiny_model(tokenizer), tokenizer=tokenizer, **settings)
 

@@ -16,6 +16,7 @@ from grpo_lightning.losses import (
     IMPORTANCE_SAMPLING_LEVELS,
     LOSS_TYPES,
     MAX_LOG_RATIO,
+    LossConfig,
     aggregation_count,
     grpo_loss,
     importance_ratio,
@@ -32,7 +33,7 @@ def t(values: list) -> torch.Tensor:
 def test_guide_worked_example() -> None:
     logp = t([[-2.1, -1.8, -0.5, -1.2]])
     old = t([[-2.3, -1.9, -0.6, -1.4]])
-    loss, metrics = grpo_loss(logp, old, None, t([0.6]), torch.ones(1, 4), loss_type="dapo", epsilon=0.2)
+    loss, metrics = grpo_loss(logp, old, None, t([0.6]), torch.ones(1, 4), LossConfig(loss_type="dapo", epsilon=0.2))
     # ratios exp(logp - old) = e^0.2, e^0.1, e^0.1, e^0.2 = 1.2214, 1.10517, 1.10517, 1.2214.
     # A = 0.6 > 0, so min(rho * A, clip(rho, 0.8, 1.2) * A) = clip(rho) * A: e^0.2 is clipped to 1.2.
     # dapo over 4 active tokens: (1.2 + 1.10517 + 1.10517 + 1.2) * 0.6 / 4 = 0.69155; the loss is its negative.
@@ -62,7 +63,7 @@ AGG_ADV = t([1.0, -0.5])
     ],
 )
 def test_each_loss_type_hand_computed(loss_type: str, expected: float) -> None:
-    loss, _ = grpo_loss(AGG_LOGP, None, None, AGG_ADV, AGG_MASK, loss_type=loss_type, max_completion_length=4)
+    loss, _ = grpo_loss(AGG_LOGP, None, None, AGG_ADV, AGG_MASK, LossConfig(loss_type, max_completion_length=4))
     assert_close(loss, torch.tensor(expected, dtype=F64))
 
 
@@ -77,8 +78,7 @@ def test_normalizer_semantics() -> None:
             None,
             AGG_ADV,
             AGG_MASK,
-            loss_type=loss_type,
-            max_completion_length=4,
+            LossConfig(loss_type, max_completion_length=4),
             normalizer=normalizer,
         )
         assert_close(loss, torch.tensor(expected, dtype=F64))
@@ -99,7 +99,7 @@ def test_clipping_low_high_and_delta_values_and_gradients() -> None:
     old = torch.zeros(4, 1, dtype=F64)
     adv = t([-1.0, 1.0, -1.0, 1.0])
     mask = torch.ones(4, 1)
-    loss, metrics = grpo_loss(logp, old, None, adv, mask, epsilon=0.2)
+    loss, metrics = grpo_loss(logp, old, None, adv, mask, LossConfig(epsilon=0.2))
     assert_close(loss, torch.tensor(0.035888, dtype=F64), atol=1e-6, rtol=0)
     (grad,) = torch.autograd.grad(loss, logp)
     assert_close(grad[:, 0], t([0.0, 0.0, 0.41218, -0.27629]), atol=1e-5, rtol=0)
@@ -109,7 +109,7 @@ def test_clipping_low_high_and_delta_values_and_gradients() -> None:
 
     # delta = 1.5 caps token 2's unclipped ratio: min(-1.5, -1.2) = -1.5 -> term 1.5, and no gradient.
     # dapo: (0.8 - 1.2 + 1.5 - 1.10517) / 4 = -0.00517 / 4 = -0.0012927
-    loss, _ = grpo_loss(logp, old, None, adv, mask, epsilon=0.2, delta=1.5)
+    loss, _ = grpo_loss(logp, old, None, adv, mask, LossConfig(epsilon=0.2, delta=1.5))
     assert_close(loss, torch.tensor(-0.0012927, dtype=F64), atol=1e-6, rtol=0)
     (grad,) = torch.autograd.grad(loss, logp)
     assert_close(grad[:, 0], t([0.0, 0.0, 0.0, -0.27629]), atol=1e-5, rtol=0)
@@ -119,9 +119,9 @@ def test_epsilon_high_separates_the_upper_clip() -> None:
     # A=+1, rho=e^0.25=1.28403: above 1 + 0.28, so epsilon_high=0.28 clips it to 1.28; below 1 + 0.3, so
     # epsilon_high=0.3 leaves it at 1.28403. With A > 0 the lower clip (epsilon=0.2) plays no part.
     logp, old, adv, mask = t([[0.25]]), t([[0.0]]), t([1.0]), torch.ones(1, 1)
-    loss, _ = grpo_loss(logp, old, None, adv, mask, epsilon=0.2, epsilon_high=0.28)
+    loss, _ = grpo_loss(logp, old, None, adv, mask, LossConfig(epsilon=0.2, epsilon_high=0.28))
     assert_close(loss, torch.tensor(-1.28, dtype=F64))
-    loss, _ = grpo_loss(logp, old, None, adv, mask, epsilon=0.2, epsilon_high=0.3)
+    loss, _ = grpo_loss(logp, old, None, adv, mask, LossConfig(epsilon=0.2, epsilon_high=0.3))
     assert_close(loss, torch.tensor(-math.exp(0.25), dtype=F64))
 
 
@@ -131,11 +131,11 @@ def test_sequence_level_ratio() -> None:
     logp = t([[0.3, -0.1, 4.0]])
     old = torch.zeros(1, 3, dtype=F64)
     mask = t([[1, 1, 0]])
-    loss, metrics = grpo_loss(logp, old, None, t([1.0]), mask, importance_sampling_level="sequence")
+    loss, metrics = grpo_loss(logp, old, None, t([1.0]), mask, LossConfig(importance_sampling_level="sequence"))
     assert_close(loss, torch.tensor(-1.10517, dtype=F64), atol=1e-5, rtol=0)
     assert_close(metrics["ratio_mean"], torch.tensor(math.exp(0.1), dtype=F64))
     # Token level instead: e^0.3 = 1.34986 clipped to 1.2, e^-0.1 = 0.90484 -> (-1.2 - 0.90484) / 2 = -1.05242.
-    loss, _ = grpo_loss(logp, old, None, t([1.0]), mask, importance_sampling_level="token")
+    loss, _ = grpo_loss(logp, old, None, t([1.0]), mask, LossConfig(importance_sampling_level="token"))
     assert_close(loss, torch.tensor(-1.05242, dtype=F64), atol=1e-5, rtol=0)
 
 
@@ -145,7 +145,7 @@ def test_kl_penalty() -> None:
     # ref - logp = -1.5 - (-1.0) = -0.5: e^-0.5 - (-0.5) - 1 = 0.60653 + 0.5 - 1 = 0.10653.
     assert_close(k3_kl(t([[-1.0]]), t([[-1.5]])), t([[0.106531]]), atol=1e-6, rtol=0)
     # With A = 0 only the penalty is left: beta * kl = 0.1 * 0.106531 = 0.0106531 (dapo over one token).
-    loss, metrics = grpo_loss(t([[-1.0]]), None, t([[-1.5]]), t([0.0]), torch.ones(1, 1), beta=0.1)
+    loss, metrics = grpo_loss(t([[-1.0]]), None, t([[-1.5]]), t([0.0]), torch.ones(1, 1), LossConfig(beta=0.1))
     assert_close(loss, torch.tensor(0.0106531, dtype=F64), atol=1e-7, rtol=0)
     assert_close(metrics["kl"], torch.tensor(0.106531, dtype=F64), atol=1e-6, rtol=0)
     _, metrics = grpo_loss(logp, None, None, t([1.0]), torch.ones(1, 2))
@@ -163,7 +163,7 @@ def test_top_entropy_quantile_keeps_the_high_entropy_tokens() -> None:
         None,
         t([1.0]),
         torch.ones(1, 4),
-        top_entropy_quantile=0.5,
+        LossConfig(top_entropy_quantile=0.5),
         entropy=entropy,
     )
     assert_close(loss, torch.tensor(-0.5, dtype=F64))
@@ -183,11 +183,13 @@ def test_empty_completions_and_junk_padding_give_finite_loss_and_gradient() -> N
                 ref,
                 t([1.0, -1.0]),
                 mask,
-                loss_type=loss_type,
-                importance_sampling_level=level,
-                beta=0.04,
-                max_completion_length=2,
-                top_entropy_quantile=0.5,
+                LossConfig(
+                    loss_type,
+                    importance_sampling_level=level,
+                    beta=0.04,
+                    max_completion_length=2,
+                    top_entropy_quantile=0.5,
+                ),
                 entropy=entropy,
             )
             (grad,) = torch.autograd.grad(loss, logp)
@@ -197,25 +199,35 @@ def test_empty_completions_and_junk_padding_give_finite_loss_and_gradient() -> N
     all_empty = torch.zeros(2, 2)
     for loss_type in LOSS_TYPES:
         loss, metrics = grpo_loss(
-            logp, old, ref, t([1.0, -1.0]), all_empty, loss_type=loss_type, beta=0.04, max_completion_length=2
+            logp, old, ref, t([1.0, -1.0]), all_empty, LossConfig(loss_type, beta=0.04, max_completion_length=2)
         )
         assert loss.item() == 0.0 and all(v.item() == 0.0 for v in metrics.values())
 
 
 def test_bad_settings_fail_with_a_clear_message() -> None:
     logp, mask, adv = torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2)
+    # Settings are checked once, when the config is built, not on every call.
     with pytest.raises(ValueError, match=r"loss_type='ppo'.*'grpo', 'bnpo', 'dr_grpo', 'dapo'"):
-        grpo_loss(logp, None, None, adv, mask, loss_type="ppo")
+        LossConfig(loss_type="ppo")
     with pytest.raises(ValueError, match=r"importance_sampling_level='seq'.*'token', 'sequence'"):
-        grpo_loss(logp, None, None, adv, mask, importance_sampling_level="seq")
+        LossConfig(importance_sampling_level="seq")
     with pytest.raises(ValueError, match="max_completion_length"):
-        grpo_loss(logp, None, None, adv, mask, loss_type="dr_grpo")
-    with pytest.raises(ValueError, match="ref_logp"):
-        grpo_loss(logp, None, None, adv, mask, beta=0.1)
-    with pytest.raises(ValueError, match="entropy"):
-        grpo_loss(logp, None, None, adv, mask, top_entropy_quantile=0.2)
+        LossConfig(loss_type="dr_grpo")
     with pytest.raises(ValueError, match="delta"):
-        grpo_loss(logp, None, None, adv, mask, delta=1.1)
+        LossConfig(delta=1.1)
+    with pytest.raises(ValueError, match=r"scale_rewards='global'"):
+        LossConfig(scale_rewards="global")
+    with pytest.raises(ValueError, match=r"epsilon=-0.1 and epsilon_high=None must be >= 0"):
+        LossConfig(epsilon=-0.1)
+    with pytest.raises(ValueError, match=r"beta=-1.0 must be >= 0"):
+        LossConfig(beta=-1.0)
+    with pytest.raises(ValueError, match=r"top_entropy_quantile=1.5 must be in \(0, 1\]"):
+        LossConfig(top_entropy_quantile=1.5)
+    # What a call's inputs must hold for its config.
+    with pytest.raises(ValueError, match="ref_logp"):
+        grpo_loss(logp, None, None, adv, mask, LossConfig(beta=0.1))
+    with pytest.raises(ValueError, match="entropy"):
+        grpo_loss(logp, None, None, adv, mask, LossConfig(top_entropy_quantile=0.2))
     with pytest.raises(ValueError, match="advantages must be"):
         grpo_loss(logp, None, None, torch.zeros(3), mask)
     with pytest.raises(ValueError, match="mask has shape"):
@@ -272,12 +284,14 @@ def test_matches_loop_reference(loss_type: str, level: str, scale_rewards: str, 
         batch["ref"],
         adv,
         batch["mask"],
-        loss_type=loss_type,
-        importance_sampling_level=level,
-        epsilon_high=case["epsilon_high"],
-        max_completion_length=case["T"] + 2,
+        LossConfig(
+            loss_type,
+            importance_sampling_level=level,
+            epsilon_high=case["epsilon_high"],
+            max_completion_length=case["T"] + 2,
+            **options,
+        ),
         entropy=batch["entropy"],
-        **options,
     )
     eps_high = case["epsilon"] if case["epsilon_high"] is None else case["epsilon_high"]
     expected, expected_metrics = ref_grpo_loss(
@@ -313,12 +327,14 @@ def test_gradient_matches_finite_differences(loss_type: str, level: str) -> None
             batch["ref"],
             adv,
             batch["mask"],
-            loss_type=loss_type,
-            importance_sampling_level=level,
-            beta=0.04,
-            delta=2.0,
-            epsilon_high=0.28,
-            max_completion_length=5,
+            LossConfig(
+                loss_type,
+                importance_sampling_level=level,
+                beta=0.04,
+                delta=2.0,
+                epsilon_high=0.28,
+                max_completion_length=5,
+            ),
         )[0]
 
     assert torch.autograd.gradcheck(loss_fn, (logp,), eps=1e-6, atol=1e-8)
@@ -329,12 +345,7 @@ def test_gradient_matches_finite_differences(loss_type: str, level: str) -> None
 def test_micro_batch_split_gives_the_same_gradient(loss_type: str, level: str) -> None:
     batch = _random_batch(seed=11, lengths=[5, 2, 0, 4, 1, 5, 3, 2], T=5)
     adv = torch.linspace(-1.0, 1.0, 8, dtype=F64)
-    options = {
-        "loss_type": loss_type,
-        "importance_sampling_level": level,
-        "beta": 0.04,
-        "max_completion_length": 6,
-    }
+    config = LossConfig(loss_type, importance_sampling_level=level, beta=0.04, max_completion_length=6)
     normalizer = aggregation_count(batch["mask"], loss_type)
     grads, losses = [], []
     for n_micro in (1, 2, 4):
@@ -348,8 +359,8 @@ def test_micro_batch_split_gives_the_same_gradient(loss_type: str, level: str) -
                 batch["ref"][rows],
                 adv[rows],
                 batch["mask"][rows],
+                config,
                 normalizer=normalizer,
-                **options,
             )
             total = total + loss
         (grad,) = torch.autograd.grad(total, logp)
@@ -359,7 +370,7 @@ def test_micro_batch_split_gives_the_same_gradient(loss_type: str, level: str) -
         assert_close(grad, grads[0], atol=1e-6, rtol=0)
         assert_close(loss, losses[0], atol=1e-12, rtol=0)
     # The normaliser-free single call is the textbook value, so the split reproduces it too.
-    single, _ = grpo_loss(batch["logp"], batch["old"], batch["ref"], adv, batch["mask"], **options)
+    single, _ = grpo_loss(batch["logp"], batch["old"], batch["ref"], adv, batch["mask"], config)
     assert_close(losses[0], single)
 
 
@@ -371,7 +382,7 @@ def test_a_drifted_policy_gives_a_large_finite_loss_and_gradient(level) -> None:
     ref = torch.tensor([[-100.1, -100.1], [-20.0, -20.0]])
     mask = torch.ones(2, 2)
     loss, metrics = grpo_loss(
-        logp, old, ref, torch.tensor([-1.0, 1.0]), mask, beta=0.1, importance_sampling_level=level
+        logp, old, ref, torch.tensor([-1.0, 1.0]), mask, LossConfig(beta=0.1, importance_sampling_level=level)
     )
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()

@@ -1,0 +1,120 @@
+"""The optimizer and LR schedule: AdamW with linear warmup unless callables are given.
+
+``learning_rate``, ``weight_decay`` and ``warmup_steps`` configure the default AdamW and warmup only;
+given together with an ``optimizer`` / ``lr_scheduler`` callable they could not take effect, so
+:class:`OptimizerConfig` refuses the combination when it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+#: The built-in defaults (also GRPOModule's): a value other than these is one the user chose.
+DEFAULT_LEARNING_RATE = 1e-6
+DEFAULT_WEIGHT_DECAY = 0.0
+DEFAULT_WARMUP_STEPS = 10
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The default optimizer (AdamW) and schedule (linear warmup), and gradient clipping."""
+
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    """AdamW learning rate (default optimizer only)."""
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    """AdamW weight decay on matrices (default optimizer only)."""
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    """Linear warmup, in optimizer steps (default scheduler only)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this; None = no clipping."""
+    custom_optimizer: bool = False
+    """An ``optimizer`` callable builds the optimizer (with its own learning rate and weight decay)."""
+    custom_lr_scheduler: bool = False
+    """An ``lr_scheduler`` callable builds the schedule (with its own warmup)."""
+
+    def __post_init__(self) -> None:
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0, or None for no clipping.")
+        if self.custom_optimizer:
+            _refuse_ignored(
+                {"learning_rate": self.learning_rate, "weight_decay": self.weight_decay},
+                "AdamW",
+                "optimizer",
+                "the optimizer's own arguments (YAML: model.optimizer.init_args.lr / weight_decay; "
+                "Python: functools.partial(torch.optim.SGD, lr=...))",
+            )
+        if self.custom_lr_scheduler:
+            _refuse_ignored(
+                {"warmup_steps": self.warmup_steps},
+                "linear warmup",
+                "lr_scheduler",
+                "the scheduler (e.g. a torch.optim.lr_scheduler.LinearLR warmup inside a SequentialLR)",
+            )
+
+
+_DEFAULTS = {
+    "learning_rate": DEFAULT_LEARNING_RATE,
+    "weight_decay": DEFAULT_WEIGHT_DECAY,
+    "warmup_steps": DEFAULT_WARMUP_STEPS,
+}
+
+
+def _refuse_ignored(values: dict[str, Any], default: str, callable_name: str, where: str) -> None:
+    """Raise when a setting of the built-in ``default`` differs from its default although a callable
+    replaces that default: the value could not take effect."""
+    changed = [name for name, value in values.items() if value != _DEFAULTS[name]]
+    if not changed:
+        return
+    given = " and ".join(f"{name}={values[name]!r}" for name in changed)
+    names = " and ".join(changed)
+    defaults = ", ".join(f"{name}={_DEFAULTS[name]!r}" for name in changed)
+    raise ValueError(
+        f"{given} would be ignored: {names} only configure the built-in {default}, and an {callable_name} "
+        f"callable was given. Set it in {where}, and drop {names} from the module's settings (or set it back "
+        f"to the default: {defaults})."
+    )
+
+
+def configure_optimizers(
+    policy: nn.Module,
+    config: OptimizerConfig,
+    optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
+    lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer for the trainable parameters of ``policy``: the
+    ``optimizer`` / ``lr_scheduler`` callables when given, else AdamW (weight decay on matrices
+    only) with linear warmup; the scheduler steps once per optimizer step."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("The policy has no trainable parameter (all frozen?): nothing to optimize.")
+    if optimizer is not None:
+        opt = optimizer(trainable)
+    else:
+        decay = config.weight_decay
+        groups = [
+            # Named, so a weight decay changed on resume reaches the decayed group only.
+            {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": decay, "name": "decay"},
+            {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
+        ]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+    if lr_scheduler is not None:
+        scheduler = lr_scheduler(opt)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError(
+                "lr_scheduler: ReduceLROnPlateau is not supported, the scheduler is stepped once per "
+                "optimizer step. Choose a step-based scheduler."
+            )
+    else:
+        warmup = max(int(config.warmup_steps), 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """Linear warmup factor: (step + 1) / warmup for the first ``warmup`` optimizer steps, then 1."""
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0

@@ -74,7 +74,6 @@ def main(case: Case, variant: str) -> None:
         temperature=1.0,
         beta=case.beta,
         num_iterations=case.num_iterations,
-        learning_rate=case.learning_rate,
         warmup_steps=0,
         max_grad_norm=1.0,
         loss_type="dapo",

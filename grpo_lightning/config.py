@@ -10,7 +10,7 @@ into micro-batches of ``micro_batch_size`` rows (one forward/backward each).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -117,7 +117,9 @@ class Cadence:
 
     def layout(self, prompts_per_device: int) -> BatchLayout:
         """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked)."""
-        return batch_layout(prompts_per_device, self.num_generations, self.steps_per_rollout, self.micro_batch_size)
+        return batch_layout(
+            prompts_per_device, self.num_generations, self.steps_per_rollout, self.micro_batch_size
+        )
 
 
 @dataclass(frozen=True)
@@ -173,10 +175,10 @@ class Settings:
 
     @classmethod
     def from_hparams(
-        cls, h: Mapping[str, Any], *, lora: bool, optimizer: bool = False, lr_scheduler: bool = False
+        cls, h: Mapping[str, Any], *, lora: Any = None, optimizer: Any = None, lr_scheduler: Any = None
     ) -> Settings:
-        """Group GRPOModule's arguments ``h`` (its ``hparams``); ``lora``, ``optimizer`` and ``lr_scheduler``
-        say whether those were given (they may be objects, left out of ``hparams``)."""
+        """Group GRPOModule's arguments ``h`` (its ``hparams``). ``lora``, ``optimizer`` and
+        ``lr_scheduler`` are passed apart: they may be objects, which ``hparams`` leaves out."""
         # NaN passes every comparison (``nan < 0`` is False), so non-finite numbers are refused first.
         for name, value in h.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -193,13 +195,36 @@ class Settings:
         return cls(
             loss=_pick(LossConfig, h),
             cadence=_pick(Cadence, h),
-            optimizer=_pick(OptimizerConfig, h, custom_optimizer=optimizer, custom_lr_scheduler=lr_scheduler),
+            optimizer=_pick(
+                OptimizerConfig,
+                h,
+                custom_optimizer=optimizer is not None,
+                custom_lr_scheduler=lr_scheduler is not None,
+            ),
             sampling=sampling,
             ref_sync=_pick(RefSync, h) if h["sync_ref_model"] else None,
-            lora=lora,
+            lora=lora is not None,
             val_num_samples=h["val_num_samples"],
             logprob_chunk_size=h["logprob_chunk_size"],
         )
+
+
+def unsaved_arguments(
+    model: Any, tokenizer: Any, reward_funcs: Sequence[Any], accuracy_reward: Any, lora: Any
+) -> list[str]:
+    """GRPOModule's arguments to leave out of its saved hyper-parameters: objects (built models,
+    callables, a ``LoraConfig``) cannot go into a checkpoint or a config file; names and plain values
+    are kept, so the hyper-parameters alone can rebuild the module."""
+    ignore = ["rollout_engine", "optimizer", "lr_scheduler"]
+    ignore += [name for name, value in (("model", model), ("tokenizer", tokenizer)) if not _plain(value)]
+    ignore += [] if all(isinstance(f, str) for f in reward_funcs) else ["reward_funcs"]
+    ignore += [] if _plain(accuracy_reward) else ["accuracy_reward"]
+    ignore += [] if lora is None or isinstance(lora, dict) else ["lora"]
+    return ignore
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def context_length(model: Any) -> int | None:

@@ -90,7 +90,9 @@ class LossConfig:
             raise ValueError(
                 f"top_entropy_quantile={self.top_entropy_quantile} must be in (0, 1]; 1.0 keeps every token."
             )
-        if self.loss_type == "dr_grpo" and (self.max_completion_length is None or self.max_completion_length < 1):
+        if self.loss_type == "dr_grpo" and (
+            self.max_completion_length is None or self.max_completion_length < 1
+        ):
             raise ValueError(
                 "loss_type='dr_grpo' divides by num_sequences * max_completion_length: pass max_completion_length "
                 f"(the generation length limit, a positive int), got {self.max_completion_length!r}."

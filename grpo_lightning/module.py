@@ -29,7 +29,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
-from grpo_lightning.config import BatchLayout, Settings, check_context_length, context_length
+from grpo_lightning.config import (
+    BatchLayout,
+    Settings,
+    check_context_length,
+    context_length,
+    unsaved_arguments,
+)
 from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
@@ -207,15 +213,9 @@ class GRPOModule(LightningModule):
         funcs = (
             [reward_funcs] if isinstance(reward_funcs, str) or callable(reward_funcs) else list(reward_funcs)
         )
-        # Objects (built models, callables) cannot go into a checkpoint's hyper-parameters: leave them out.
-        ignore = ["rollout_engine", "optimizer", "lr_scheduler"]
-        ignore += [name for name, value in (("model", model), ("tokenizer", tokenizer)) if not _plain(value)]
-        ignore += [] if all(isinstance(f, str) for f in funcs) else ["reward_funcs"]
-        ignore += [] if _plain(accuracy_reward) else ["accuracy_reward"]
-        ignore += [] if lora is None or isinstance(lora, dict) else ["lora"]
-        self.save_hyperparameters(ignore=ignore)
-        given = {"lora": lora is not None, "optimizer": optimizer is not None, "lr_scheduler": lr_scheduler is not None}
-        self.settings = Settings.from_hparams(self.hparams, **given)  # checks every setting once
+        self.save_hyperparameters(ignore=unsaved_arguments(model, tokenizer, funcs, accuracy_reward, lora))
+        # Every setting checked once, here; lora and the callables may be objects, left out of hparams.
+        self.settings = Settings.from_hparams(self.hparams, lora=lora, optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.automatic_optimization = False
 
         self.scorer = RewardScorer(funcs, reward_weights, reward_workers, reward_timeout, reward_errors)
@@ -440,7 +440,3 @@ class GRPOModule(LightningModule):
         if kwargs.get("card") is None:
             kwargs["card"] = self.model_card_info()
         return push_to_hub(self.policy, self.tokenizer, repo_id, **kwargs)
-
-
-def _plain(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))

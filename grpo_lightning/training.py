@@ -184,7 +184,9 @@ class TrainingStep:
         seed = rollout_seed(m.base_seed(), m.global_rank, step, 7)
         plan = minibatch_plan(layout, cadence.num_iterations, seed, rollout.completion_ids.device)
         # Each step's loss normaliser counts its whole mini-batch on every rank: one all-reduce for all.
-        counts = m.trainer.strategy.reduce(normalizer_counts(batch.completion_mask, plan, loss_type), reduce_op="sum")
+        counts = m.trainer.strategy.reduce(
+            normalizer_counts(batch.completion_mask, plan, loss_type), reduce_op="sum"
+        )
         scales = gradient_scales(loss_type, layout.micro_batches_per_step, m.trainer.world_size)
         return self._optimizer_steps(batch, plan, counts, scales)
 

@@ -99,7 +99,9 @@ def full_logprobs(
     return out
 
 
-def minibatch_plan(layout: BatchLayout, num_iterations: int, seed: int, device: torch.device | str = "cpu") -> Plan:
+def minibatch_plan(
+    layout: BatchLayout, num_iterations: int, seed: int, device: torch.device | str = "cpu"
+) -> Plan:
     """The rows of every optimizer step of one rollout, cut into micro-batches.
 
     ``num_iterations`` passes over the ``N = layout.num_rows`` rows; each pass is cut into
@@ -153,7 +155,9 @@ def gradient_scales(loss_type: LossType, micro_batches_per_step: int, world_size
     averages over ranks) and the logged share ``1 / (k * world_size)``.
     """
     if loss_type == "bnpo":
-        return GradientScales(backward=1.0 / micro_batches_per_step, logged=1.0 / (micro_batches_per_step * world_size))
+        return GradientScales(
+            backward=1.0 / micro_batches_per_step, logged=1.0 / (micro_batches_per_step * world_size)
+        )
     return GradientScales(backward=float(world_size), logged=1.0)
 
 

@@ -157,7 +157,7 @@ def grpo_lightning_steps(
     module = GRPOModule(
         model, tokenizer=tokenizer, reward_funcs=[reward], num_generations=work.generations,
         max_completion_length=work.new_tokens, generation_kwargs={"min_new_tokens": work.new_tokens},
-        temperature=1.0, beta=0.0, learning_rate=1e-6, warmup_steps=0, max_grad_norm=1.0, loss_type="dapo",
+        temperature=1.0, beta=0.0, warmup_steps=0, max_grad_norm=1.0, loss_type="dapo",
         micro_batch_size=work.micro_batch_size, rollout_engine=engine, seed=0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, fused=True),
     )  # fmt: skip

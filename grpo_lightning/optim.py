@@ -45,8 +45,8 @@ class OptimizerConfig:
                 {"learning_rate": self.learning_rate, "weight_decay": self.weight_decay},
                 "AdamW",
                 "optimizer",
-                "the optimizer's own arguments (YAML: model.optimizer.init_args.lr / weight_decay; "
-                "Python: functools.partial(torch.optim.SGD, lr=...))",
+                "the optimizer's own arguments (command line: --model.optimizer.lr ...; YAML: "
+                "model.optimizer.init_args.lr; Python: functools.partial(torch.optim.SGD, lr=...))",
             )
         if self.custom_lr_scheduler:
             _refuse_ignored(
@@ -73,10 +73,12 @@ def _refuse_ignored(values: dict[str, Any], default: str, callable_name: str, wh
     given = " and ".join(f"{name}={values[name]!r}" for name in changed)
     names = " and ".join(changed)
     defaults = ", ".join(f"{name}={_DEFAULTS[name]!r}" for name in changed)
+    one = len(changed) == 1
     raise ValueError(
-        f"{given} would be ignored: {names} only configure the built-in {default}, and an {callable_name} "
-        f"callable was given. Set it in {where}, and drop {names} from the module's settings (or set it back "
-        f"to the default: {defaults})."
+        f"{given} would be ignored: {names} only {'configures' if one else 'configure'} the built-in {default}, "
+        f"and an {callable_name} callable was given. Set {'it' if one else 'them'} in {where}, and drop {names} "
+        f"from the module's settings (config file and command line), or set {'it' if one else 'them'} back to "
+        f"the default ({defaults})."
     )
 
 

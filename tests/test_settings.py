@@ -59,7 +59,7 @@ def test_the_flat_arguments_are_grouped_and_saved_unchanged():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"optimizer": SGD, "learning_rate": 1e-3}, "learning_rate=0.001 would be ignored: learning_rate only"),
+        ({"optimizer": SGD, "learning_rate": 1e-3}, "learning_rate=0.001 would be ignored: learning_rate only configures the built-in AdamW"),
         ({"optimizer": SGD, "weight_decay": 0.1}, "weight_decay=0.1 would be ignored"),
         (
             {"optimizer": SGD, "learning_rate": 1e-3, "weight_decay": 0.1},
@@ -67,7 +67,7 @@ def test_the_flat_arguments_are_grouped_and_saved_unchanged():
         ),
         (
             {"lr_scheduler": functools.partial(torch.optim.lr_scheduler.ConstantLR), "warmup_steps": 0},
-            "warmup_steps=0 would be ignored: warmup_steps only configure the built-in linear warmup, and an "
+            "warmup_steps=0 would be ignored: warmup_steps only configures the built-in linear warmup, and an "
             "lr_scheduler callable was given",
         ),
     ],

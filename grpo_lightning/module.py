@@ -115,10 +115,11 @@ class GRPOModule(LightningModule):
             not depend on it.
         mask_truncated_completions: Leave completions that hit the length limit without EOS out of the loss.
         top_entropy_quantile: Keep only this fraction of the highest-entropy tokens in the loss (1.0 = all).
-        optimizer: An optimizer callable (LightningCLI ``class_path``); default AdamW. When given,
-            ``learning_rate`` and ``weight_decay`` are its own arguments, not these.
+        optimizer: An optimizer callable (LightningCLI ``class_path``); default AdamW. When given, the
+            learning rate and weight decay are its own arguments (a non-default ``learning_rate`` or
+            ``weight_decay`` is then refused: it could not take effect).
         lr_scheduler: A scheduler callable, stepped once per optimizer step; default linear warmup
-            over ``warmup_steps``, then constant.
+            over ``warmup_steps``, then constant (a non-default ``warmup_steps`` is then refused).
         learning_rate: AdamW learning rate (default optimizer only).
         weight_decay: AdamW weight decay on matrices (default optimizer only).
         warmup_steps: Linear warmup, in optimizer steps (default scheduler only).

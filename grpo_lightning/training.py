@@ -18,7 +18,7 @@ from torch import Tensor
 from grpo_lightning.advantages import compute_advantages, group_stats
 from grpo_lightning.losses import grpo_loss
 from grpo_lightning.models import reference_context
-from grpo_lightning.rollout import rollout_seed
+from grpo_lightning.rollout import Rollout, rollout_seed
 from grpo_lightning.scoring import ScoredRollout, concat_scored, sample_and_score
 from grpo_lightning.update import (
     GradientScales,
@@ -179,7 +179,7 @@ class TrainingStep:
         rollout = scored.rollout
         layout = m.layout(len(rollout) // cadence.num_generations)
         batch = UpdateBatch(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, advantages)
-        self._old_and_ref_logprobs(batch, scored, layout.micro_batch_size)
+        self._old_and_ref_logprobs(batch, rollout, layout.micro_batch_size)
         # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
         seed = rollout_seed(m.base_seed(), m.global_rank, step, 7)
         plan = minibatch_plan(layout, cadence.num_iterations, seed, rollout.completion_ids.device)
@@ -190,11 +190,10 @@ class TrainingStep:
         scales = gradient_scales(loss_type, layout.micro_batches_per_step, m.trainer.world_size)
         return self._optimizer_steps(batch, plan, counts, scales)
 
-    def _old_and_ref_logprobs(self, batch: UpdateBatch, scored: ScoredRollout, micro_batch_size: int) -> None:
+    def _old_and_ref_logprobs(self, batch: UpdateBatch, rollout: Rollout, micro_batch_size: int) -> None:
         """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and
         ``batch.ref_logp`` (only when beta > 0) with no-grad passes."""
         m, s = self.module, self.module.settings
-        rollout = scored.rollout
         opts = {"temperature": s.sampling.temperature, "chunk_size": s.logprob_chunk_size}
         # The sampling pass already computed pi_old when the engine reports its log-probs (one forward saved).
         if s.cadence.policy_moves_before_reuse:

@@ -19,7 +19,7 @@ from grpo_lightning.reward_scorer import (  # noqa: F401 (this module's public n
     combine_rewards,
     reward_name,
 )
-from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts
+from grpo_lightning.rollout import Rollout, RolloutRequest, SamplingConfig, concat_rollouts
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule
@@ -127,8 +127,7 @@ def sample_and_score(
     """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
     ids, mask, texts = prompt_batch(module, batch)
     try:
-        rollout = module.rollout_engine.generate(
-            module.policy,
+        request = RolloutRequest(
             ids,
             mask,
             num_generations=num_generations,
@@ -138,6 +137,7 @@ def sample_and_score(
             seed=seed,
             mask_truncated=mask_truncated,
         )
+        rollout = module.rollout_engine.generate(module.policy, request)
     except RuntimeError as err:  # generate's sampler: "probability tensor contains either inf, nan or ..."
         if "inf" in str(err) and "nan" in str(err):
             raise non_finite_logits_error(module.policy) from err

@@ -18,8 +18,8 @@ from torch import Tensor
 from grpo_lightning.advantages import compute_advantages, group_stats
 from grpo_lightning.losses import aggregation_count, grpo_loss
 from grpo_lightning.models import reference_context
-from grpo_lightning.rollout import rollout_seed
 from grpo_lightning.scoring import ScoredRollout, concat_scored, sample_and_score
+from grpo_lightning.seeds import SeedStream, stream_seed
 from grpo_lightning.update import StepMetrics, UpdateBatch, full_logprobs, micro_logprobs
 from grpo_lightning.zero_signal import has_signal, skip_update
 
@@ -100,7 +100,7 @@ class TrainingStep:
                 b,
                 num_generations=h.num_generations,
                 sampling=m.sampling,
-                seed=rollout_seed(base, rank, step, round_),
+                seed=stream_seed(base, rank, step, SeedStream.ROLLOUT, round_),
                 scorer=m.scorer,
                 mask_truncated=h.mask_truncated_completions,
             )
@@ -182,7 +182,9 @@ class TrainingStep:
                 batch.ref_logp = full_logprobs(ref, batch, layout.micro_batch_size, **opts)
 
         # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
-        gen = torch.Generator().manual_seed(rollout_seed(m.base_seed(), m.global_rank, step, 7))
+        gen = torch.Generator().manual_seed(
+            stream_seed(m.base_seed(), m.global_rank, step, SeedStream.SHUFFLE)
+        )
         device = rollout.completion_ids.device
         plan: list[list[Tensor]] = []
         for _ in range(h.num_iterations):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
+from grpo_lightning.logprobs import shared_prefix_logprobs
 
 
 @dataclass
@@ -61,7 +61,7 @@ def micro_logprobs(
     """Log-probs ``[n, K]`` (and entropy) of the completion tokens of ``rows`` after trimming; returns K.
 
     Rows that share a prompt (a group's G samples) compute it once, in the forward and the backward
-    (:func:`~grpo_lightning.engines.shared_prefix.shared_prefix_logprobs`; same values and gradients).
+    (:func:`~grpo_lightning.logprobs.shared_prefix_logprobs`; same values and gradients).
     """
     columns, keep = trim(batch.input_ids[rows], batch.attention_mask[rows], batch.completion_width)
     logp, entropy = shared_prefix_logprobs(

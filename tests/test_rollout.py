@@ -14,12 +14,13 @@ from grpo_lightning.rollout import (
     HFGenerateEngine,
     Rollout,
     RolloutEngine,
+    RolloutRequest,
     SamplingConfig,
     completion_masks,
     concat_rollouts,
     left_align,
-    rollout_seed,
 )
+from grpo_lightning.seeds import SeedStream, stream_seed
 
 EOS, EOS2, PAD = 1, 9, 0
 
@@ -129,8 +130,7 @@ def test_generation_config_is_complete_and_ignores_the_models_sampling_defaults(
 
 def _generate(model, tok, seed, eos=(EOS,), **sampling):
     batch = prompt_batch(tok, ["1+1=", "12+30="])
-    return HFGenerateEngine().generate(
-        model,
+    request = RolloutRequest(
         batch["input_ids"],
         batch["attention_mask"],
         num_generations=3,
@@ -139,6 +139,7 @@ def _generate(model, tok, seed, eos=(EOS,), **sampling):
         pad_token_id=tok.pad_token_id,
         seed=seed,
     )
+    return HFGenerateEngine().generate(model, request)
 
 
 def test_hf_engine_shapes_order_and_masks():
@@ -182,6 +183,9 @@ def test_hf_engine_is_seeded_and_restores_the_global_rng():
 
 
 def test_seeds_differ_per_rank_step_and_round():
-    seeds = {rollout_seed(0, rank, step, r) for rank in range(4) for step in range(50) for r in range(3)}
+    rollout = SeedStream.ROLLOUT
+    seeds = {
+        stream_seed(0, rank, step, rollout, r) for rank in range(4) for step in range(50) for r in range(3)
+    }
     assert len(seeds) == 4 * 50 * 3
-    assert rollout_seed(1, 0, 0) != rollout_seed(0, 0, 0)
+    assert stream_seed(1, 0, 0, rollout) != stream_seed(0, 0, 0, rollout)

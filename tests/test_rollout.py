@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import (
     one_thread,  # noqa: F401 (autouse fixture)
@@ -189,3 +190,18 @@ def test_seeds_differ_per_rank_step_and_round():
     }
     assert len(seeds) == 4 * 50 * 3
     assert stream_seed(1, 0, 0, rollout) != stream_seed(0, 0, 0, rollout)
+
+
+def test_rollout_request_is_checked_when_built():
+    ids, mask = torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]])
+    common = {"sampling": SamplingConfig(), "pad_token_id": PAD, "seed": 0}
+    request = RolloutRequest(ids, mask, num_generations=2, eos_token_ids=[EOS, EOS2], **common)
+    assert request.eos_token_ids == (EOS, EOS2)  # kept as a tuple: the request is frozen
+    with pytest.raises(ValueError, match=r"must both be \[P, L\]"):
+        RolloutRequest(ids[0], mask[0], num_generations=2, eos_token_ids=[EOS], **common)
+    with pytest.raises(ValueError, match=r"must both be \[P, L\]"):
+        RolloutRequest(ids, mask[:, 1:], num_generations=2, eos_token_ids=[EOS], **common)
+    with pytest.raises(ValueError, match="num_generations=0"):
+        RolloutRequest(ids, mask, num_generations=0, eos_token_ids=[EOS], **common)
+    with pytest.raises(ValueError, match="eos_token_ids is empty"):
+        RolloutRequest(ids, mask, num_generations=2, eos_token_ids=[], **common)

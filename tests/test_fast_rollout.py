@@ -1,4 +1,4 @@
-"""The fast rollout engine against the default ``generate`` engine: same tokens, masks and distribution."""
+"""The fast rollout engine against transformers' ``generate`` (HFGenerateEngine): same tokens, masks and distribution."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from grpo_lightning.logprobs.fused_head import fused_head_applies, linear_logpro
 
 #: Rows (token positions) per chunk. A [512, 152k] float32 block is 300 MB, and the checkpointed path
 #: peaks at about five such blocks (logits, log-softmax, entropy terms, their gradients; the fused
-#: head of ``fused_head.py`` at two): lower it for big vocabularies.
+#: head of :mod:`~grpo_lightning.logprobs.fused_head` at two): lower it for big vocabularies.
 DEFAULT_CHUNK_SIZE = 512
 
 

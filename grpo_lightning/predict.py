@@ -42,13 +42,9 @@ def predict_records(module: GRPOModule, batch: dict[str, Any], batch_idx: int) -
     records = _records(module, greedy, "greedy", 1)
     k = module.hparams.val_num_samples
     if k > 1:
+        seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES)
         sampled = sample_and_score(
-            module,
-            batch,
-            num_generations=k,
-            sampling=module.sampling,
-            seed=stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES),
-            scorer=module.scorer,
+            module, batch, num_generations=k, sampling=module.sampling, seed=seed, scorer=module.scorer
         )
         records += _records(module, sampled, "sampled", k)
     return records

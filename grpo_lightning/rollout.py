@@ -228,7 +228,11 @@ class RolloutRequest:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """Anything that turns a :class:`RolloutRequest` into a :class:`Rollout` with the model's current weights."""
+    """Anything that turns a :class:`RolloutRequest` into a :class:`Rollout` with the model's current weights.
+
+    ``model`` is the policy being trained, passed on every call because its weights change between
+    calls; an engine that keeps a copy of its own (vLLM, SGLang) updates it from there.
+    """
 
     def generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
         """Sample ``request.num_generations`` completions for each prompt of ``request.prompt_ids: [P, L]``."""

@@ -126,17 +126,17 @@ def sample_and_score(
 ) -> ScoredRollout:
     """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
     ids, mask, texts = prompt_batch(module, batch)
+    request = RolloutRequest(
+        ids,
+        mask,
+        num_generations=num_generations,
+        sampling=sampling,
+        eos_token_ids=module.eos_token_ids,
+        pad_token_id=module.tokenizer.pad_token_id,
+        seed=seed,
+        mask_truncated=mask_truncated,
+    )
     try:
-        request = RolloutRequest(
-            ids,
-            mask,
-            num_generations=num_generations,
-            sampling=sampling,
-            eos_token_ids=module.eos_token_ids,
-            pad_token_id=module.tokenizer.pad_token_id,
-            seed=seed,
-            mask_truncated=mask_truncated,
-        )
         rollout = module.rollout_engine.generate(module.policy, request)
     except RuntimeError as err:  # generate's sampler: "probability tensor contains either inf, nan or ..."
         if "inf" in str(err) and "nan" in str(err):

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from grpo_lightning.rollout import rollout_seed
 from grpo_lightning.scoring import ScoredRollout, sample_and_score
+from grpo_lightning.seeds import SeedStream, stream_seed
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule
@@ -58,7 +58,8 @@ def evaluate(
     """Score greedy completions (and ``num_samples`` sampled ones for pass@k) of one batch; log the means."""
     h = module.hparams
     # Seeds depend on the batch, not on training progress: the same prompts get the same samples.
-    seed = rollout_seed(module.base_seed(), module.global_rank, batch_idx, round_=-1)
+    base, rank = module.base_seed(), module.global_rank
+    seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION)
     greedy = sample_and_score(
         module, batch, num_generations=1, sampling=module.greedy, seed=seed, scorer=module.scorer
     )
@@ -80,7 +81,7 @@ def evaluate(
             batch,
             num_generations=k,
             sampling=module.sampling,
-            seed=seed + 1,
+            seed=stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES),
             scorer=module.accuracy_scorer,
         )
         solved = (sampled.per_func[:, 0] >= h.accuracy_threshold).view(-1, k).any(dim=1)

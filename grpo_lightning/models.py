@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from grpo_lightning.causal_lm import base_model, is_sharded
 from grpo_lightning.model_card import ModelCardInfo, write_model_card
 from grpo_lightning.tokenizer_io import save_tokenizer, tokenizer_from_pretrained
 
@@ -161,7 +162,6 @@ def load_tokenizer(
     return tokenizer
 
 
-
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""
     ids: list[int] = []
@@ -219,7 +219,9 @@ def apply_lora(model: PreTrainedModel, lora: Mapping[str, Any] | Any) -> nn.Modu
     with warnings.catch_warnings():
         # peft reads transformers' deprecated checkpointing aliases; nothing the caller can change.
         warnings.filterwarnings(
-            "ignore", message=r"`(is_)?gradient_checkpointing(_enable)?` is deprecated", category=FutureWarning
+            "ignore",
+            message=r"`(is_)?gradient_checkpointing(_enable)?` is deprecated",
+            category=FutureWarning,
         )
         return get_peft_model(model, config)
 
@@ -276,11 +278,6 @@ def mix_reference(ref: nn.Module, policy: nn.Module, alpha: float) -> None:
         if target is None:
             raise RuntimeError(f"The reference has no parameter {name!r}: it must be a copy of the policy.")
         target.lerp_(p.detach().to(target.dtype), alpha)
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """True when the parameters are DTensors (FSDP2): every forward then runs collectives."""
-    return any(hasattr(p, "full_tensor") for p in model.parameters())
 
 
 def save_pretrained(
@@ -367,7 +364,7 @@ def shard_fsdp2(model: nn.Module, mesh: Any) -> None:
     """
     from torch.distributed.fsdp import fully_shard
 
-    base = model.get_base_model() if is_peft_model(model) else model
+    base = base_model(model)
     layer_classes = set(getattr(base, "_no_split_modules", None) or [])
     if not layer_classes:
         raise ValueError(

@@ -19,9 +19,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from grpo_lightning.evaluation import correct
-from grpo_lightning.rollout import rollout_seed
 from grpo_lightning.runs import run_directory
 from grpo_lightning.scoring import ScoredRollout, sample_and_score
+from grpo_lightning.seeds import SeedStream, stream_seed
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule
@@ -34,15 +34,17 @@ _SKIPPED_COLUMNS = ("completion_ids", "input_ids", "attention_mask", "prompt")
 def predict_records(module: GRPOModule, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
     """One record per completion of the batch's prompts: the greedy one (``sample`` 0), then
     ``val_num_samples`` sampled ones when that is above 1, each with its rewards and correctness."""
-    seed = rollout_seed(module.base_seed(), module.global_rank, batch_idx, round_=-1)
+    base, rank = module.base_seed(), module.global_rank
+    seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION)
     greedy = sample_and_score(
         module, batch, num_generations=1, sampling=module.greedy, seed=seed, scorer=module.scorer
     )
     records = _records(module, greedy, "greedy", 1)
     k = module.hparams.val_num_samples
     if k > 1:
+        seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES)
         sampled = sample_and_score(
-            module, batch, num_generations=k, sampling=module.sampling, seed=seed + 1, scorer=module.scorer
+            module, batch, num_generations=k, sampling=module.sampling, seed=seed, scorer=module.scorer
         )
         records += _records(module, sampled, "sampled", k)
     return records

@@ -12,7 +12,7 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -20,9 +20,7 @@ from torch import Tensor
 
 from grpo_lightning._checks import check_choice
 from grpo_lightning.reward_workers import CallFailure, RewardWorkerPool, score_in_workers
-from grpo_lightning.rewards.registry import resolve_reward
-
-RewardFunc = Callable[..., Sequence[float | None]]
+from grpo_lightning.rewards.registry import RewardFunc, resolve_reward
 
 
 class RewardError(RuntimeError):

@@ -1,24 +1,25 @@
-"""Sampling G completions per prompt: masks, EOS handling, seeding.
+"""Sampling G completions per prompt: the engine protocol, its request and result, masks, EOS handling.
 
-The module talks to a :class:`RolloutEngine`; the default :class:`HFGenerateEngine` calls
-``model.generate`` (KV cache, batched over all ``P * G`` rows). A faster engine (vLLM, SGLang)
-implements the same one-method protocol and returns the same :class:`Rollout`.
+The module hands a :class:`RolloutRequest` to a :class:`RolloutEngine` and gets a :class:`Rollout`
+back. ``rollout_engine: auto`` picks :class:`~grpo_lightning.engines.FastRolloutEngine` (a lean
+KV-cache decoding loop) unless a sampling setting needs transformers' ``generate``, which
+:class:`HFGenerateEngine` calls. Another engine (vLLM, SGLang) implements the same one-method protocol.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import GenerationConfig
 
-from grpo_lightning.models import eval_mode, is_sharded
+from grpo_lightning.causal_lm import decodes_in_lockstep
+from grpo_lightning.models import eval_mode
+from grpo_lightning.seeds import seeded
 
 
 @dataclass(frozen=True)
@@ -202,77 +203,79 @@ def left_align(input_ids: Tensor, attention_mask: Tensor, pad_token_id: int) -> 
     return ids[:, ids.shape[1] - width :], mask[:, mask.shape[1] - width :].to(attention_mask.dtype)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run a block with the global RNG seeded to ``seed``, restoring the caller's RNG state after."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=True):
-        torch.manual_seed(seed)
-        yield
+@dataclass(frozen=True, eq=False)
+class RolloutRequest:
+    """What to sample: ``num_generations`` completions for each of ``P`` prompts (checked when built)."""
 
+    prompt_ids: Tensor
+    """[P, L] prompt token ids, padded on either side (the engines left-align them)."""
+    prompt_mask: Tensor
+    """[P, L] 1 on prompt tokens, 0 on padding."""
+    num_generations: int
+    """G, completions per prompt: row ``p * G + g`` of the :class:`Rollout` is sample g of prompt p."""
+    sampling: SamplingConfig
+    """How to sample, ``max_completion_length`` included."""
+    eos_token_ids: Sequence[int]
+    """Every id that ends a completion (kept as a tuple)."""
+    pad_token_id: int
+    """The id written after a completion's end and used as prompt padding."""
+    seed: int
+    """Seed of the sampling draws (see :func:`~grpo_lightning.seeds.stream_seed`); the caller's RNG state is kept."""
+    mask_truncated: bool = False
+    """Give completions that reach ``max_completion_length`` without an EOS an all-zero ``completion_mask``."""
 
-def rollout_seed(base_seed: int, rank: int, step: int, round_: int = 0) -> int:
-    """Seed for one generation call: differs per rank, step and dynamic-sampling round; fixed on resume."""
-    # Large odd multipliers keep the streams of nearby (rank, step) pairs apart; < 2**63 for manual_seed.
-    return (base_seed * 1_000_003 + rank * 7_919 + step * 104_729 + round_ * 15_485_863) % (2**63 - 1)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+        if self.prompt_ids.dim() != 2 or self.prompt_mask.shape != self.prompt_ids.shape:
+            raise ValueError(
+                f"prompt_ids {tuple(self.prompt_ids.shape)} and prompt_mask {tuple(self.prompt_mask.shape)} "
+                "must both be [P, L] (one row per prompt)."
+            )
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations={self.num_generations} must be >= 1.")
+        if not self.eos_token_ids:
+            raise ValueError("eos_token_ids is empty: completions could never end. Give at least one id.")
 
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """Anything that turns prompts into a :class:`Rollout` with the model's current weights."""
+    """Anything that turns a :class:`RolloutRequest` into a :class:`Rollout` with the model's current weights.
 
-    def generate(
-        self,
-        model: nn.Module,
-        prompt_ids: Tensor,
-        prompt_mask: Tensor,
-        *,
-        num_generations: int,
-        sampling: SamplingConfig,
-        eos_token_ids: Sequence[int],
-        pad_token_id: int,
-        seed: int,
-        mask_truncated: bool = False,
-    ) -> Rollout:
-        """Sample ``num_generations`` completions for each prompt of ``prompt_ids: [P, L]`` (left-padded)."""
+    ``model`` is the policy being trained, passed on every call because its weights change between
+    calls; an engine that keeps a copy of its own (vLLM, SGLang) updates it from there.
+    """
+
+    def generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
+        """Sample ``request.num_generations`` completions for each prompt of ``request.prompt_ids: [P, L]``."""
         ...
 
 
 class HFGenerateEngine:
-    """The default engine: one batched ``model.generate`` call over all ``P * G`` rows.
+    """transformers' ``generate``: one batched call over all ``P * G`` rows (``rollout_engine: hf``).
 
-    A sharded (FSDP2) model gathers its weights with collectives in every forward, so all ranks
-    must take the same number of decoding steps: ``synced_gpus`` keeps every rank stepping until
-    all of them are done (transformers does not recognise ``fully_shard`` modules by itself).
+    ``rollout_engine: auto`` uses it when a sampling setting (e.g. ``repetition_penalty``) is one only
+    ``generate`` implements. A sharded (FSDP2) model gathers its weights with collectives in every
+    forward, so all ranks must take the same number of decoding steps: ``synced_gpus`` keeps every rank
+    stepping until all of them are done (transformers does not recognise ``fully_shard`` modules by itself).
     """
 
     @torch.no_grad()
-    def generate(
-        self,
-        model: nn.Module,
-        prompt_ids: Tensor,
-        prompt_mask: Tensor,
-        *,
-        num_generations: int,
-        sampling: SamplingConfig,
-        eos_token_ids: Sequence[int],
-        pad_token_id: int,
-        seed: int,
-        mask_truncated: bool = False,
-    ) -> Rollout:
-        prompt_ids, prompt_mask = left_align(prompt_ids, prompt_mask, pad_token_id)
-        prompt_ids = prompt_ids.repeat_interleave(num_generations, dim=0)
-        prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
-        config = sampling.generation_config(eos_token_ids, pad_token_id)
-        synced = (
-            is_sharded(model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        )
-        with eval_mode(model), seeded(seed, prompt_ids.device):
+    def generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
+        """Sample ``request.num_generations`` completions for each prompt of ``request.prompt_ids: [P, L]``."""
+        sampling, pad_token_id = request.sampling, request.pad_token_id
+        prompt_ids, prompt_mask = left_align(request.prompt_ids, request.prompt_mask, pad_token_id)
+        prompt_ids = prompt_ids.repeat_interleave(request.num_generations, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(request.num_generations, dim=0)
+        config = sampling.generation_config(request.eos_token_ids, pad_token_id)
+        with eval_mode(model), seeded(request.seed, prompt_ids.device):
             out = model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, synced_gpus=synced
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=config,
+                synced_gpus=decodes_in_lockstep(model),
             )
         completion_ids = out[:, prompt_ids.shape[1] :]
         mask, truncated, lengths = completion_masks(
-            completion_ids, eos_token_ids, sampling.max_completion_length, mask_truncated
+            completion_ids, request.eos_token_ids, sampling.max_completion_length, request.mask_truncated
         )
         return Rollout(prompt_ids, prompt_mask, completion_ids, mask, truncated, lengths)

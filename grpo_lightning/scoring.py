@@ -19,7 +19,7 @@ from grpo_lightning.reward_scorer import (  # noqa: F401 (this module's public n
     combine_rewards,
     reward_name,
 )
-from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts
+from grpo_lightning.rollout import Rollout, RolloutRequest, SamplingConfig, concat_rollouts
 
 if TYPE_CHECKING:
     from grpo_lightning.module import GRPOModule
@@ -126,18 +126,18 @@ def sample_and_score(
 ) -> ScoredRollout:
     """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
     ids, mask, texts = prompt_batch(module, batch)
+    request = RolloutRequest(
+        ids,
+        mask,
+        num_generations=num_generations,
+        sampling=sampling,
+        eos_token_ids=module.eos_token_ids,
+        pad_token_id=module.tokenizer.pad_token_id,
+        seed=seed,
+        mask_truncated=mask_truncated,
+    )
     try:
-        rollout = module.rollout_engine.generate(
-            module.policy,
-            ids,
-            mask,
-            num_generations=num_generations,
-            sampling=sampling,
-            eos_token_ids=module.eos_token_ids,
-            pad_token_id=module.tokenizer.pad_token_id,
-            seed=seed,
-            mask_truncated=mask_truncated,
-        )
+        rollout = module.rollout_engine.generate(module.policy, request)
     except RuntimeError as err:  # generate's sampler: "probability tensor contains either inf, nan or ..."
         if "inf" in str(err) and "nan" in str(err):
             raise non_finite_logits_error(module.policy) from err

@@ -73,36 +73,25 @@ def build_tiny_model(
     """
     tokenizer = tokenizer if tokenizer is not None else build_char_tokenizer()
     vocab = vocab_size if vocab_size is not None else len(tokenizer)
-    common = {
-        "vocab_size": vocab,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.eos_token_id,
-        "tie_word_embeddings": tie_word_embeddings,
-    }
-    if arch == "gpt2":
-        config = AutoConfig.for_model(
-            "gpt2",
-            n_embd=hidden_size,
-            n_layer=num_layers,
-            n_head=num_heads,
-            n_inner=intermediate_size,
-            n_positions=max_position_embeddings,
-            **common,
-        )
+    if arch == "gpt2":  # its config maps the common size names onto n_embd, n_layer, n_head, n_positions
+        own = {"n_inner": intermediate_size}
     elif arch in ("qwen2", "llama"):
-        config = AutoConfig.for_model(
-            arch,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
-            **common,
-        )
+        own = {"num_key_value_heads": num_kv_heads, "intermediate_size": intermediate_size}
     else:
         raise ValueError(f"arch={arch!r} is not one of 'qwen2', 'llama', 'gpt2'.")
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+        **own,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

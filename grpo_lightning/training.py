@@ -18,8 +18,9 @@ from torch import Tensor
 from grpo_lightning.advantages import compute_advantages, group_stats
 from grpo_lightning.losses import grpo_loss
 from grpo_lightning.models import reference_context
-from grpo_lightning.rollout import Rollout, rollout_seed
+from grpo_lightning.rollout import Rollout
 from grpo_lightning.scoring import ScoredRollout, concat_scored, sample_and_score
+from grpo_lightning.seeds import SeedStream, stream_seed
 from grpo_lightning.update import (
     GradientScales,
     Plan,
@@ -110,7 +111,7 @@ class TrainingStep:
                 b,
                 num_generations=h.num_generations,
                 sampling=m.sampling,
-                seed=rollout_seed(base, rank, step, round_),
+                seed=stream_seed(base, rank, step, SeedStream.ROLLOUT, round_),
                 scorer=m.scorer,
                 mask_truncated=h.mask_truncated_completions,
             )
@@ -181,7 +182,7 @@ class TrainingStep:
         batch = UpdateBatch(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, advantages)
         self._old_and_ref_logprobs(batch, rollout, layout.micro_batch_size)
         # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
-        seed = rollout_seed(m.base_seed(), m.global_rank, step, 7)
+        seed = stream_seed(m.base_seed(), m.global_rank, step, SeedStream.SHUFFLE)
         plan = minibatch_plan(layout, cadence.num_iterations, seed, rollout.completion_ids.device)
         # Each step's loss normaliser counts its whole mini-batch on every rank: one all-reduce for all.
         counts = m.trainer.strategy.reduce(

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import BatchLayout
-from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
+from grpo_lightning.logprobs import shared_prefix_logprobs
 from grpo_lightning.losses import LossType, aggregation_count
 
 #: ``plan[step][micro]``: the rows (1-D int64 indices) of each micro-batch of each optimizer step.
@@ -67,7 +67,7 @@ def micro_logprobs(
     """Log-probs ``[n, K]`` (and entropy) of the completion tokens of ``rows`` after trimming; returns K.
 
     Rows that share a prompt (a group's G samples) compute it once, in the forward and the backward
-    (:func:`~grpo_lightning.engines.shared_prefix.shared_prefix_logprobs`; same values and gradients).
+    (:func:`~grpo_lightning.logprobs.shared_prefix_logprobs`; same values and gradients).
     """
     columns, keep = trim(batch.input_ids[rows], batch.attention_mask[rows], batch.completion_width)
     logp, entropy = shared_prefix_logprobs(

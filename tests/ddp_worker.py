@@ -50,9 +50,9 @@ class RecordingEngine(PerPromptEngine):
         super().__init__()
         self.seeds: list[int] = []
 
-    def generate(self, model, prompt_ids, prompt_mask, *, seed: int, **kwargs):
-        self.seeds.append(seed)
-        return super().generate(model, prompt_ids, prompt_mask, seed=seed, **kwargs)
+    def generate(self, model, request):
+        self.seeds.append(request.seed)
+        return super().generate(model, request)
 
 
 class RolloutRecorder(Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from grpo_lightning.data.prompts import ResumableDataLoader
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.rollout import HFGenerateEngine, Rollout, concat_rollouts
+from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutRequest, concat_rollouts
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 
@@ -193,13 +194,16 @@ class PerPromptEngine(HFGenerateEngine):
     """Seeds each prompt's sampling from the prompt itself: the same prompt gets the same completions on
     any rank and in any batch, which makes a 1-device and a 2-device run sample identically."""
 
-    def generate(self, model, prompt_ids, prompt_mask, *, seed: int, **kwargs: Any) -> Rollout:
+    def generate(self, model, request: RolloutRequest) -> Rollout:
         parts = []
-        for i in range(prompt_ids.shape[0]):
-            ids = prompt_ids[i : i + 1][:, prompt_mask[i].bool()]
+        for i in range(request.prompt_ids.shape[0]):
+            ids = request.prompt_ids[i : i + 1][:, request.prompt_mask[i].bool()]
             prompt_seed = int(sum(int(t) * 31**k for k, t in enumerate(ids[0].tolist())) % (2**31))
-            parts.append(super().generate(model, ids, torch.ones_like(ids), seed=prompt_seed, **kwargs))
-        return concat_rollouts(parts, pad_token_id=kwargs["pad_token_id"])
+            one = dataclasses.replace(
+                request, prompt_ids=ids, prompt_mask=torch.ones_like(ids), seed=prompt_seed
+            )
+            parts.append(super().generate(model, one))
+        return concat_rollouts(parts, pad_token_id=request.pad_token_id)
 
 
 #: What a launcher (Lightning, torchrun, srun) sets for its processes: a child started by a test must

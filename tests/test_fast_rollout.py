@@ -1,4 +1,4 @@
-"""The fast rollout engine against the default ``generate`` engine: same tokens, masks and distribution."""
+"""The fast rollout engine against transformers' ``generate`` (HFGenerateEngine): same tokens, masks and distribution."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from grpo_lightning.engines.decoders import lean_unsupported_reason
 from grpo_lightning.engines.sampling import sample_categorical
 from grpo_lightning.logprobs import sequence_logprobs
 from grpo_lightning.losses import grpo_loss
-from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutEngine, SamplingConfig
+from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutEngine, RolloutRequest, SamplingConfig
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 PROMPTS = ["What is 12 + 7 - 3?", "What is 5 + 9?", "Compute 18 - 4 + 11 + 2, please.", "3 + 3 ="]
@@ -45,10 +45,11 @@ def qwen3_model(tokenizer):
 
 def run(engine, model, prompts, sampling, eos=(1,), generations=3, seed=0, **kwargs):
     ids, mask = prompts
-    return engine.generate(
-        model, ids, mask, num_generations=generations, sampling=sampling, eos_token_ids=list(eos),
+    request = RolloutRequest(
+        ids, mask, num_generations=generations, sampling=sampling, eos_token_ids=list(eos),
         pad_token_id=0, seed=seed, **kwargs,
     )  # fmt: skip
+    return engine.generate(model, request)
 
 
 def frequent_mid_token(completion_ids: torch.Tensor) -> int:

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from grpo_lightning.engines import FastRolloutEngine
-from grpo_lightning.fused_head import fused_head_applies
-from grpo_lightning.logprobs import position_ids_from_mask, sequence_logprobs
-from grpo_lightning.rollout import HFGenerateEngine, SamplingConfig
+from grpo_lightning.logprobs import fused_head_applies, position_ids_from_mask, sequence_logprobs
+from grpo_lightning.rollout import HFGenerateEngine, RolloutRequest, SamplingConfig
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 CUDA = pytest.param("cuda", marks=pytest.mark.gpu)
@@ -153,10 +152,12 @@ def test_fast_engine_greedy_output_equals_generate(tokenizer, device, decoder, d
     greedy = SamplingConfig(
         max_completion_length=max_new, do_sample=False, generation_kwargs={"min_new_tokens": max_new}
     )
-    common = {"num_generations": 2, "sampling": greedy, "eos_token_ids": [1], "pad_token_id": 0, "seed": 0}
+    request = RolloutRequest(
+        ids, mask, num_generations=2, sampling=greedy, eos_token_ids=[1], pad_token_id=0, seed=0
+    )
     engine = FastRolloutEngine(decoder, span_block=16)
-    slow = HFGenerateEngine().generate(model, ids, mask, **common)
-    fast = engine.generate(model, ids, mask, **common)
+    slow = HFGenerateEngine().generate(model, request)
+    fast = engine.generate(model, request)
     model.eval()
     scores = generate_with_scores(model, ids, mask, 2, max_new)
     model.train()
@@ -164,7 +165,7 @@ def test_fast_engine_greedy_output_equals_generate(tokenizer, device, decoder, d
     if decoder == "graph":
         assert engine._static.graphs and engine._static.captures > 0  # really replayed graphs
         captures = engine._static.captures
-        again = engine.generate(model, ids, mask, **common)  # replays only: the same kernels, same inputs
+        again = engine.generate(model, request)  # replays only: the same kernels, same inputs
         assert engine._static.captures == captures
         torch.testing.assert_close(again.completion_ids, fast.completion_ids, rtol=0, atol=0)
 

@@ -16,7 +16,7 @@ from grpo_lightning.engines import FastRolloutEngine
 from grpo_lightning.engines.decoders import LeanDecoder
 from grpo_lightning.engines.graphed import StaticStepDecoder, graph_unsupported_reason, model_fingerprint
 from grpo_lightning.logprobs import sequence_logprobs
-from grpo_lightning.rollout import HFGenerateEngine, SamplingConfig
+from grpo_lightning.rollout import HFGenerateEngine, RolloutRequest, SamplingConfig
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 # Operations a CUDA graph cannot record: host reads of device values, outputs whose shape depends on
@@ -40,10 +40,11 @@ def encode(tokenizer, prompts=PROMPTS):
 
 def run(engine, model, prompts, sampling, eos=(1,), generations=3, seed=0):
     ids, mask = prompts
-    return engine.generate(
-        model, ids, mask, num_generations=generations, sampling=sampling, eos_token_ids=list(eos),
+    request = RolloutRequest(
+        ids, mask, num_generations=generations, sampling=sampling, eos_token_ids=list(eos),
         pad_token_id=0, seed=seed,
     )  # fmt: skip
+    return engine.generate(model, request)
 
 
 def assert_same_rollout(a, b):

@@ -11,8 +11,8 @@ from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from grpo_lightning.fused_head import linear_logprobs
 from grpo_lightning.logprobs import (
+    linear_logprobs,
     position_ids_from_mask,
     sequence_logprobs,
     token_logprobs,
@@ -395,7 +395,7 @@ def test_fused_linear_head_equals_naive_with_gradients(chunk_size: int, temperat
 
 
 def test_the_fused_head_is_used_for_plain_linear_heads_only(monkeypatch) -> None:
-    import grpo_lightning.logprobs as logprobs
+    import grpo_lightning.logprobs.chunked as logprobs
 
     calls = []
     monkeypatch.setattr(logprobs, "linear_logprobs", lambda *a, **k: calls.append(1) or linear_logprobs(*a, **k))

@@ -19,7 +19,7 @@ from helpers import child_env, one_thread  # noqa: F401 (autouse fixture)
 import grpo_lightning.update as update
 from grpo_lightning.advantages import compute_advantages
 from grpo_lightning.logprobs import sequence_logprobs
-from grpo_lightning.rollout import rollout_seed
+from grpo_lightning.seeds import SeedStream, stream_seed
 
 HERE = Path(__file__).parent
 NODES = 2
@@ -97,7 +97,7 @@ def check_rollouts_across_nodes(single: list[dict], ranks: list[list[dict]]) -> 
             assert (view["global_rank"], view["node_rank"], view["num_nodes"]) == (rank, rank, NODES)
             assert view["world_size"] == view["data_parallel_size"] == NODES  # FSDP2: every process
             assert view["global_step"] == step
-            assert view["seeds"] == [rollout_seed(0, rank, step)]
+            assert view["seeds"] == [stream_seed(0, rank, step, SeedStream.ROLLOUT)]
         assert views[0]["seeds"] != views[1]["seeds"]
         prompts = [set(v["row_prompts"]) for v in views]
         assert not prompts[0] & prompts[1] and prompts[0] | prompts[1] == set(ref["row_prompts"])

@@ -117,3 +117,9 @@ def test_length_penalty_and_bad_settings():
         LengthPenalty(max_length=10, unit="words")
     with pytest.raises(ValueError, match="2 completions but 1 lengths"):
         LengthPenalty(max_length=10)(["", ""], ["a", "b"], completion_lengths=[1])
+
+
+def test_a_reward_function_type_is_defined_once():
+    from grpo_lightning import reward_scorer, rewards
+
+    assert reward_scorer.RewardFunc is rewards.RewardFunc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import (
     one_thread,  # noqa: F401 (autouse fixture)
@@ -14,12 +15,13 @@ from grpo_lightning.rollout import (
     HFGenerateEngine,
     Rollout,
     RolloutEngine,
+    RolloutRequest,
     SamplingConfig,
     completion_masks,
     concat_rollouts,
     left_align,
-    rollout_seed,
 )
+from grpo_lightning.seeds import SeedStream, stream_seed
 
 EOS, EOS2, PAD = 1, 9, 0
 
@@ -129,8 +131,7 @@ def test_generation_config_is_complete_and_ignores_the_models_sampling_defaults(
 
 def _generate(model, tok, seed, eos=(EOS,), **sampling):
     batch = prompt_batch(tok, ["1+1=", "12+30="])
-    return HFGenerateEngine().generate(
-        model,
+    request = RolloutRequest(
         batch["input_ids"],
         batch["attention_mask"],
         num_generations=3,
@@ -139,6 +140,7 @@ def _generate(model, tok, seed, eos=(EOS,), **sampling):
         pad_token_id=tok.pad_token_id,
         seed=seed,
     )
+    return HFGenerateEngine().generate(model, request)
 
 
 def test_hf_engine_shapes_order_and_masks():
@@ -182,6 +184,24 @@ def test_hf_engine_is_seeded_and_restores_the_global_rng():
 
 
 def test_seeds_differ_per_rank_step_and_round():
-    seeds = {rollout_seed(0, rank, step, r) for rank in range(4) for step in range(50) for r in range(3)}
+    rollout = SeedStream.ROLLOUT
+    seeds = {
+        stream_seed(0, rank, step, rollout, r) for rank in range(4) for step in range(50) for r in range(3)
+    }
     assert len(seeds) == 4 * 50 * 3
-    assert rollout_seed(1, 0, 0) != rollout_seed(0, 0, 0)
+    assert stream_seed(1, 0, 0, rollout) != stream_seed(0, 0, 0, rollout)
+
+
+def test_rollout_request_is_checked_when_built():
+    ids, mask = torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]])
+    common = {"sampling": SamplingConfig(), "pad_token_id": PAD, "seed": 0}
+    request = RolloutRequest(ids, mask, num_generations=2, eos_token_ids=[EOS, EOS2], **common)
+    assert request.eos_token_ids == (EOS, EOS2)  # kept as a tuple: the request is frozen
+    with pytest.raises(ValueError, match=r"must both be \[P, L\]"):
+        RolloutRequest(ids[0], mask[0], num_generations=2, eos_token_ids=[EOS], **common)
+    with pytest.raises(ValueError, match=r"must both be \[P, L\]"):
+        RolloutRequest(ids, mask[:, 1:], num_generations=2, eos_token_ids=[EOS], **common)
+    with pytest.raises(ValueError, match="num_generations=0"):
+        RolloutRequest(ids, mask, num_generations=0, eos_token_ids=[EOS], **common)
+    with pytest.raises(ValueError, match="eos_token_ids is empty"):
+        RolloutRequest(ids, mask, num_generations=2, eos_token_ids=[], **common)

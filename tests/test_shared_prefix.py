@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_lightning.engines.shared_prefix import shared_prefix_logprobs
-from grpo_lightning.logprobs import sequence_logprobs
+from grpo_lightning.logprobs import sequence_logprobs, shared_prefix_logprobs
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 PROMPTS = ["What is 12 + 7 - 3?", "What is 5 + 9?", "Compute 18 - 4 + 11 + 2."]
@@ -81,7 +80,7 @@ def test_lora_policy_gets_adapter_gradients(tokenizer):
 
 
 def test_falls_back_when_no_prompt_repeats_or_under_checkpointing(tokenizer, monkeypatch):
-    import grpo_lightning.engines.shared_prefix as shared
+    import grpo_lightning.logprobs.sequence as shared
 
     model = build_tiny_model(tokenizer, arch="qwen2")
     calls = []

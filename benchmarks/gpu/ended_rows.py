@@ -43,7 +43,7 @@ def main() -> None:
     from workloads import MODELS, build_model, build_tokenizer, make_prompts
 
     from grpo_lightning.engines import FastRolloutEngine
-    from grpo_lightning.rollout import SamplingConfig
+    from grpo_lightning.rollout import RolloutRequest, SamplingConfig
 
     device = torch.device(args.device)
     spec = MODELS[args.model]
@@ -53,21 +53,21 @@ def main() -> None:
     ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
     greedy = SamplingConfig(max_completion_length=args.max_new_tokens, do_sample=False)
 
+    def request(eos: list[int]) -> RolloutRequest:
+        return RolloutRequest(
+            ids, mask, num_generations=1, sampling=greedy, eos_token_ids=eos,
+            pad_token_id=tokenizer.pad_token_id, seed=0,
+        )  # fmt: skip
+
     def rollout(eos: list[int], drop: bool) -> tuple[float, float, torch.Tensor]:
         sync(device)
         start, cpu = time.perf_counter(), time.process_time()
-        out = FastRolloutEngine("lean", drop_ended_rows=drop).generate(
-            model, ids, mask, num_generations=1, sampling=greedy, eos_token_ids=eos,
-            pad_token_id=tokenizer.pad_token_id, seed=0,
-        )  # fmt: skip
+        out = FastRolloutEngine("lean", drop_ended_rows=drop).generate(model, request(eos))
         sync(device)
         return time.perf_counter() - start, time.process_time() - cpu, out.lengths
 
     _, _, _ = rollout([tokenizer.eos_token_id], drop=True)  # warm-up
-    reference = FastRolloutEngine("lean").generate(
-        model, ids, mask, num_generations=1, sampling=greedy, eos_token_ids=[tokenizer.eos_token_id],
-        pad_token_id=tokenizer.pad_token_id, seed=0,
-    )  # fmt: skip
+    reference = FastRolloutEngine("lean").generate(model, request([tokenizer.eos_token_id]))
     later = reference.completion_ids[:, 8:].flatten().bincount(minlength=len(tokenizer)).float()
     later[reference.completion_ids[:, :8].flatten()] = -1  # no row may end in its first 8 tokens
     common = later.topk(args.eos_ids).indices.tolist()

@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -57,16 +57,21 @@ def time_rollouts(
     eos_token_id: int, pad_token_id: int,
 ) -> dict[str, Any]:  # fmt: skip
     """One warm-up rollout (graph capture, kernel selection), then ``repeats`` timed ones: median."""
+    from grpo_lightning.rollout import RolloutRequest
+
     device = prompt_ids.device
-    kwargs = {
-        "num_generations": work.generations,
-        "sampling": sampling_config(work),
-        "eos_token_ids": [eos_token_id],
-        "pad_token_id": pad_token_id,
-    }
+    request = RolloutRequest(
+        prompt_ids,
+        prompt_mask,
+        num_generations=work.generations,
+        sampling=sampling_config(work),
+        eos_token_ids=[eos_token_id],
+        pad_token_id=pad_token_id,
+        seed=0,
+    )
     sync(device)
     start = time.perf_counter()
-    engine.generate(model, prompt_ids, prompt_mask, seed=0, **kwargs)
+    engine.generate(model, request)
     sync(device)
     warmup = time.perf_counter() - start
     reset_peak(device)
@@ -74,7 +79,7 @@ def time_rollouts(
     for r in range(work.repeats):
         sync(device)
         start = time.perf_counter()
-        out = engine.generate(model, prompt_ids, prompt_mask, seed=r + 1, **kwargs)
+        out = engine.generate(model, replace(request, seed=r + 1))
         sync(device)
         seconds.append(time.perf_counter() - start)
     tokens = int(out.completion_mask.sum())

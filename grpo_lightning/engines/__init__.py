@@ -1,4 +1,4 @@
-"""Rollout engines beyond the default ``generate`` one (see :mod:`grpo_lightning.rollout`)."""
+"""The rollout engines by name: ``auto`` (the default), ``fast`` and ``hf`` (see :mod:`grpo_lightning.rollout`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def resolve_engine(
 
     ``"fast"``: :class:`FastRolloutEngine`; ``"hf"``: transformers' ``generate``; ``"auto"``: the
     fast engine when it implements every setting of ``sampling`` (``repetition_penalty`` and most
-    ``generation_kwargs`` need ``generate``), else ``generate``. None means ``"hf"``.
+    ``generation_kwargs`` need ``generate``), else ``generate``. None means ``"hf"`` (the module's default is
+    ``"auto"``).
     """
     if engine is None:
         return HFGenerateEngine()
@@ -41,7 +42,7 @@ def resolve_engine(
         return FastRolloutEngine() if engine == "fast" else HFGenerateEngine()
     if not isinstance(engine, RolloutEngine):
         raise TypeError(
-            f"rollout_engine={engine!r} has no generate(model, prompt_ids, prompt_mask, ...) method: pass 'auto', "
+            f"rollout_engine={engine!r} has no generate(model, request) method: pass 'auto', "
             "'fast', 'hf' or an object implementing grpo_lightning.rollout.RolloutEngine."
         )
     return engine

@@ -21,26 +21,22 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import DynamicCache
 
+from grpo_lightning.causal_lm import base_model, cache_argument, is_sharded, position_ids_from_mask
+
 _LEAN_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
-def _backbone(model: nn.Module) -> nn.Module:
-    """The ``*ForCausalLM`` inside a PEFT wrapper, or the model itself."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def lean_unsupported_reason(model: nn.Module, total_length: int) -> str | None:
     """Why :class:`LeanDecoder` cannot run ``model`` for ``total_length`` positions (None: it can)."""
-    lm = _backbone(model)
+    lm = base_model(model)
     config = getattr(lm, "config", None)
     if getattr(config, "model_type", None) not in _LEAN_MODEL_TYPES:
         return f"model_type {getattr(config, 'model_type', None)!r} is not one of {sorted(_LEAN_MODEL_TYPES)}"
     inner = getattr(lm, "model", None)
     if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return "the model does not have the Llama layout (model.embed_tokens/layers/norm/rotary_emb)"
-    if any(type(p).__name__ == "DTensor" for p in lm.parameters()):
+    if is_sharded(lm):
         return "the parameters are sharded (FSDP): the model's own forward gathers them"
     for layer in inner.layers:
         attn = getattr(layer, "self_attn", None)
@@ -61,11 +57,6 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-def _prompt_positions(prompt_mask: Tensor) -> Tensor:
-    """Position ids of left-padded prompts, as ``generate`` numbers them (padding gets 1, never attended)."""
-    return (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
-
-
 class LeanDecoder:
     """Decoding loop for Llama-family models with key/value buffers allocated once per rollout.
 
@@ -76,7 +67,7 @@ class LeanDecoder:
     compactable = True  # keep() drops rows
 
     def __init__(self, model: nn.Module) -> None:
-        self.lm = _backbone(model)
+        self.lm = base_model(model)
         self.inner = self.lm.model
         self.head = self.lm.get_output_embeddings()
         config = self.lm.config
@@ -97,7 +88,7 @@ class LeanDecoder:
         causal = torch.ones(width, width, dtype=torch.bool, device=valid.device).tril()
         eye = torch.eye(width, dtype=torch.bool, device=valid.device)
         mask = ((causal & valid[:, None, :]) | eye)[:, None]
-        positions = _prompt_positions(prompt_mask)
+        positions = position_ids_from_mask(prompt_mask)
         x = self.inner.embed_tokens(prompt_ids)
         cos, sin = self.inner.rotary_emb(x, positions)
         total = width + max_new_tokens
@@ -186,14 +177,16 @@ class CacheDecoder:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.keep_arg = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.cache_arg = cache_argument(model) or "past_key_values"
+        # Only when the forward names it: a PEFT wrapper would pass it on through **kwargs too, but the
+        # last position's logits computed alone can round differently from the full ones.
+        named = inspect.signature(model.forward).parameters
+        self.keep_arg = {"logits_to_keep": 1} if "logits_to_keep" in named else {}
 
     def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, max_new_tokens: int) -> Tensor:
         """Run the ``[P, L]`` prompts, repeat the cache ``repeats`` times; next-token logits ``[P * repeats, V]``."""
         self.cache = DynamicCache()
-        positions = _prompt_positions(prompt_mask)
+        positions = position_ids_from_mask(prompt_mask)
         out = self._forward(prompt_ids, prompt_mask, positions)
         self.cache.batch_repeat_interleave(repeats)
         self.mask = prompt_mask.repeat_interleave(repeats, dim=0)

@@ -1,8 +1,9 @@
 """A lean sampling engine: a hand-written decoding loop instead of ``generate``, plus sampling log-probs.
 
-Same protocol and same :class:`~grpo_lightning.rollout.Rollout` as the default engine (the masks come
-from the same :func:`~grpo_lightning.rollout.completion_masks`), with three differences that cost
-nothing in correctness:
+The engine of ``rollout_engine: auto`` whenever it implements every sampling setting. Same protocol
+and same :class:`~grpo_lightning.rollout.Rollout` as :class:`~grpo_lightning.rollout.HFGenerateEngine`
+(the masks come from the same :func:`~grpo_lightning.rollout.completion_masks`), with three
+differences that cost nothing in correctness:
 
 - each unique prompt is prefilled once and its keys/values shared by its ``G`` samples;
 - Llama-family models decode through :class:`~grpo_lightning.engines.decoders.LeanDecoder`
@@ -14,18 +15,19 @@ nothing in correctness:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from grpo_lightning._checks import check_choice
+from grpo_lightning.causal_lm import decodes_in_lockstep
 from grpo_lightning.engines.decoders import CacheDecoder, LeanDecoder, lean_unsupported_reason
 from grpo_lightning.engines.graphed import StaticStepDecoder, graph_unsupported_reason
 from grpo_lightning.engines.sampling import TokenSampler
 from grpo_lightning.models import eval_mode
-from grpo_lightning.rollout import Rollout, SamplingConfig, completion_masks, left_align, seeded
+from grpo_lightning.rollout import Rollout, RolloutRequest, completion_masks, left_align
+from grpo_lightning.seeds import seeded
 
 Decoder = Literal["auto", "lean", "graph", "static", "cache"]
 DECODERS: tuple[str, ...] = ("auto", "lean", "graph", "static", "cache")
@@ -108,24 +110,14 @@ class FastRolloutEngine:
         return static
 
     @torch.no_grad()
-    def generate(
-        self,
-        model: nn.Module,
-        prompt_ids: Tensor,
-        prompt_mask: Tensor,
-        *,
-        num_generations: int,
-        sampling: SamplingConfig,
-        eos_token_ids: Sequence[int],
-        pad_token_id: int,
-        seed: int,
-        mask_truncated: bool = False,
-    ) -> Rollout:
-        """Sample ``num_generations`` completions for each prompt of ``prompt_ids: [P, L]`` (any padding side)."""
+    def generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
+        """Sample ``request.num_generations`` completions for each prompt of ``request.prompt_ids: [P, L]``."""
+        sampling, eos_token_ids, pad_token_id = request.sampling, request.eos_token_ids, request.pad_token_id
+        num_generations = request.num_generations
         config = sampling.generation_config(eos_token_ids, pad_token_id)
         sampler = TokenSampler.from_generation_config(config, eos_token_ids)
         max_new = int(config.max_new_tokens)
-        prompt_ids, prompt_mask = left_align(prompt_ids, prompt_mask, pad_token_id)
+        prompt_ids, prompt_mask = left_align(request.prompt_ids, request.prompt_mask, pad_token_id)
         device = prompt_ids.device
         eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
         check_every = 1 if device.type == "cpu" else self.check_every
@@ -134,11 +126,11 @@ class FastRolloutEngine:
         # Sharded (FSDP) weights are gathered by collectives inside every forward: all ranks must take
         # the same number of steps, so "every row has ended" is agreed over ranks, as generate's
         # synced_gpus does.
-        synced = _is_sharded(model)
+        synced = decodes_in_lockstep(model)
         decoder = self._decoder(model, prompt_ids.shape[1] + max_new, device)
         tokens: list[Tensor] = []
         logps: list[Tensor] = []
-        with eval_mode(model), seeded(seed, device):
+        with eval_mode(model), seeded(request.seed, device):
             logits = decoder.prefill(prompt_ids, prompt_mask, num_generations, max_new)
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
             # Ended rows are dropped from the decoder once they are half of its rows (not across ranks:
@@ -161,7 +153,9 @@ class FastRolloutEngine:
                         break
                 logits = decoder.step(live.select(token))
         completion_ids = torch.stack(tokens, dim=1)
-        mask, truncated, lengths = completion_masks(completion_ids, eos_token_ids, max_new, mask_truncated)
+        mask, truncated, lengths = completion_masks(
+            completion_ids, eos_token_ids, max_new, request.mask_truncated
+        )
         # Drop all-padding steps past the last EOS (kept when synced: every rank then has the same width).
         width = completion_ids.shape[1] if synced or not lengths.numel() else int(lengths.max())
         completion_ids, mask = completion_ids[:, :width], mask[:, :width]
@@ -213,13 +207,6 @@ class LiveRows:
             decoder.keep(positions)
             self.rows = going
         return False
-
-
-def _is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` holds FSDP-sharded (DTensor) parameters in an initialised process group."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
-    return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def _all_done(done: Tensor, synced: bool) -> bool:

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from grpo_lightning.engines.decoders import LeanDecoder, _backbone
+from grpo_lightning.causal_lm import base_model
+from grpo_lightning.engines.decoders import LeanDecoder
 
 _GRAPH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -116,7 +117,7 @@ class StaticStepDecoder(LeanDecoder):
 
     def serves(self, model: nn.Module) -> bool:
         """Whether this decoder was built for ``model`` (the engine reuses it across rollouts)."""
-        return self.lm is _backbone(model)
+        return self.lm is base_model(model)
 
     def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, max_new_tokens: int) -> Tensor:
         """As :meth:`LeanDecoder.prefill`, into buffers kept for the next rollout of the same shape."""

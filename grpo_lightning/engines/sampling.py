@@ -64,8 +64,8 @@ class TokenSampler:
         if unsupported:
             raise ValueError(
                 f"The fast rollout engine does not implement the generation setting(s) {unsupported}. Remove them "
-                "from the sampling settings (generation_kwargs / repetition_penalty), or use the default engine "
-                "(rollout_engine='hf'), which calls transformers' generate."
+                "from the sampling settings (generation_kwargs / repetition_penalty), or sample with transformers' "
+                "generate (rollout_engine='hf'; rollout_engine='auto' picks it by itself for such settings)."
             )
         sample = bool(config.do_sample)
         return cls(

@@ -204,23 +204,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-operand", type=int, default=20)
     parser.add_argument("--num-problems", type=int, default=None, help="pool size (default steps x batch)")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    train(
-        args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        intermediate_size=args.intermediate_size,
-        eval_every=args.eval_every,
-        stop_at=args.stop_at,
-        data={"min_steps": args.min_steps, "max_steps": args.max_steps, "max_operand": args.max_operand},
-        num_problems=args.num_problems,
-    )
-
+    # Every option is a keyword of train() of the same name, apart from the problem shape (its data dict).
+    options = vars(parser.parse_args(argv))
+    torch.set_num_threads(options.pop("threads"))
+    data = {key: options.pop(key) for key in ("min_steps", "max_steps", "max_operand")}
+    train(options.pop("out"), data=data, **options)
 
 if __name__ == "__main__":
     main()

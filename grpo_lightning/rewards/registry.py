@@ -8,10 +8,12 @@ one value per completion, ``None`` meaning "not applicable" (ignored by the stat
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-RewardFunc = Callable[..., list[float | None]]
+#: ``f(prompts, completions, **columns)`` -> one float (or None) per completion, in order. A list is
+#: usual; any sequence of that length is accepted (a tuple, a 1-D tensor).
+RewardFunc = Callable[..., Sequence[float | None]]
 
 _REGISTRY: dict[str, RewardFunc] = {}
 

@@ -1,7 +1,7 @@
 """The LM head and the token log-probs as one autograd function, for a plain ``nn.Linear`` head.
 
-The generic path (:func:`grpo_lightning.logprobs.token_logprobs_from_hidden`) runs each chunk of
-rows through ``lm_head`` under activation checkpointing. That keeps memory flat, but autograd then
+The generic path (:func:`grpo_lightning.logprobs.token_logprobs` with an ``lm_head``) runs each chunk
+of rows through it under activation checkpointing. That keeps memory flat, but autograd then
 makes a new ``[V, H]`` weight gradient per chunk before adding it into ``.grad``, and the backward
 walks the ``[rows, V]`` block several times (log-softmax output, gather's zeros, log-softmax's
 backward). Here the backward recomputes each chunk's logits once, turns them into
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.models import is_sharded
+from grpo_lightning.causal_lm import is_sharded
 
 
 def fused_head_applies(lm_head: nn.Module, hidden: Tensor) -> bool:

@@ -1,0 +1,69 @@
+"""Named random streams: every seeded draw of a run says which stream it belongs to.
+
+A seed is a function of the run's base seed, the rank, an index (the training step, or the batch for
+evaluation), the stream and, for rollouts, the dynamic-sampling round. Two draws share a seed only
+when all of these agree, so a resumed run repeats its samples and no two kinds of draw are correlated.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+class SeedStream(enum.Enum):
+    """The seeded draws of a run (see :func:`stream_seed`)."""
+
+    ROLLOUT = "rollout"
+    """Completions sampled at training step ``index``; dynamic-sampling round ``r`` adds ``round_=r``."""
+    SHUFFLE = "shuffle"
+    """Order of the rollout's rows in the mini-batches of step ``index``."""
+    EVALUATION = "evaluation"
+    """Greedy completions of evaluation or prediction batch ``index``."""
+    EVALUATION_SAMPLES = "evaluation_samples"
+    """Sampled completions (pass@k) of evaluation or prediction batch ``index``."""
+
+
+# Where each stream sits in the seed formula: (slot, offset). The values are those these draws had
+# before the streams were named, so a seed gives the same samples as before. The one exception:
+# dynamic-sampling rounds r >= 1 took slot r, so round 7 shared the shuffle's seed; they now take
+# the slots after it (_FIRST_EXTRA_ROUND_SLOT + r - 1), where nothing else lies.
+_PLACES: dict[SeedStream, tuple[int, int]] = {
+    SeedStream.ROLLOUT: (0, 0),
+    SeedStream.SHUFFLE: (7, 0),
+    SeedStream.EVALUATION: (-1, 0),
+    SeedStream.EVALUATION_SAMPLES: (-1, 1),  # the greedy seed + 1
+}
+_FIRST_EXTRA_ROUND_SLOT = 8
+
+
+def stream_seed(base_seed: int, rank: int, index: int, stream: SeedStream, round_: int = 0) -> int:
+    """The seed of one draw: fixed by the run's seed, the rank, the step or batch ``index`` and the stream.
+
+    ``round_`` numbers the dynamic-sampling rounds of a :attr:`SeedStream.ROLLOUT` (0: the first
+    sampling of the step); other streams have none. The result is in ``[0, 2**63 - 1)`` (what
+    ``torch.manual_seed`` takes) and the same on resume.
+    """
+    if not isinstance(stream, SeedStream):
+        raise TypeError(f"stream must be a SeedStream, got {stream!r}.")
+    if round_ < 0 or (round_ and stream is not SeedStream.ROLLOUT):
+        raise ValueError(
+            f"round_={round_} is invalid for {stream}: only ROLLOUT has rounds, numbered from 0."
+        )
+    slot, offset = _PLACES[stream]
+    if round_:
+        slot = _FIRST_EXTRA_ROUND_SLOT + round_ - 1
+    # Large primes as multipliers keep the seeds of nearby (rank, index, slot) triples apart.
+    return (base_seed * 1_000_003 + rank * 7_919 + index * 104_729 + slot * 15_485_863 + offset) % (2**63 - 1)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with the global RNG seeded to ``seed``, restoring the caller's RNG state after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=True):
+        torch.manual_seed(seed)
+        yield

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
 
 import budget  # noqa: E402
 import compare  # noqa: E402
-from learning_report import summarize  # noqa: E402
+from learning_report import summarize, table_markdown  # noqa: E402
 from sft_methods import answer_pairs, epochs  # noqa: E402
 
 CONFIG = str(ROOT / "configs" / "quickstart.yaml")
@@ -104,8 +104,20 @@ def test_cpu_clock_counts_process_cpu_seconds(monkeypatch):
 
 
 def _run(method, seed, accuracies):
-    snapshots = [{"mark": 10.0 * i, "accuracy": a} for i, a in enumerate(accuracies)]
-    return {"method": method, "seed": seed, "snapshots": snapshots, "steps": 10 * (seed + 1), "samples": 5}
+    snapshots = [{"mark": 10.0 * i, "time": 10.0 * i + seed, "accuracy": a} for i, a in enumerate(accuracies)]
+    return {
+        "method": method,
+        "seed": seed,
+        "snapshots": snapshots,
+        "steps": 10 * (seed + 1),
+        "samples": 5,
+        "budget": 20.0,
+        "clock": "wall",
+        "threads": 2,
+        "held_out_size": 200,
+        "loadavg_start": [1.5 + seed, 0, 0],
+        "loadavg_end": [2.0, 0, 0],
+    }
 
 
 def test_summary_mean_spread_and_per_seed_values_by_hand():
@@ -123,6 +135,18 @@ def test_summary_mean_spread_and_per_seed_values_by_hand():
     assert g["start"] == [0.5, 0.5] and g["end"] == [0.7, 0.9]
     assert g["end_std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.7 and 0.9: sqrt(2 * 0.1^2 / 1)
     assert s["rft"]["end_std"] is None  # one seed: no spread
+    assert g["end_time"] == [20.0, 21.0]
+    table = table_markdown(s, runs, {"cpu_count": 2})
+    assert "after 20 s of training (wall-clock time, 2 threads per run)" in table
+    assert "load average 1.5-2.5 on 2 cores" in table
+    assert (
+        "| GRPO (answers only) | 0.500 | **0.800** | 0.141 | 0.700-0.900 | +0.300 | 0: 0.700, 1: 0.900 | 15 | 20.5 |"
+        in table
+    )
+    assert (
+        "| RFT (rejection sampling) | 0.500 | **0.400** | - | 0.400-0.400 | -0.100 | 0: 0.400 | 10 | 20.0 |"
+        in table
+    )
     with pytest.raises(ValueError, match="marks"):
         summarize([*runs, {**_run("rft", 1, [0.5, 0.5]), "snapshots": [{"mark": 0.0, "accuracy": 0.5}]}])
 

@@ -26,7 +26,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for run in runs:
         marks = [s["mark"] for s in run["snapshots"]]
         m = out.setdefault(
-            run["method"], {"seeds": [], "marks": marks, "accuracy": [], "steps": [], "samples": []}
+            run["method"],
+            {"seeds": [], "marks": marks, "accuracy": [], "steps": [], "samples": [], "end_time": []},
         )
         if marks != m["marks"]:
             raise ValueError(
@@ -37,6 +38,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         m["accuracy"].append([s["accuracy"] for s in run["snapshots"]])
         m["steps"].append(run["steps"])
         m["samples"].append(run["samples"])
+        m["end_time"].append(run["snapshots"][-1]["time"])  # a little past the budget: the last unit ends
     for m in out.values():
         columns = list(zip(*m["accuracy"], strict=True))
         m["mean"] = [statistics.fmean(c) for c in columns]
@@ -66,8 +68,9 @@ def table_markdown(
         f"{len(summary[next(iter(summary))]['seeds'])} seed(s); 1-minute load average {low:.1f}-{high:.1f} on "
         f"{meta.get('cpu_count', '?')} cores.",
         "",
-        "| method | start | end of budget: mean | std | min-max | gain (mean) | per seed | optimizer steps (mean) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | start | end of budget: mean | std | min-max | gain (mean) | per seed | optimizer steps (mean) "
+        "| end snapshot taken at (s, mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary.items():
         start, end = statistics.fmean(m["start"]), statistics.fmean(m["end"])
@@ -75,7 +78,8 @@ def table_markdown(
         per_seed = ", ".join(f"{s}: {e:.3f}" for s, e in zip(m["seeds"], m["end"], strict=True))
         lines.append(
             f"| {LABELS.get(method, method)} | {start:.3f} | **{end:.3f}** | {std} | {min(m['end']):.3f}-"
-            f"{max(m['end']):.3f} | {end - start:+.3f} | {per_seed} | {statistics.fmean(m['steps']):.0f} |"
+            f"{max(m['end']):.3f} | {end - start:+.3f} | {per_seed} | {statistics.fmean(m['steps']):.0f} "
+            f"| {statistics.fmean(m['end_time']):.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 (autouse fixture)
+from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
+
+from grpo_lightning.recipes.tiny_math_sft import sft_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
@@ -20,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
 import budget  # noqa: E402
 import compare  # noqa: E402
 from learning_report import summarize, table_markdown  # noqa: E402
-from sft_methods import answer_pairs, epochs  # noqa: E402
+from sft_methods import Optimizer, SFTSettings, answer_pairs, epochs  # noqa: E402
 
 CONFIG = str(ROOT / "configs" / "quickstart.yaml")
 
@@ -181,6 +183,23 @@ def test_answers_only_targets_and_epoch_order():
     assert sorted(first) == sorted(second) == [0, 1, 2]  # every example once per epoch
     with pytest.raises(ValueError, match="empty"):
         next(epochs(0, random.Random(0)))
+
+
+def test_sft_learning_rate_warms_up_linearly_then_stays_constant():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    optimizer = Optimizer(model, SFTSettings(lr=1e-3, warmup=4))
+    batch = sft_batch(tokenizer, [{"question": "1+1=", "solution": "2"}], template="{question}")
+    before = model.lm_head.weight.detach().clone()
+    lrs = []
+    for _ in range(5):
+        lrs.append(optimizer.adamw.param_groups[0]["lr"])
+        optimizer.step(batch)
+    assert lrs == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3])
+    assert not torch.equal(before, model.lm_head.weight)
+    assert all(p.grad is None for p in model.parameters())  # cleared after each step
+    constant = Optimizer(model, SFTSettings(lr=1e-3))
+    assert constant.adamw.param_groups[0]["lr"] == 1e-3
 
 
 @pytest.mark.slow

@@ -40,6 +40,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft-lr", type=float, default=1.3e-3)
     parser.add_argument("--sft-batch-size", type=int, default=64)
     parser.add_argument(
+        "--sft-warmup", type=int, default=0, help="linear warmup steps of the SFT learning rate"
+    )
+    parser.add_argument(
         "--worked-data",
         type=json.loads,
         default=None,
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     task = load_task(args.config, args.set)
     seed_everything(args.seed, verbose=False)  # after the config's own seed_everything
     clock = BudgetClock(task.module.policy, args.budget, args.marks, args.clock)
-    sft = SFTSettings(lr=args.sft_lr, batch_size=args.sft_batch_size)
+    sft = SFTSettings(lr=args.sft_lr, warmup=args.sft_warmup, batch_size=args.sft_batch_size)
     load_start, wall0, cpu0 = os.getloadavg(), time.perf_counter(), time.process_time()
     if args.method == "grpo":
         from grpo_method import grpo

@@ -2,7 +2,7 @@
 rejection-sampling fine-tuning (RFT, expert iteration). Each trains ``task.module.policy`` in place
 until ``clock`` says the budget is spent.
 
-All three take optimizer steps with :func:`sft_step` on batches from the tiny model recipe's
+All three take optimizer steps with :class:`Optimizer` on batches from the tiny model recipe's
 ``sft_batch`` (loss on the target tokens only, target = text + EOS).
 """
 
@@ -18,6 +18,7 @@ from budget import BudgetClock
 from learning_task import Task
 
 from grpo_lightning.evaluation import correct
+from grpo_lightning.module import _warmup
 from grpo_lightning.recipes.tiny_math_sft import sft_batch
 from grpo_lightning.scoring import sample_and_score
 from grpo_lightning.synthetic import generate_problems
@@ -31,9 +32,11 @@ Pair = tuple[str, str]  # (prompt text, target text without EOS)
 
 @dataclass
 class SFTSettings:
-    """Optimizer and batch of every supervised update (AdamW as in the tiny model's recipe, constant lr)."""
+    """Optimizer and batch of every supervised update (AdamW as in the tiny model's recipe, constant lr
+    after ``warmup`` steps of linear warmup)."""
 
     lr: float = 1.3e-3
+    warmup: int = 0
     batch_size: int = 64
     max_grad_norm: float = 1.0
     betas: tuple[float, float] = (0.9, 0.98)
@@ -57,20 +60,26 @@ class Counters:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sft_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, max_grad_norm: float
-) -> float:
-    """One optimizer step on the mean token loss of ``batch`` (``input_ids``, ``attention_mask``, ``labels`` [B, T])."""
-    loss = model(**batch).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+class Optimizer:
+    """AdamW with the learning-rate schedule of :class:`SFTSettings`."""
 
+    def __init__(self, model: torch.nn.Module, s: SFTSettings) -> None:
+        self.model, self.max_grad_norm = model, s.max_grad_norm
+        self.adamw = torch.optim.AdamW(
+            model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay
+        )
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.adamw, lambda step: _warmup(step, s.warmup))
 
-def make_optimizer(model: torch.nn.Module, s: SFTSettings) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimizer step on the mean token loss of ``batch`` (``input_ids``, ``attention_mask``,
+        ``labels`` [B, T]); returns the loss."""
+        loss = self.model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.adamw.step()
+        self.schedule.step()
+        self.adamw.zero_grad(set_to_none=True)
+        return loss.item()
 
 
 def epochs(n: int, rng: random.Random) -> Iterator[int]:
@@ -102,11 +111,11 @@ def train_on_pool(
     """SFT on ``pairs`` reshuffled every epoch, ``s.batch_size`` per step, until the budget is spent."""
     model, tok = task.module.policy, task.module.tokenizer
     model.train()
-    optimizer, order, counters = make_optimizer(model, s), epochs(len(pairs), random.Random(seed)), Counters()
+    optimizer, order, counters = Optimizer(model, s), epochs(len(pairs), random.Random(seed)), Counters()
     clock.start()
     while not clock.done:
         rows = [{"question": p, "solution": t} for p, t in (pairs[next(order)] for _ in range(s.batch_size))]
-        sft_step(model, optimizer, sft_batch(tok, rows, template="{question}"), s.max_grad_norm)
+        optimizer.step(sft_batch(tok, rows, template="{question}"))
         counters.steps += 1
         counters.samples += len(rows)
         clock.tick(counters.steps, counters.samples)
@@ -160,7 +169,7 @@ def rft(task: Task, clock: BudgetClock, s: SFTSettings, r: RFTSettings, seed: in
     keep the distinct correct completions, one epoch of SFT on them. Sampling counts in the budget."""
     check_prompt_tokens(task)
     model, tok = task.module.policy, task.module.tokenizer
-    optimizer, counters, rng = make_optimizer(model, s), Counters(), random.Random(seed)
+    optimizer, counters, rng = Optimizer(model, s), Counters(), random.Random(seed)
     order = epochs(len(task.train), rng)
     kept_per_round: list[int] = []
     calls = 0
@@ -183,7 +192,7 @@ def rft(task: Task, clock: BudgetClock, s: SFTSettings, r: RFTSettings, seed: in
             if clock.done:
                 break
             rows_ = [{"question": p, "solution": t} for p, t in kept[start : start + s.batch_size]]
-            sft_step(model, optimizer, sft_batch(tok, rows_, template="{question}"), s.max_grad_norm)
+            optimizer.step(sft_batch(tok, rows_, template="{question}"))
             counters.steps += 1
             clock.tick(counters.steps, counters.samples)
     counters.extra["kept_per_round"] = kept_per_round

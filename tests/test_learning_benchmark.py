@@ -138,8 +138,9 @@ def test_summary_mean_spread_and_per_seed_values_by_hand():
     assert g["end_std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.7 and 0.9: sqrt(2 * 0.1^2 / 1)
     assert s["rft"]["end_std"] is None  # one seed: no spread
     assert g["end_time"] == [20.0, 21.0]
+    assert g["time_mean"] == [0.5, 10.5, 20.5]
     table = table_markdown(s, runs, {"cpu_count": 2})
-    assert "after 20 s of training (wall-clock time, 2 threads per run)" in table
+    assert "after 20 s of training (wall-clock time, 2 threads per run), 2 seeds;" in table
     assert "load average 1.5-2.5 on 2 cores" in table
     assert (
         "| GRPO (answers only) | 0.500 | **0.800** | 0.141 | 0.700-0.900 | +0.300 | 0: 0.700, 1: 0.900 | 15 | 20.5 |"

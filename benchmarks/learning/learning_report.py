@@ -17,7 +17,8 @@ LABELS = {
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per method (in the order first seen): ``seeds``, ``marks``, ``accuracy[seed][mark]``, the mean /
-    min / max curve over seeds, ``start`` and ``end`` accuracy per seed, mean steps and samples.
+    min / max curve over seeds, ``times[seed][mark]`` (when each snapshot was actually taken) and their
+    mean ``time_mean``, ``start`` and ``end`` accuracy and ``end_time`` per seed, steps and samples.
 
     Raises:
         ValueError: two runs of a method have different marks (another budget or number of marks).
@@ -27,7 +28,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         marks = [s["mark"] for s in run["snapshots"]]
         m = out.setdefault(
             run["method"],
-            {"seeds": [], "marks": marks, "accuracy": [], "steps": [], "samples": [], "end_time": []},
+            {"seeds": [], "marks": marks, "accuracy": [], "times": [], "steps": [], "samples": []},
         )
         if marks != m["marks"]:
             raise ValueError(
@@ -38,12 +39,15 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         m["accuracy"].append([s["accuracy"] for s in run["snapshots"]])
         m["steps"].append(run["steps"])
         m["samples"].append(run["samples"])
-        m["end_time"].append(run["snapshots"][-1]["time"])  # a little past the budget: the last unit ends
+        # Each snapshot is taken when the unit of work that reaches its mark ends: at or past the mark.
+        m["times"].append([s["time"] for s in run["snapshots"]])
     for m in out.values():
         columns = list(zip(*m["accuracy"], strict=True))
         m["mean"] = [statistics.fmean(c) for c in columns]
         m["min"] = [min(c) for c in columns]
         m["max"] = [max(c) for c in columns]
+        m["time_mean"] = [statistics.fmean(c) for c in zip(*m["times"], strict=True)]
+        m["end_time"] = [t[-1] for t in m["times"]]
         m["start"] = [a[0] for a in m["accuracy"]]
         m["end"] = [a[-1] for a in m["accuracy"]]
         m["end_std"] = statistics.stdev(m["end"]) if len(m["end"]) > 1 else None
@@ -65,7 +69,7 @@ def table_markdown(
     lines = [
         f"Greedy accuracy on the {runs[0]['held_out_size']} held-out problems after {budget:g} s of training "
         f"({'wall-clock' if clock == 'wall' else 'process CPU'} time, {runs[0]['threads']} threads per run), "
-        f"{len(summary[next(iter(summary))]['seeds'])} seed(s); 1-minute load average {low:.1f}-{high:.1f} on "
+        f"{_seeds(len(summary[next(iter(summary))]['seeds']))}; 1-minute load average {low:.1f}-{high:.1f} on "
         f"{meta.get('cpu_count', '?')} cores.",
         "",
         "| method | start | end of budget: mean | std | min-max | gain (mean) | per seed | optimizer steps (mean) "
@@ -87,7 +91,9 @@ def table_markdown(
 def plot(
     summary: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]], meta: dict[str, Any], path: str
 ) -> None:
-    """Accuracy against training seconds: the mean over seeds per method, with a min-max band."""
+    """Accuracy against training seconds: the mean over seeds per method, with a min-max band, each
+    point at the mean time its snapshots were actually taken (a method whose units of work are long
+    shows its last point past the budget)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -97,10 +103,14 @@ def plot(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, m in summary.items():
         (line,) = ax.plot(
-            m["marks"], m["mean"], marker="o", label=f"{LABELS.get(method, method)} ({len(m['seeds'])} seeds)"
+            m["time_mean"],
+            m["mean"],
+            marker="o",
+            label=f"{LABELS.get(method, method)} ({_seeds(len(m['seeds']))})",
         )
         if len(m["seeds"]) > 1:
-            ax.fill_between(m["marks"], m["min"], m["max"], color=line.get_color(), alpha=0.2)
+            ax.fill_between(m["time_mean"], m["min"], m["max"], color=line.get_color(), alpha=0.2)
+    ax.axvline(runs[0]["budget"], color="gray", linestyle="--", linewidth=1, label="budget")
     clock = "wall-clock" if runs[0]["clock"] == "wall" else "process CPU"
     ax.set_xlabel(f"training time ({clock} seconds, evaluation excluded)")
     ax.set_ylabel(f"greedy accuracy, {runs[0]['held_out_size']} held-out problems")
@@ -115,3 +125,7 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"

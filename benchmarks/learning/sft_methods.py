@@ -135,6 +135,7 @@ def answer_pairs(task: Task) -> list[Pair]:
 
 
 def sft_worked(task: Task, clock: BudgetClock, s: SFTSettings, seed: int, data: dict, pool: int) -> Counters:
+    """Continued SFT on ``pool`` worked problems drawn with the generator knobs ``data``."""
     check_prompt_tokens(task)
     pairs = worked_pairs(task, data, pool)
     counters = train_on_pool(task, pairs, clock, s, seed)
@@ -143,6 +144,7 @@ def sft_worked(task: Task, clock: BudgetClock, s: SFTSettings, seed: int, data: 
 
 
 def sft_answers(task: Task, clock: BudgetClock, s: SFTSettings, seed: int) -> Counters:
+    """SFT on the training problems with answers-only targets."""
     check_prompt_tokens(task)
     return train_on_pool(task, answer_pairs(task), clock, s, seed)
 
@@ -191,8 +193,8 @@ def rft(task: Task, clock: BudgetClock, s: SFTSettings, r: RFTSettings, seed: in
         for start in range(0, len(kept), s.batch_size):
             if clock.done:
                 break
-            rows_ = [{"question": p, "solution": t} for p, t in kept[start : start + s.batch_size]]
-            optimizer.step(sft_batch(tok, rows_, template="{question}"))
+            batch_rows = [{"question": p, "solution": t} for p, t in kept[start : start + s.batch_size]]
+            optimizer.step(sft_batch(tok, batch_rows, template="{question}"))
             counters.steps += 1
             clock.tick(counters.steps, counters.samples)
     counters.extra["kept_per_round"] = kept_per_round

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
 
 import budget  # noqa: E402
 import compare  # noqa: E402
+import sft_methods  # noqa: E402
 from learning_report import summarize, table_markdown  # noqa: E402
 from sft_methods import Optimizer, SFTSettings, answer_pairs, epochs  # noqa: E402
 
@@ -184,6 +185,36 @@ def test_answers_only_targets_and_epoch_order():
     assert sorted(first) == sorted(second) == [0, 1, 2]  # every example once per epoch
     with pytest.raises(ValueError, match="empty"):
         next(epochs(0, random.Random(0)))
+
+
+def test_rft_keeps_the_correct_completions_that_ended(monkeypatch):
+    # 2 problems x 3 samples: correct = reward says so; truncated ones (no EOS) are not kept.
+    prompts = ["P1"] * 3 + ["P2"] * 3
+    completions = ["a #### 3", "b #### 4", "c #### 3", "d #### 5", "e #### 5", "f #### 5"]
+    is_correct = torch.tensor([True, False, True, True, True, False])
+    truncated = torch.tensor([False, False, True, False, False, False])
+    scored = SimpleNamespace(
+        prompts=prompts, completions=completions, rollout=SimpleNamespace(truncated=truncated)
+    )
+    seen = {}
+
+    def fake_sample_and_score(module, batch, *, num_generations, sampling, seed, scorer):
+        seen.update(batch=batch, n=num_generations, sampling=sampling, seed=seed, scorer=scorer)
+        return scored
+
+    monkeypatch.setattr(sft_methods, "sample_and_score", fake_sample_and_score)
+    monkeypatch.setattr(sft_methods, "correct", lambda module, s: is_correct)
+    module = SimpleNamespace(sampling="config sampling", accuracy_scorer="accuracy reward")
+    task = SimpleNamespace(module=module, datamodule=SimpleNamespace(collator=lambda rows: {"rows": rows}))
+    kept = sft_methods.sample_correct(task, [{"q": 1}, {"q": 2}], generations=3, seed=7)
+    assert kept == [("P1", "a #### 3"), ("P2", "d #### 5"), ("P2", "e #### 5")]
+    assert seen == {
+        "batch": {"rows": [{"q": 1}, {"q": 2}]},
+        "n": 3,
+        "sampling": "config sampling",
+        "seed": 7,
+        "scorer": "accuracy reward",
+    }
 
 
 def test_sft_learning_rate_warms_up_linearly_then_stays_constant():

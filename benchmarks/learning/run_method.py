@@ -58,6 +58,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-batch-size", type=int, default=None, help="default: the config's val_batch_size"
     )
     parser.add_argument(
+        "--eval-threads",
+        type=int,
+        default=1,
+        help="torch threads for evaluating the snapshots (outside the budget; 1 suffers least on a busy machine)",
+    )
+    parser.add_argument(
         "--final-samples", type=int, default=0, help="N samples per held-out problem at the end (0 = off)"
     )
 
@@ -113,6 +119,7 @@ def evaluate_snapshots(task: Any, clock: BudgetClock, args: argparse.Namespace) 
     from held_out import final_evaluation, greedy_correct
 
     t0 = time.perf_counter()
+    torch.set_num_threads(args.eval_threads)
     policy, dm = task.module.policy, task.datamodule
     batch = args.eval_batch_size or dm.hparams.val_batch_size or dm.hparams.batch_size
     accuracy: dict[int, float] = {}  # by id of the weights: marks passed in one unit share them

@@ -169,8 +169,10 @@ def test_run_settings_reach_the_worker_unchanged():
     compare.add_run_arguments(parser)
     given = ["--config", "c.yaml", "--set", "data.batch_size=4", "--set", "model.beta=0", "--budget", "3.5"]
     given += ["--worked-data", '{"max_steps": 4}', "--rft-chunk", "12", "--clock", "cpu"]
-    args = parser.parse_args(given)
-    assert parser.parse_args(compare.forwarded(args)) == args
+    for switch in ([], ["--rft-keep-duplicates"]):
+        args = parser.parse_args(given + switch)
+        assert args.rft_keep_duplicates == bool(switch)
+        assert parser.parse_args(compare.forwarded(args)) == args
 
 
 def test_answers_only_targets_and_epoch_order():
@@ -208,6 +210,9 @@ def test_rft_keeps_the_correct_completions_that_ended(monkeypatch):
     task = SimpleNamespace(module=module, datamodule=SimpleNamespace(collator=lambda rows: {"rows": rows}))
     kept = sft_methods.sample_correct(task, [{"q": 1}, {"q": 2}], generations=3, seed=7)
     assert kept == [("P1", "a #### 3"), ("P2", "d #### 5"), ("P2", "e #### 5")]
+    twice = [*kept, ("P2", "d #### 5")]
+    assert sft_methods.round_pool(twice, distinct=True) == kept
+    assert sft_methods.round_pool(twice, distinct=False) == twice
     assert seen == {
         "batch": {"rows": [{"q": 1}, {"q": 2}]},
         "n": 3,

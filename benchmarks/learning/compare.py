@@ -38,7 +38,9 @@ def forwarded(args: argparse.Namespace) -> list[str]:
         if not action.option_strings or value is None or action.dest == "help":
             continue
         flag = action.option_strings[0]
-        if isinstance(value, list):  # --set, repeatable
+        if isinstance(value, bool):  # a switch
+            out += [flag] if value else []
+        elif isinstance(value, list):  # --set, repeatable
             for item in value:
                 out += [flag, item]
         else:

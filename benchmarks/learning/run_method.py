@@ -55,6 +55,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--rft-prompts-per-call", type=int, default=16, help="problems per sampling call in RFT"
     )
     parser.add_argument(
+        "--rft-keep-duplicates",
+        action="store_true",
+        help="train RFT on every correct sample, not each distinct one once",
+    )
+    parser.add_argument(
         "--eval-batch-size", type=int, default=None, help="default: the config's val_batch_size"
     )
     parser.add_argument(
@@ -90,7 +95,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.method == "sft_answers":
         counters = sft_answers(task, clock, sft, args.seed)
     else:
-        settings = RFTSettings(args.rft_chunk, args.rft_generations, args.rft_prompts_per_call)
+        settings = RFTSettings(
+            args.rft_chunk, args.rft_generations, args.rft_prompts_per_call, not args.rft_keep_duplicates
+        )
         counters = rft(task, clock, sft, settings, args.seed)
     train_wall, train_cpu = clock.elapsed()
     record: dict[str, Any] = {

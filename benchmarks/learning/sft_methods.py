@@ -51,6 +51,8 @@ class RFTSettings:
     chunk: int = 256
     generations: int = 8
     prompts_per_call: int = 16
+    distinct: bool = True
+    """Keep each correct completion of a problem once (False: as often as it was sampled)."""
 
 
 @dataclass
@@ -166,9 +168,15 @@ def sample_correct(task: Task, rows: list[dict[str, Any]], generations: int, see
     return [(scored.prompts[i], scored.completions[i]) for i in keep.nonzero().flatten().tolist()]
 
 
+def round_pool(kept: list[Pair], distinct: bool) -> list[Pair]:
+    """The (prompt, completion) pairs one RFT round trains on: with ``distinct``, each once, in first-seen order."""
+    return list(dict.fromkeys(kept)) if distinct else kept
+
+
 def rft(task: Task, clock: BudgetClock, s: SFTSettings, r: RFTSettings, seed: int) -> Counters:
     """Rounds of: sample ``r.generations`` per problem for the next ``r.chunk`` training problems,
-    keep the distinct correct completions, one epoch of SFT on them. Sampling counts in the budget."""
+    keep the correct completions (each once when ``r.distinct``), one epoch of SFT on them. Sampling
+    counts in the budget."""
     check_prompt_tokens(task)
     model, tok = task.module.policy, task.module.tokenizer
     optimizer, counters, rng = Optimizer(model, s), Counters(), random.Random(seed)
@@ -186,7 +194,7 @@ def rft(task: Task, clock: BudgetClock, s: SFTSettings, r: RFTSettings, seed: in
             counters.samples += len(rows) * r.generations
             if clock.tick(counters.steps, counters.samples):
                 break
-        kept = list(dict.fromkeys(kept))  # distinct completions of each problem
+        kept = round_pool(kept, r.distinct)
         kept_per_round.append(len(kept))
         rng.shuffle(kept)
         model.train()

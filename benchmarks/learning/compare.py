@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -87,14 +88,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "machine": platform.platform(),
         "loadavg_start": os.getloadavg(),
     }
-    runs = []
-    for i, (method, seed) in enumerate(run_order(args.methods, args.seeds)):
-        runs.append(launch(args, method, seed, first=i == 0))
-        first_acc, last_acc = (runs[-1]["snapshots"][k]["accuracy"] for k in (0, -1))
-        print(
-            f"{method} seed {seed}: {first_acc:.3f} -> {last_acc:.3f} in {runs[-1]['steps']} steps",
-            flush=True,
-        )
+    order = run_order(args.methods, args.seeds)
+
+    def one(i: int) -> dict[str, Any]:
+        method, seed = order[i]
+        run = launch(args, method, seed, first=i == 0)
+        first_acc, last_acc = (run["snapshots"][k]["accuracy"] for k in (0, -1))
+        print(f"{method} seed {seed}: {first_acc:.3f} -> {last_acc:.3f} in {run['steps']} steps", flush=True)
+        return run
+
+    # With --jobs 2, two runs share the machine at any time; consecutive runs in ``order`` are
+    # different methods, so each method meets the same company.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(one, range(len(order))))
     meta["loadavg_end"] = os.getloadavg()
     summary = summarize(runs)
     results = {"meta": meta, "settings": vars(args), "summary": summary, "runs": runs}
@@ -113,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     add_run_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once (each with --threads threads); 1 = one after another"
+    )
     parser.add_argument("--out", default="benchmarks/results/learning", help="folder for the results")
     args = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else list(argv)

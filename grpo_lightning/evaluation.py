@@ -111,7 +111,9 @@ def batch_sources(batch: dict[str, Any]) -> list[str] | None:
 
 
 @torch.no_grad()
-def evaluate_batch(module: GRPOModule, batch: dict[str, Any], batch_idx: int, num_samples: int) -> BatchEvaluation:
+def evaluate_batch(
+    module: GRPOModule, batch: dict[str, Any], batch_idx: int, num_samples: int
+) -> BatchEvaluation:
     """Greedy completions of a batch (scored with every reward) and, when ``num_samples`` > 1, that
     many sampled ones per prompt (scored with the accuracy reward), with their extracted answers."""
     # Seeds depend on the batch, not on training progress: the same prompts get the same samples.
@@ -177,7 +179,9 @@ class EvalMetrics(nn.Module):
     def logged(self) -> dict[str, MeanMetric]:
         """Every metric logged in this loop, by name (without the stage), in the order first logged."""
         named = {"reward": self.reward, "completions/mean_length": self.mean_length}
-        return {name: named[name] if name in named else self.figures[self._index[name]] for name in self._logged}
+        return {
+            name: named[name] if name in named else self.figures[self._index[name]] for name in self._logged
+        }
 
     def mark_logged(self, name: str) -> None:
         if name not in self._logged:

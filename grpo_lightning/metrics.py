@@ -44,7 +44,9 @@ def report_ks(num_samples: int) -> list[int]:
 def mean_at_n(correct: Tensor) -> Tensor:
     """``correct: [P, N]`` bool (sample j of problem p is correct) -> ``[P]`` float64 share correct."""
     if correct.dim() != 2 or correct.shape[1] == 0:
-        raise ValueError(f"correct must be [problems, samples] with at least one sample; got {tuple(correct.shape)}.")
+        raise ValueError(
+            f"correct must be [problems, samples] with at least one sample; got {tuple(correct.shape)}."
+        )
     return correct.to(torch.float64).mean(dim=1)
 
 

@@ -45,7 +45,14 @@ class ScriptedEngine:
             completion_ids, eos_token_ids, sampling.max_completion_length, mask_truncated
         )
         ids = prompt_ids.repeat_interleave(num_generations, dim=0)
-        return Rollout(ids, prompt_mask.repeat_interleave(num_generations, dim=0), completion_ids, mask, truncated, lengths)
+        return Rollout(
+            ids,
+            prompt_mask.repeat_interleave(num_generations, dim=0),
+            completion_ids,
+            mask,
+            truncated,
+            lengths,
+        )
 
 
 def scripted_engine(tokenizer) -> ScriptedEngine:

@@ -83,7 +83,9 @@ def test_a_reward_without_answer_extraction_gets_no_maj_at_k_and_a_warning():
         return [1.0 if c == a else 0.0 for c, a in zip(completions, answer, strict=True)]
 
     module = scripted_module(tok, reward_funcs=[exact])
-    with pytest.warns(UserWarning, match="maj@k is not logged: the accuracy reward 'exact' has no 'extract_answer"):
+    with pytest.warns(
+        UserWarning, match="maj@k is not logged: the accuracy reward 'exact' has no 'extract_answer"
+    ):
         (val,) = make_trainer(limit_val_batches=None).validate(
             module, dataloaders=loader(rows(with_source=False)), verbose=False
         )

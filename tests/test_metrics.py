@@ -61,7 +61,7 @@ def test_pass_at_k_matches_the_brute_force():
 
 @pytest.mark.parametrize(("num_correct", "n"), [([-1], 3), ([4], 3), ([1.5], 3), ([1], 0)])
 def test_pass_at_k_refuses_impossible_counts(num_correct, n):
-    with pytest.raises(ValueError, match="num_correct|num_samples"):
+    with pytest.raises(ValueError, match=r"num_correct|num_samples"):
         pass_at_k(torch.tensor(num_correct), n)
 
 
@@ -95,7 +95,7 @@ def test_majority_can_fall_with_k_while_pass_rises():
     # The right answer is a minority: more votes make the wrong majority win more often.
     got = majority_at_k(["r", "w", "w", "w", "w"], [True, False, False, False, False])
     assert got[0] == pytest.approx(0.2) and got[-1] == 0.0
-    assert all(a >= b for a, b in zip(got, got[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(got))
 
 
 def test_majority_matches_the_brute_force_over_all_subsets():
@@ -113,7 +113,9 @@ def test_majority_matches_the_brute_force_over_all_subsets():
 def test_an_answer_is_right_when_any_of_its_samples_was_scored_right():
     # The same answer scored right once and wrong once (a checker timeout, say) counts as right.
     got = majority_at_k(["5", "5", "6"], [True, False, False])
-    assert got == pytest.approx([float(brute_majority(["5", "5", "6"], [True, True, False], k)) for k in (1, 2, 3)])
+    assert got == pytest.approx(
+        [float(brute_majority(["5", "5", "6"], [True, True, False], k)) for k in (1, 2, 3)]
+    )
 
 
 def test_majority_is_exact_for_many_samples():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from helpers import make_module, make_trainer, one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
 from scripted import PROBLEMS, scripted_engine
@@ -114,3 +117,19 @@ def test_plot_k_curves_writes_a_labelled_png(tmp_path, monkeypatch):
     assert list(ax.lines[2].get_ydata()) == [0.6, 0.7, 0.8]
     with pytest.raises(ValueError, match="No pass@k figures for \\['greedy'\\]"):
         plot_k_curves({"greedy": {"accuracy": 0.5}}, tmp_path / "x.png")
+
+
+def test_the_readme_evaluation_example_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).parent.parent / "README.md").read_text().split("## Evaluation", 1)[1]
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    shrunk = code.replace("generate_problems(200,", "generate_problems(6,").replace(
+        "num_samples=8", "num_samples=2"
+    )
+    shrunk = shrunk.replace('"runs/quickstart/version_0/hf_model"', '"builtin:tiny-math"')  # no run here
+    assert shrunk.count("generate_problems(6,") == 1 and shrunk.count("num_samples=2") == 1
+    assert '"builtin:tiny-math", problems' in shrunk.split("after =", 1)[1]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(shrunk, "README.md", "exec"), scope)
+    assert scope["before"] == scope["after"] and {"pass@2", "maj@2", "mean@2"} <= set(scope["after"])
+    assert (tmp_path / "pass_maj_at_k.png").read_bytes()[:4] == b"\x89PNG"

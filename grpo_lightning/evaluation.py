@@ -138,6 +138,12 @@ def evaluate_batch(
         if extract is not None:
             flat = [extract(c) for c in sampled.completions]
             result.answers = [flat[i : i + num_samples] for i in range(0, len(flat), num_samples)]
+        else:  # shown once per reward name (the warnings module drops repeats of the same text)
+            rank_zero_warn(
+                f"maj@k is left out: the accuracy reward {module.accuracy_scorer.names[0]!r} has no "
+                f"'{ANSWER_METHOD}(completion)' method giving the answer each completion votes for. Add one "
+                "(returning a hashable answer, or None) to get maj@k."
+            )
     return result
 
 
@@ -155,7 +161,6 @@ class EvalMetrics(nn.Module):
         self.figures = nn.ModuleList()
         self._index: dict[str, int] = {}
         self._logged: list[str] = []  # in the order first logged in this loop, the same on every device
-        self.warned_no_answers = False
         self._attribute: str | None = None
 
     def figure(self, name: str, device: torch.device) -> MeanMetric:
@@ -212,13 +217,6 @@ def evaluate(
 ) -> None:
     """Score one batch (see :func:`evaluate_batch`), update the running means and log them."""
     result = evaluate_batch(module, batch, batch_idx, metrics.num_samples)
-    if result.sampled is not None and result.answers is None and not metrics.warned_no_answers:
-        metrics.warned_no_answers = True
-        rank_zero_warn(
-            f"maj@k is not logged: the accuracy reward {module.accuracy_scorer.names[0]!r} has no "
-            f"'{ANSWER_METHOD}(completion)' method giving the answer each completion votes for. Add one "
-            "(returning a hashable answer, or None) to get maj@k."
-        )
     size = len(result.greedy.total)
     if module.trainer.state.fn == "fit":
         # Logged at the optimizer step the evaluation follows (Lightning's default counts rollouts).

@@ -84,7 +84,7 @@ def test_a_reward_without_answer_extraction_gets_no_maj_at_k_and_a_warning():
 
     module = scripted_module(tok, reward_funcs=[exact])
     with pytest.warns(
-        UserWarning, match="maj@k is not logged: the accuracy reward 'exact' has no 'extract_answer"
+        UserWarning, match="maj@k is left out: the accuracy reward 'exact' has no 'extract_answer"
     ):
         (val,) = make_trainer(limit_val_batches=None).validate(
             module, dataloaders=loader(rows(with_source=False)), verbose=False

@@ -133,3 +133,17 @@ def test_the_readme_evaluation_example_runs(tmp_path, monkeypatch):
     exec(compile(shrunk, "README.md", "exec"), scope)
     assert scope["before"] == scope["after"] and {"pass@2", "maj@2", "mean@2"} <= set(scope["after"])
     assert (tmp_path / "pass_maj_at_k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_model_says_when_the_reward_gives_no_answers_to_vote_with():
+    tok = tiny_tokenizer()
+
+    def exact(prompts, completions, answer, **kw):
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    with pytest.warns(UserWarning, match="maj@k is left out: the accuracy reward 'exact'"):
+        got = evaluate_model(
+            tiny_model(tok), [{"question": "1+1=", "answer": "2"}], tokenizer=tok, num_samples=2, reward=exact,
+            max_completion_length=4,
+        )  # fmt: skip
+    assert "pass@2" in got and not [name for name in got if "maj@" in name]

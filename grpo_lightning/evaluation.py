@@ -203,7 +203,8 @@ class EvalMetrics(nn.Module):
 
 def all_sources(local: list[str]) -> list[str]:
     """The sources of this batch on every device, sorted: each device must log the same metrics in
-    the same order, or the reduction at the end of the loop would wait forever."""
+    the same order, or the reductions at the end of the loop would pair different metrics (or wait
+    for one that a device never logged)."""
     names = sorted(set(local))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[list[str] | None] = [None] * dist.get_world_size()

@@ -99,3 +99,17 @@ def test_a_row_without_a_source_is_refused():
     data[1]["source"] = None
     with pytest.raises(ValueError, match=r"Rows \[1\] of a batch have no 'source'.*drop the 'source' column"):
         make_trainer(limit_val_batches=None).validate(scripted_module(tok), dataloaders=loader(data, 3))
+
+
+def test_the_shipped_accuracy_rewards_give_the_answer_each_completion_votes_for():
+    from fractions import Fraction
+
+    from grpo_lightning.rewards.gsm8k import Gsm8kAccuracy
+    from grpo_lightning.rewards.math import MathAccuracy
+
+    strict, flexible = Gsm8kAccuracy("strict"), Gsm8kAccuracy("flexible")
+    assert strict.extract_answer("6*3=18 #### 18.0") == strict.extract_answer("so \\boxed{18}") == Fraction(18)
+    assert strict.extract_answer("it is 18") is None and flexible.extract_answer("it is 18") == Fraction(18)
+    math_reward = MathAccuracy()
+    assert math_reward.extract_answer("so $\\boxed{10,\\!000.}$") == "10000"
+    assert math_reward.extract_answer("no box: 5") is None

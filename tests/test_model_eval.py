@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -147,3 +148,21 @@ def test_evaluate_model_says_when_the_reward_gives_no_answers_to_vote_with():
             max_completion_length=4,
         )  # fmt: skip
     assert "pass@2" in got and not [name for name in got if "maj@" in name]
+
+
+def test_the_k_curve_benchmark_runs_shortened(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    try:
+        from k_curves import main
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "k"
+    results = main(
+        ["--steps", "1", "--problems", "4", "--samples", "2", "--train-size", "32", "--out", str(out)]
+    )
+    assert list(results) == ["before", "after 1 GRPO steps"]
+    assert json.loads(out.with_suffix(".json").read_text()) == results
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "maj@2" in capsys.readouterr().out

@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
@@ -28,9 +28,12 @@ from grpo_lightning.data.prompts import (
     tokenize_prompts,
 )
 from grpo_lightning.data.sources import normalize_columns
-from grpo_lightning.evaluation import evaluate_batch, source_figures
+from grpo_lightning.evaluation import BatchEvaluation, evaluate_batch, source_figures
 from grpo_lightning.metrics import report_ks
 from grpo_lightning.models import eval_mode
+
+if TYPE_CHECKING:
+    from grpo_lightning.module import GRPOModule
 
 _K_FIGURE = re.compile(r"^(pass|maj)@(\d+)$")
 
@@ -106,7 +109,10 @@ def evaluate_model(
 
 
 def _evaluate(
-    module: Any, batches: Iterator[dict[str, Any]], num_samples: int, records: list[dict[str, Any]] | None
+    module: GRPOModule,
+    batches: Iterator[dict[str, Any]],
+    num_samples: int,
+    records: list[dict[str, Any]] | None,
 ) -> dict[str, float]:
     """Means over problems of each figure, the greedy reward (NaN left out) and length."""
     ks = report_ks(num_samples) if num_samples > 1 else []
@@ -136,7 +142,8 @@ def _evaluate(
     return {name: sums[name] / counts[name] if counts[name] else math.nan for name in sums}
 
 
-def _records(batch: dict[str, Any], result: Any, num_samples: int) -> list[dict[str, Any]]:
+def _records(batch: dict[str, Any], result: BatchEvaluation, num_samples: int) -> list[dict[str, Any]]:
+    """One record per prompt of the batch: its greedy completion and, with samples, theirs."""
     out = []
     for p, prompt in enumerate(batch["prompt"]):
         record = {

@@ -136,7 +136,8 @@ class GRPOModule(LightningModule):
         dynamic_sampling: DAPO dynamic sampling: drop groups whose rewards are all equal and top the
             rollout up with groups of fresh prompts from the training data.
         max_dynamic_sampling_rounds: Most extra generation rounds per training step for dynamic sampling.
-        val_num_samples: Sampled completions per validation prompt for ``val/pass@k`` (1 = greedy only).
+        val_num_samples: Sampled completions per validation prompt (N) for ``val/mean@N``, ``val/pass@k`` and
+            ``val/maj@k`` (1 = greedy only; see :mod:`grpo_lightning.evaluation`).
         accuracy_reward: The reward that decides ``val/accuracy`` (default: the first reward function).
         accuracy_threshold: A completion is correct when its accuracy reward is at least this.
         log_completions_every_n_steps: Print sample completions and log them as a table every n

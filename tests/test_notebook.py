@@ -25,10 +25,11 @@ def test_quickstart_notebook_runs(tmp_path):
         if cell.cell_type == "code"
         for out in cell.get("outputs", [])
     )
-    # the reward function's own check, the accuracy table and the sample completions all printed
+    # the reward function's own check, the accuracy table and the solved problems all printed
     assert "[1.0, 0.0]" in outputs
     assert "val/accuracy" in outputs
-    assert outputs.count("gold ") == 4
+    assert outputs.count("gold ") == 4  # four held-out problems the trained policy solves
+    assert "greedy accuracy on the 32 held-out problems: " in outputs
     assert any(out.get("output_type") == "display_data" for cell in notebook.cells for out in cell.get("outputs", []))
     # no noise a notebook user cannot act on (ipywidgets is installed with the extras for progress bars)
     for noise in ("IProgress not found", "LeafSpec", "Tip:", "is deprecated"):

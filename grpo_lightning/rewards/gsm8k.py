@@ -125,6 +125,11 @@ class Gsm8kAccuracy:
         answer = final_answer_text(completion)
         return None if answer is None else parse_number(join_digit_groups(answer, plain_spaces=True))
 
+    def extract_answer(self, completion: str) -> Fraction | None:
+        """The answer this completion votes for in maj@k: :meth:`predicted_number` (equal values,
+        however written, are one answer)."""
+        return self.predicted_number(completion)
+
     def gold_number(self, gold_text: Any) -> Fraction | None:
         """The gold answer's number (None if it has none, with one warning per reward object)."""
         gold = extract_gold_answer(gold_text)

@@ -89,6 +89,12 @@ class MathAccuracy:
         self._gold_status: dict[str, str] = {}
         self.unusable_golds = 0  # completions scored None for their gold answer (warned about once)
 
+    def extract_answer(self, completion: str) -> str | None:
+        """The answer this completion votes for in maj@k: its last box's content, normalised as for
+        scoring (None without a box). Equivalent answers written differently (``0.5``, ``\\frac{1}{2}``)
+        are separate votes."""
+        return normalize_answer(extract_last_boxed(completion))
+
     def score(self, completion: str, gold_text: str | None) -> float | None:
         """The reward of one completion against one gold answer text."""
         return self.score_many([completion], [gold_text])[0]
@@ -96,7 +102,7 @@ class MathAccuracy:
     def score_many(self, completions: Sequence[str], gold_texts: Sequence[Any]) -> list[float | None]:
         """The rewards of ``completions`` against their gold answer texts (one per completion)."""
         golds = [normalize_answer(extract_gold_answer(g)) for g in gold_texts]
-        answers = [normalize_answer(extract_last_boxed(c)) for c in completions]
+        answers = [self.extract_answer(c) for c in completions]
         failed = self._check_golds([g for g in golds if g is not None])
         rewards: list[float | None] = [None] * len(completions)
         todo = []

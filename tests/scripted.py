@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from grpo_lightning.rollout import Rollout, completion_masks
+from grpo_lightning.rollout import Rollout, RolloutRequest, completion_masks
 
 #: prompt -> (answer, source, greedy completion, the 4 sampled completions)
 PROBLEMS = {
@@ -26,10 +26,10 @@ class ScriptedEngine:
         self.greedy = dict(greedy)
         self.samples = {k: list(v) for k, v in samples.items()}
 
-    def generate(
-        self, model, prompt_ids, prompt_mask, *, num_generations, sampling, eos_token_ids, pad_token_id, seed,
-        mask_truncated=False,
-    ) -> Rollout:  # fmt: skip
+    def generate(self, model, request: RolloutRequest) -> Rollout:
+        r = request
+        prompt_ids, prompt_mask, num_generations, sampling = r.prompt_ids, r.prompt_mask, r.num_generations, r.sampling
+        eos_token_ids, pad_token_id, mask_truncated = r.eos_token_ids, r.pad_token_id, r.mask_truncated
         prompts = self.tokenizer.batch_decode(prompt_ids, skip_special_tokens=True)
         texts = []
         for prompt in prompts:

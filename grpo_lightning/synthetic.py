@@ -8,7 +8,9 @@ solution writes one equation per step and ends with the GSM8K answer marker::
     answer:   "16"
 
 ``style="word"`` tells the same chain as a short story ("Tom has 12 apples. He buys 7 more. Then he
-gives 3 away. How many apples does Tom have now?"). The difficulty knobs are the number of steps,
+gives 3 away. How many apples does Tom have now?"). ``style="phrased"`` asks for the same expression in
+one of several other phrasings ("Compute 12 + 7 - 3.", "What's 12 + 7 - 3?"): the arithmetic style's
+problems worded as a model trained only on "What is ...?" has never seen them. The difficulty knobs are the number of steps,
 the operand range, the operations and whether intermediate results may go below zero. Generation is
 seeded and uses its own ``random.Random``, so the same arguments give the same problems everywhere.
 """
@@ -20,7 +22,7 @@ from typing import Literal
 
 from grpo_lightning._checks import check_choice
 
-Style = Literal["arithmetic", "word"]
+Style = Literal["arithmetic", "word", "phrased"]
 
 SUPPORTED_OPERATIONS = "+-*"
 # Multipliers stay small so that products remain learnable by a tiny model (and by people).
@@ -58,6 +60,15 @@ _OBJECTS = (
 )
 _ADD = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more from a friend.", "{p} wins {n} more.")
 _SUB = ("{p} gives {n} away.", "{p} loses {n}.", "{p} sells {n}.", "{p} uses {n}.")
+# "{e}" is the expression; none of these is the arithmetic style's "What is {e}?".
+_PHRASINGS = (
+    "Compute {e}.",
+    "Calculate {e}.",
+    "Work out {e}.",
+    "What's {e}?",
+    "How much is {e}?",
+    "Find {e}.",
+)
 _MUL = ("{p} ends up with {n} times as many.", "{p} gets enough to have {n} times as many.")
 
 
@@ -83,8 +94,10 @@ def generate_problems(
         operations: which of ``"+-*"`` may appear, e.g. ``"+-"`` or ``"+-*"``; each step draws one
             uniformly. Chains are evaluated left to right; arithmetic questions add parentheses
             where ordinary precedence would differ ("What is (3 + 4) * 2?").
-        style: ``"arithmetic"`` ("What is 12 + 7 - 3?") or ``"word"`` (a short story).
-        allow_negative: let intermediate and final results go below zero (arithmetic style only).
+        style: ``"arithmetic"`` ("What is 12 + 7 - 3?"), ``"word"`` (a short story) or ``"phrased"``
+            (the same expression in one of six other wordings: "Compute 12 + 7 - 3.", "Find ..."); with
+            the same arguments it asks the same problems as ``"arithmetic"``.
+        allow_negative: let intermediate and final results go below zero (arithmetic and phrased styles).
             Operands are always positive.
 
     Raises:
@@ -92,13 +105,18 @@ def generate_problems(
     """
     ops = _check_knobs(n, min_steps, max_steps, max_operand, operations, style, allow_negative)
     rng = random.Random(seed)
+    # Wordings come from a stream of their own, so "phrased" asks the arithmetic style's problems.
+    wording = random.Random(f"phrasing-{seed}")
     problems = []
     for _ in range(n):
         steps = rng.randint(min_steps, max_steps)
         start, chain = _sample_chain(rng, steps, max_operand, ops, allow_negative)
-        question = (
-            _arithmetic_question(start, chain) if style == "arithmetic" else _word_question(rng, start, chain)
-        )
+        if style == "word":
+            question = _word_question(rng, start, chain)
+        elif style == "phrased":
+            question = wording.choice(_PHRASINGS).format(e=_expression(start, chain))
+        else:
+            question = f"What is {_expression(start, chain)}?"
         problems.append(
             {"question": question, "solution": _solution(start, chain), "answer": str(_value(start, chain))}
         )
@@ -134,7 +152,7 @@ def _check_knobs(
             f"{SUPPORTED_OPERATIONS!r}, e.g. '+-' or '+-*'"
             + (f" (unknown: {''.join(unknown)!r})." if unknown else ".")
         )
-    check_choice("style", style, ("arithmetic", "word"))
+    check_choice("style", style, ("arithmetic", "word", "phrased"))
     if allow_negative and style == "word":
         raise ValueError(
             "allow_negative=True needs style='arithmetic': a count of objects cannot go below zero."
@@ -195,15 +213,15 @@ def _solution(start: int, chain: list[tuple[str, int]]) -> str:
     return f"{', '.join(equations)} #### {value}"
 
 
-def _arithmetic_question(start: int, chain: list[tuple[str, int]]) -> str:
-    """ "What is 12 + 7 - 3?"; the expression evaluates to the answer under ordinary precedence."""
+def _expression(start: int, chain: list[tuple[str, int]]) -> str:
+    """ "12 + 7 - 3": evaluates to the answer under ordinary precedence (parentheses where needed)."""
     expr, has_sum = str(start), False  # has_sum: the expression so far has a top-level + or -
     for op, operand in chain:
         if op == "*" and has_sum:
             expr, has_sum = f"({expr})", False
         expr = f"{expr} {op} {operand}"
         has_sum = has_sum or op in "+-"
-    return f"What is {expr}?"
+    return expr
 
 
 def _word_question(rng: random.Random, start: int, chain: list[tuple[str, int]]) -> str:

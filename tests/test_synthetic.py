@@ -43,7 +43,7 @@ def check_chain(row: dict[str, str]) -> list[tuple[int, str, int, int]]:
 
 def test_same_seed_same_problems_different_seed_different_problems() -> None:
     kwargs = {"min_steps": 1, "max_steps": 3, "operations": "+-*"}
-    for style in ("arithmetic", "word"):
+    for style in ("arithmetic", "word", "phrased"):
         first = generate_problems(50, seed=7, style=style, **kwargs)
         assert first == generate_problems(50, seed=7, style=style, **kwargs)
         other = generate_problems(50, seed=8, style=style, **kwargs)
@@ -61,6 +61,29 @@ def test_arithmetic_answers_match_an_independent_evaluation(operations: str, all
         assert {op for _, op, _, _ in steps} <= set(operations)
     if not allow_negative:
         assert all(c >= 0 for row in rows for *_, c in parse_chain(row["solution"])[0])
+
+
+PHRASED = re.compile(
+    r"(?:Compute (?P<a>[\d +\-*()]+)\.|Calculate (?P<b>[\d +\-*()]+)\.|Work out (?P<c>[\d +\-*()]+)\."
+    r"|What's (?P<d>[\d +\-*()]+)\?|How much is (?P<e>[\d +\-*()]+)\?|Find (?P<f>[\d +\-*()]+)\.)"
+)
+
+
+def test_phrased_problems_are_the_arithmetic_ones_in_other_words() -> None:
+    kwargs = {"min_steps": 1, "max_steps": 3, "operations": "+-*", "allow_negative": True}
+    phrased = generate_problems(300, seed=3, style="phrased", **kwargs)
+    plain = generate_problems(300, seed=3, **kwargs)
+    used = set()
+    for row, twin in zip(phrased, plain, strict=True):
+        match = PHRASED.fullmatch(row["question"])
+        assert match, row
+        (name, expr), = [(k, v) for k, v in match.groupdict().items() if v is not None]
+        used.add(name)
+        # The same chain as the arithmetic style draws from the same seed, in other words.
+        assert f"What is {expr}?" == twin["question"]
+        assert (row["solution"], row["answer"]) == (twin["solution"], twin["answer"])
+        assert eval(expr, {"__builtins__": {}}) == int(row["answer"])
+    assert used == set("abcdef")  # every phrasing occurs
 
 
 def test_allow_negative_produces_negative_results() -> None:

@@ -15,17 +15,33 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import register_type
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from grpo_lightning.checkpointing import check_checkpoint_file
 from grpo_lightning.data import PromptDataModule
+from grpo_lightning.data.sources import InMemoryDataset
 from grpo_lightning.export_dir import check_export_dir, replacing
 from grpo_lightning.interrupt import RunGuard
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.predict import PredictionWriter
 from grpo_lightning.runs import run_directory
+
+
+def _not_from_text(value: Any) -> InMemoryDataset:
+    raise ValueError(
+        f"{value!r} is not a datasets.Dataset or DatasetDict (those are passed from Python, e.g. "
+        "main({'data': {'dataset': ds}}))."
+    )
+
+
+# An in-memory data set is a value for the parser, not a class to build from a class_path (nor one to
+# list in --help as such).
+register_type(
+    InMemoryDataset, deserializer=_not_from_text, type_check=lambda value, _: isinstance(value, InMemoryDataset)
+)
 
 
 def _data_tokenizer(model: Any, tokenizer: Any) -> Any:

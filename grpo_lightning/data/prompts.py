@@ -6,16 +6,18 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._checks import check_choice
 from grpo_lightning.data.sources import CONVERSATION_COLUMN, quiet_progress
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."

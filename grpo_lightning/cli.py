@@ -32,8 +32,8 @@ from grpo_lightning.runs import run_directory
 
 def _not_from_text(value: Any) -> InMemoryDataset:
     raise ValueError(
-        f"{value!r} is not a datasets.Dataset or DatasetDict (those are passed from Python, e.g. "
-        "main({'data': {'dataset': ds}}))."
+        "expected a datasets.Dataset or DatasetDict object, which only Python can pass "
+        "(main({'data': {'dataset': ds}}))."
     )
 
 

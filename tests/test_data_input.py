@@ -6,9 +6,11 @@ import datasets
 import pytest
 from datasets import Dataset
 from lightning.pytorch import Trainer
+from torch.utils.data import TensorDataset
 
 from grpo_lightning.cli import main
 from grpo_lightning.data import DataSourceError, PromptDataModule
+from grpo_lightning.data.sources import InMemoryDataset
 from grpo_lightning.tiny import build_char_tokenizer
 
 CLI = ["--model.model=builtin:tiny-math", "--model.reward_funcs=[gsm8k_accuracy]", "--data.synthetic=null"]
@@ -44,6 +46,34 @@ def test_the_same_works_from_a_yaml_config(tmp_path):
     config.write_text(f"data:\n  dataset: {data}\n  val_fraction: 0\n  batch_size: 1\n")
     cli = main([*CLI, f"--config={config}"], run=False)
     assert cli.datamodule.dataset == str(data)
+
+
+def test_in_memory_dataset_stands_for_dataset_and_datasetdict_only():
+    table = Dataset.from_list([{"question": "What is 7 + 7?", "answer": "14"}])
+    assert isinstance(table, InMemoryDataset)
+    assert isinstance(datasets.DatasetDict({"train": table}), InMemoryDataset)
+    for other in ("synthetic", {"train": "q.csv"}, [{"question": "q", "answer": "1"}], TensorDataset()):
+        assert not isinstance(other, InMemoryDataset), other
+
+
+def test_a_dataset_given_to_the_cli_from_python_is_kept_as_the_object():
+    table = Dataset.from_list([{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)])
+    args = {
+        "model": {"model": "builtin:tiny-math", "reward_funcs": ["gsm8k_accuracy"]},
+        "data": {"dataset": table, "synthetic": None, "val_fraction": 0, "batch_size": 1},
+    }
+    cli = main(args, run=False)
+    assert cli.datamodule.dataset is table
+    cli.datamodule.setup("fit")
+    assert len(cli.datamodule.train_dataset) == 3
+
+
+def test_a_value_no_source_form_takes_is_refused_naming_the_forms(capsys):
+    args = {"model": {"model": "builtin:tiny-math"}, "data": {"dataset": 5}}
+    with pytest.raises(SystemExit):
+        main(args, run=False)
+    error = capsys.readouterr().err
+    assert "data.dataset" in error and "datasets.Dataset or DatasetDict object" in error
 
 
 def test_empty_and_malformed_jsonl_name_the_cause(tmp_path):

@@ -154,6 +154,31 @@ def test_grpo_module_loads_no_optional_back_end_where_all_are_installed():
     assert "math_accuracy" in second["refused"] and "already registered" in second["refused"]
 
 
+# The command line's help, where the data stack is not installed: it must not need it to list --data.*.
+FIT_HELP = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from grpo_lightning.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main(["fit", "--help"])
+    print(json.dumps({{"help": out.getvalue(), "loaded": sorted(n for n in {lazy!r} if n in sys.modules)}}))
+    """
+)
+
+
+def test_fit_help_needs_no_data_stack():
+    """``grpo-lightning fit --help`` lists the data settings without the datasets library (nor pandas,
+    pyarrow, which it brings); an in-memory data set is a value, not a class with a ``.help``."""
+    data_stack = ["datasets", "pandas", "pyarrow"]
+    (result,) = _run(BLOCKER.format(blocked=data_stack) + FIT_HELP.format(lazy=data_stack))
+    assert result["loaded"] == []
+    assert "--data.dataset DATASET" in result["help"] and "--data.val_dataset" in result["help"]
+    assert "InMemoryDataset" in result["help"]
+    assert "--data.dataset.help" not in result["help"]
+
+
 @pytest.mark.parametrize("package", [grpo_lightning, grpo_lightning.rewards, grpo_lightning.data])
 def test_every_public_name_resolves_and_is_listed(package):
     for name in package.__all__:

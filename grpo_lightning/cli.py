@@ -40,7 +40,9 @@ def _not_from_text(value: Any) -> InMemoryDataset:
 # An in-memory data set is a value for the parser, not a class to build from a class_path (nor one to
 # list in --help as such).
 register_type(
-    InMemoryDataset, deserializer=_not_from_text, type_check=lambda value, _: isinstance(value, InMemoryDataset)
+    InMemoryDataset,
+    deserializer=_not_from_text,
+    type_check=lambda value, _: isinstance(value, InMemoryDataset),
 )
 
 

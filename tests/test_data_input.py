@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import datasets
 import pytest
 from datasets import Dataset
 from lightning.pytorch import Trainer
 from torch.utils.data import TensorDataset
 
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.cli import main
 from grpo_lightning.data import DataSourceError, PromptDataModule
-from grpo_lightning.data.sources import InMemoryDataset
+from grpo_lightning.data.sources import RESERVED_COLUMNS, InMemoryDataset
 from grpo_lightning.tiny import build_char_tokenizer
 
 CLI = ["--model.model=builtin:tiny-math", "--model.reward_funcs=[gsm8k_accuracy]", "--data.synthetic=null"]
@@ -114,3 +117,44 @@ def test_a_validation_split_emptied_by_the_length_filter_is_fine_when_validation
     off.trainer = Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False)
     off.setup("fit")
     assert len(off.train_dataset) == 8
+
+
+def test_a_batch_is_the_prompt_keys_plus_the_data_set_columns():
+    """The keys the module takes as the prompt are the ones the data module adds; a source column of
+    such a name is dropped (it would be overwritten), so every other key is a column for the rewards."""
+    rows = [
+        {"question": f"What is {i} + 1?", "answer": str(i + 1), "level": "1", "input_ids": [i]}
+        for i in range(4)
+    ]
+    dm = PromptDataModule(
+        Dataset.from_list(rows), tokenizer=build_char_tokenizer(), batch_size=2, val_fraction=0
+    )
+    with pytest.warns(UserWarning, match=r"columns \['input_ids'\] clash with names the data module uses"):
+        dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(PROMPT_KEYS) <= set(RESERVED_COLUMNS)
+    assert set(batch) - set(PROMPT_KEYS) == {"question", "answer", "level"}
+    assert batch["input_ids"].shape[0] == 2
+
+
+@pytest.mark.parametrize("setting", ["prompt_template", "system_prompt"])
+def test_a_backslash_n_typed_as_two_characters_warns_naming_the_fix(setting):
+    value = "Q: {question}\\nA: "
+    with pytest.warns(UserWarning, match=rf"(?s){setting} holds a backslash followed by 'n'.*YAML double quotes"):
+        PromptDataModule(**{setting: value})
+    with warnings.catch_warnings():  # a real line break, and LaTeX commands, are fine
+        warnings.simplefilter("error")
+        PromptDataModule(**{setting: "Q: {question}\nA: with \\neq, \\nabla or \\boxed{}"})
+
+
+def test_yaml_double_quotes_give_a_line_break_and_single_quotes_warn(tmp_path):
+    for quote, breaks in (('"', True), ("'", False)):
+        config = tmp_path / "run.yaml"
+        config.write_text(f"data:\n  prompt_template: {quote}Q: {{question}}\\nA: {quote}\n")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli = main([*CLI, f"--config={config}"], run=False)
+        template = cli.datamodule.hparams.prompt_template
+        assert template == ("Q: {question}\nA: " if breaks else "Q: {question}\\nA: ")
+        warned = [str(w.message) for w in caught if "backslash followed by 'n'" in str(w.message)]
+        assert len(warned) == (0 if breaks else 1), warned

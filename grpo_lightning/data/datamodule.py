@@ -21,6 +21,7 @@ from grpo_lightning.data.prompts import (
     ResumableDataLoader,
     check_template,
     tokenize_prompts,
+    warn_typed_newlines,
 )
 from grpo_lightning.data.sources import (
     DatasetSource,
@@ -117,6 +118,8 @@ class PromptDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         check_template(prompt_template)
+        warn_typed_newlines("prompt_template", prompt_template)
+        warn_typed_newlines("system_prompt", system_prompt)
         if batch_size <= 0 or (val_batch_size is not None and val_batch_size <= 0):
             raise ValueError(
                 f"batch_size and val_batch_size must be positive; got {batch_size}, {val_batch_size}."

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from lightning.pytorch.utilities import rank_zero_warn
 
 from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
+from grpo_lightning.batch import PROMPT_KEYS
 
 if TYPE_CHECKING:  # the datasets library loads when data is first loaded, not with this module
     from datasets import Dataset, DatasetDict
@@ -38,7 +39,7 @@ SOLUTION_ALIASES = ("solution", "response", "rationale")
 # The conversation of a conversational source, rendered by the chat template.
 CONVERSATION_COLUMN = "prompt_messages"
 # Keys the data module itself puts in a batch: a source column of that name would be overwritten.
-RESERVED_COLUMNS = ("prompt", "input_ids", "attention_mask", CONVERSATION_COLUMN)
+RESERVED_COLUMNS = (*PROMPT_KEYS, CONVERSATION_COLUMN)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from grpo_lightning._lazy import instance_check_type
 from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
 from grpo_lightning.batch import PROMPT_KEYS
 
@@ -47,19 +47,14 @@ SYNTHETIC_SIZES = {"train_size": 2000, "val_size": 200, "test_size": 200}
 _MAX_SYNTHETIC_ROUNDS = 20
 
 
-class _InMemoryDatasetType(type):
-    def __instancecheck__(cls, value: Any) -> bool:
-        # No Dataset can exist before the datasets library is imported, so it need not be imported here.
-        library = sys.modules.get("datasets")
-        return library is not None and isinstance(value, (library.Dataset, library.DatasetDict))
-
-
-class InMemoryDataset(metaclass=_InMemoryDatasetType):
-    """``isinstance(value, InMemoryDataset)``: ``value`` is a ``datasets.Dataset`` or ``DatasetDict``.
-
-    It stands for those two classes in :data:`DatasetSource`, so that the command line (jsonargparse
-    reads the type to build it) does not import the datasets library just to print ``--help``.
-    """
+InMemoryDataset = instance_check_type(
+    "InMemoryDataset",
+    __name__,
+    "datasets",
+    ("Dataset", "DatasetDict"),
+    doc="``isinstance(value, InMemoryDataset)``: ``value`` is a ``datasets.Dataset`` or ``DatasetDict``. It "
+    "stands for them in :data:`DatasetSource`, so that --help does not import the datasets library.",
+)
 
 
 # ``Path`` is in the union for the command line too: jsonargparse reads the *contents* of a file named

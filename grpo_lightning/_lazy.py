@@ -2,7 +2,9 @@
 
 ``import grpo_lightning`` then costs almost nothing, and ``from grpo_lightning import GRPOModule``
 loads only what the module needs: the reward model, math-verify, the data stack (``datasets``) and
-the command line (``jsonargparse``) load when something first uses them.
+the command line (``jsonargparse``) load when something first uses them. :func:`instance_check_type`
+keeps a signature's types from importing their library (transformers' modeling code, ``datasets``)
+when the command line is built.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Each command runs in a fresh interpreter; the commands alternate within each round (the order
 rotates from round to round), so a busy machine slows them alike. Reported: the median wall time of
 each command and the median of the per-round ratios command / baseline, where the baseline imports
-``lightning.pytorch`` and ``transformers`` and nothing else.
+``lightning.pytorch`` and ``transformers`` and nothing else; the same ratio of CPU time (user + system
+of the child) is reported beside it, which a machine shared with other work disturbs far less than
+wall time.
 
     python benchmarks/bench_startup.py                          # 7 rounds
     python benchmarks/bench_startup.py --rounds 3               # quicker, noisier
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,18 +68,23 @@ def commands(compare: Path | None) -> dict[str, Command]:
     return cmds
 
 
-def time_once(command: Command, cwd: str) -> float:
-    """Wall seconds of one run; its output is discarded, a failure raises."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_once(command: Command, cwd: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run; its output is discarded, a failure raises."""
     argv, env = command
-    start = time.perf_counter()
+    cpu, start = _children_cpu(), time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
 
 
-def measure(cmds: dict[str, Command], rounds: int) -> dict[str, list[float]]:
-    """``rounds`` alternating runs of every command; label -> seconds per round."""
+def measure(cmds: dict[str, Command], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """``rounds`` alternating runs of every command; label -> (wall, CPU) seconds per round."""
     labels = list(cmds)
-    times: dict[str, list[float]] = {label: [] for label in labels}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory() as cwd:
         for command in cmds.values():  # warm the file-system cache once, untimed
             time_once(command, cwd)
@@ -87,16 +95,23 @@ def measure(cmds: dict[str, Command], rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def report(times: dict[str, list[float]]) -> str:
+def _ratio(runs: list[tuple[float, float]], base: list[tuple[float, float]], which: int) -> float:
+    """Median over rounds of this command's time / the baseline's (``which``: 0 wall, 1 CPU)."""
+    return statistics.median(t[which] / b[which] for t, b in zip(runs, base, strict=True))
+
+
+def report(times: dict[str, list[tuple[float, float]]]) -> str:
     labels = list(times)
     base = times[labels[0]]
     width = max(len(label) for label in labels)
-    lines = [f"{'command':<{width}}  median s   min s   ratio to baseline (median of per-round ratios)"]
+    lines = [f"{'command':<{width}}  median s   min s   wall ratio   CPU ratio"]
     for label in labels:
-        ratio = statistics.median(t / b for t, b in zip(times[label], base, strict=True))
+        walls = [wall for wall, _ in times[label]]
         lines.append(
-            f"{label:<{width}}  {statistics.median(times[label]):8.2f}  {min(times[label]):6.2f}   {ratio:.2f}x"
+            f"{label:<{width}}  {statistics.median(walls):8.2f}  {min(walls):6.2f}"
+            f"   {_ratio(times[label], base, 0):9.2f}x  {_ratio(times[label], base, 1):9.2f}x"
         )
+    lines.append("(ratios: the median over rounds of the command's time / the baseline's in that round)")
     return "\n".join(lines)
 
 

@@ -2,12 +2,15 @@
 
 ``import grpo_lightning`` then costs almost nothing, and ``from grpo_lightning import GRPOModule``
 loads only what the module needs: the reward model, math-verify, the data stack (``datasets``) and
-the command line (``jsonargparse``) load when something first uses them.
+the command line (``jsonargparse``) load when something first uses them. :func:`instance_check_type`
+keeps a signature's types from importing their library (transformers' modeling code, ``datasets``)
+when the command line is built.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,3 +39,29 @@ def lazy_exports(
         return sorted({*namespace, *exports})
 
     return __getattr__, __dir__
+
+
+class _LazyInstanceCheck(type):
+    """The metaclass of :func:`instance_check_type`'s classes."""
+
+    _module: str
+    _classes: tuple[str, ...]
+
+    def __instancecheck__(cls, value: Any) -> bool:
+        # No instance can exist before its module is imported, so the check never needs to import it.
+        module = sys.modules.get(cls._module)
+        targets = tuple(getattr(module, name, None) for name in cls._classes) if module else ()
+        return any(target is not None and isinstance(value, target) for target in targets)
+
+
+def instance_check_type(name: str, defined_in: str, module: str, classes: tuple[str, ...], doc: str) -> type:
+    """A class standing for ``module``'s ``classes`` in a signature without importing ``module``:
+    ``isinstance(value, it)`` is ``isinstance(value, module.<class>)`` for any of ``classes``.
+
+    jsonargparse builds the command line from signatures, and resolving a type there would import its
+    library just to print ``--help``. ``defined_in`` is the module that exposes the class (its import path).
+    """
+    namespace = {"__module__": defined_in, "__qualname__": name, "__doc__": doc}
+    cls = _LazyInstanceCheck(name, (), namespace)
+    cls._module, cls._classes = module, classes
+    return cls

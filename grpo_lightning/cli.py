@@ -11,21 +11,41 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import register_type
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from grpo_lightning.checkpointing import check_checkpoint_file
 from grpo_lightning.data import PromptDataModule
+from grpo_lightning.data.sources import InMemoryDataset
 from grpo_lightning.export_dir import check_export_dir, replacing
 from grpo_lightning.interrupt import RunGuard
+from grpo_lightning.models import BuiltModel
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.predict import PredictionWriter
 from grpo_lightning.runs import run_directory
+
+
+def _objects_only(what: str) -> Callable[[Any], Any]:
+    def refuse(value: Any) -> Any:
+        raise ValueError(f"expected {what} object, which only Python can pass (main({{...}}), not text).")
+
+    return refuse
+
+
+# A built model or an in-memory data set is a value for the parser, not a class to build from a
+# class_path (nor one to list in --help as such).
+for _type, _what in (
+    (InMemoryDataset, "a datasets.Dataset or DatasetDict"),
+    (BuiltModel, "a PreTrainedModel"),
+):
+    register_type(_type, deserializer=_objects_only(_what), type_check=lambda value, t: isinstance(value, t))
 
 
 def _data_tokenizer(model: Any, tokenizer: Any) -> Any:

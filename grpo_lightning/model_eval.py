@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,7 @@ def evaluate_model(
         module.to(next(module.policy.parameters()).device)
         batches = problem_batches(module.tokenizer, problems, prompt_template, system_prompt, batch_size)
         with eval_mode(module.policy):
-            return _evaluate(module, batches, num_samples, records)
+            return evaluate_batches(module, batches, num_samples, records)
     finally:
         if was_training is not None:
             model.train(was_training)
@@ -108,13 +108,15 @@ def evaluate_model(
             tokenizer.padding_side = padding_side
 
 
-def _evaluate(
+def evaluate_batches(
     module: GRPOModule,
-    batches: Iterator[dict[str, Any]],
+    batches: Iterable[dict[str, Any]],
     num_samples: int,
-    records: list[dict[str, Any]] | None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
-    """Means over problems of each figure, the greedy reward (NaN left out) and length."""
+    """The figures of :func:`evaluate_model` for a configured module and collated batches (the data
+    module's, or :func:`problem_batches`): means over problems of each figure, of the greedy reward
+    (NaN left out) and of the greedy length."""
     ks = report_ks(num_samples) if num_samples > 1 else []
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)

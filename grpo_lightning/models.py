@@ -15,19 +15,32 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedTokenizerBase
 
+from grpo_lightning._lazy import instance_check_type
 from grpo_lightning.causal_lm import base_model, is_sharded
 from grpo_lightning.model_card import ModelCardInfo, write_model_card
 from grpo_lightning.tokenizer_io import save_tokenizer, tokenizer_from_pretrained
+
+if TYPE_CHECKING:  # transformers' modeling code loads with the first model, not with this module
+    from transformers import PreTrainedModel
+
+BuiltModel = instance_check_type(
+    "BuiltModel",
+    __name__,
+    "transformers.modeling_utils",
+    ("PreTrainedModel",),
+    doc="``isinstance(value, BuiltModel)``: ``value`` is a ``transformers.PreTrainedModel``. It stands for it "
+    "in :data:`ModelSource`, so that --help does not import transformers' modeling code.",
+)
+if TYPE_CHECKING:
+    ModelSource: TypeAlias = str | PreTrainedModel
+else:  # what the command line is built from
+    ModelSource = str | BuiltModel
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -105,6 +118,8 @@ def load_policy(
     for key in ("dtype", "torch_dtype"):
         if key in kwargs:
             kwargs[key] = _dtype(kwargs[key])
+    from transformers import AutoModelForCausalLM
+
     with _naming_the_source(model, "model"):
         return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
 

@@ -25,7 +25,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
@@ -42,6 +42,7 @@ from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.model_card import ModelCardInfo, run_card_info
 from grpo_lightning.models import (
+    ModelSource,
     apply_lora,
     create_reference,
     disable_dropout,
@@ -154,7 +155,7 @@ class GRPOModule(LightningModule):
 
     def __init__(
         self,
-        model: str | PreTrainedModel,
+        model: ModelSource,
         tokenizer: str | PreTrainedTokenizerBase | None = None,
         reward_funcs: Sequence[str | RewardFunc] | str | RewardFunc | None = None,
         reward_weights: Sequence[float] | None = None,

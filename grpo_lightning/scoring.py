@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.config import check_context_length, context_length
 from grpo_lightning.reward_scorer import (  # noqa: F401 (this module's public names before the split)
     RewardError,
@@ -48,8 +49,6 @@ def repeat_columns(batch: Mapping[str, Any], num_generations: int, skip: Sequenc
 
 
 # ---- scoring a rollout ------------------------------------------------------------------------
-
-PROMPT_KEYS = ("prompt", "input_ids", "attention_mask")
 
 
 @dataclass

@@ -6,10 +6,13 @@ import glob
 import os
 
 import pytest
+import torch
 from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM
 
 from grpo_lightning.cli import main
+from grpo_lightning.models import BuiltModel
+from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 RECIPES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -89,3 +92,16 @@ def test_fit_runs_exports_and_says_where_everything_is(capsys, tmp_path):
     # Its model card says how it was trained: the rewards, the optimizer steps, the last metrics.
     card = (export_dir / "README.md").read_text()
     assert "Rewards: gsm8k_accuracy" in card and "Optimizer steps: 2" in card and "| train/reward |" in card
+
+
+def test_a_model_built_in_python_is_given_to_the_cli_as_the_object():
+    tokenizer = build_char_tokenizer(model_max_length=64)
+    model = build_tiny_model(tokenizer, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1)
+    assert isinstance(model, BuiltModel)
+    assert not isinstance(torch.nn.Linear(2, 2), BuiltModel) and not isinstance("builtin:tiny-math", BuiltModel)
+    args = {
+        "model": {"model": model, "tokenizer": tokenizer, "reward_funcs": ["gsm8k_accuracy"]},
+        "data": {"synthetic": {"train_size": 8, "val_size": 0, "test_size": 0}},
+    }
+    cli = main(args, run=False)
+    assert cli.model.policy is model

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import datasets
 import pytest
 from datasets import Dataset
 from lightning.pytorch import Trainer
+from torch.utils.data import TensorDataset
 
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.cli import main
 from grpo_lightning.data import DataSourceError, PromptDataModule
+from grpo_lightning.data.sources import RESERVED_COLUMNS, InMemoryDataset
 from grpo_lightning.tiny import build_char_tokenizer
 
 CLI = ["--model.model=builtin:tiny-math", "--model.reward_funcs=[gsm8k_accuracy]", "--data.synthetic=null"]
@@ -44,6 +49,34 @@ def test_the_same_works_from_a_yaml_config(tmp_path):
     config.write_text(f"data:\n  dataset: {data}\n  val_fraction: 0\n  batch_size: 1\n")
     cli = main([*CLI, f"--config={config}"], run=False)
     assert cli.datamodule.dataset == str(data)
+
+
+def test_in_memory_dataset_stands_for_dataset_and_datasetdict_only():
+    table = Dataset.from_list([{"question": "What is 7 + 7?", "answer": "14"}])
+    assert isinstance(table, InMemoryDataset)
+    assert isinstance(datasets.DatasetDict({"train": table}), InMemoryDataset)
+    for other in ("synthetic", {"train": "q.csv"}, [{"question": "q", "answer": "1"}], TensorDataset()):
+        assert not isinstance(other, InMemoryDataset), other
+
+
+def test_a_dataset_given_to_the_cli_from_python_is_kept_as_the_object():
+    table = Dataset.from_list([{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)])
+    args = {
+        "model": {"model": "builtin:tiny-math", "reward_funcs": ["gsm8k_accuracy"]},
+        "data": {"dataset": table, "synthetic": None, "val_fraction": 0, "batch_size": 1},
+    }
+    cli = main(args, run=False)
+    assert cli.datamodule.dataset is table
+    cli.datamodule.setup("fit")
+    assert len(cli.datamodule.train_dataset) == 3
+
+
+def test_a_value_no_source_form_takes_is_refused_naming_the_forms(capsys):
+    args = {"model": {"model": "builtin:tiny-math"}, "data": {"dataset": 5}}
+    with pytest.raises(SystemExit):
+        main(args, run=False)
+    error = capsys.readouterr().err
+    assert "data.dataset" in error and "datasets.Dataset or DatasetDict object" in error
 
 
 def test_empty_and_malformed_jsonl_name_the_cause(tmp_path):
@@ -84,3 +117,44 @@ def test_a_validation_split_emptied_by_the_length_filter_is_fine_when_validation
     off.trainer = Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False)
     off.setup("fit")
     assert len(off.train_dataset) == 8
+
+
+def test_a_batch_is_the_prompt_keys_plus_the_data_set_columns():
+    """The keys the module takes as the prompt are the ones the data module adds; a source column of
+    such a name is dropped (it would be overwritten), so every other key is a column for the rewards."""
+    rows = [
+        {"question": f"What is {i} + 1?", "answer": str(i + 1), "level": "1", "input_ids": [i]}
+        for i in range(4)
+    ]
+    dm = PromptDataModule(
+        Dataset.from_list(rows), tokenizer=build_char_tokenizer(), batch_size=2, val_fraction=0
+    )
+    with pytest.warns(UserWarning, match=r"columns \['input_ids'\] clash with names the data module uses"):
+        dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(PROMPT_KEYS) <= set(RESERVED_COLUMNS)
+    assert set(batch) - set(PROMPT_KEYS) == {"question", "answer", "level"}
+    assert batch["input_ids"].shape[0] == 2
+
+
+@pytest.mark.parametrize("setting", ["prompt_template", "system_prompt"])
+def test_a_backslash_n_typed_as_two_characters_warns_naming_the_fix(setting):
+    value = "Q: {question}\\nA: "
+    with pytest.warns(UserWarning, match=rf"(?s){setting} holds a backslash followed by 'n'.*YAML double quotes"):
+        PromptDataModule(**{setting: value})
+    with warnings.catch_warnings():  # a real line break, and LaTeX commands, are fine
+        warnings.simplefilter("error")
+        PromptDataModule(**{setting: "Q: {question}\nA: with \\neq, \\nabla or \\boxed{}"})
+
+
+def test_yaml_double_quotes_give_a_line_break_and_single_quotes_warn(tmp_path):
+    for quote, breaks in (('"', True), ("'", False)):
+        config = tmp_path / "run.yaml"
+        config.write_text(f"data:\n  prompt_template: {quote}Q: {{question}}\\nA: {quote}\n")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli = main([*CLI, f"--config={config}"], run=False)
+        template = cli.datamodule.hparams.prompt_template
+        assert template == ("Q: {question}\nA: " if breaks else "Q: {question}\\nA: ")
+        warned = [str(w.message) for w in caught if "backslash followed by 'n'" in str(w.message)]
+        assert len(warned) == (0 if breaks else 1), warned

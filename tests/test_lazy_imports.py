@@ -81,6 +81,7 @@ TRAIN_ONE_STEP = textwrap.dedent(
     import grpo_lightning
     after_package = sorted(m for m in sys.modules if m.split(".")[0] in ("grpo_lightning", "torch"))
     from grpo_lightning import GRPOModule
+    model_code = loaded(["transformers.modeling_utils"])  # transformers' modeling code: with the first model
 
     import lightning.pytorch as pl
     import torch
@@ -107,6 +108,7 @@ TRAIN_ONE_STEP = textwrap.dedent(
     trainer.fit(module, DataLoader(["1+1=", "2+3="], batch_size=2, collate_fn=collate))
     print(json.dumps({{
         "after_package": after_package,
+        "model_code_with_module": model_code,
         "lazy_loaded": loaded({lazy!r}),
         "global_step": trainer.global_step,
         "format_reward_by_name": resolve_reward("format_reward") is format_reward,
@@ -130,6 +132,7 @@ def test_grpo_module_imports_and_trains_without_the_optional_back_ends():
     """As on a machine without datasets, jsonargparse, math-verify, wandb and peft installed."""
     (result,) = _run(BLOCKER.format(blocked=BLOCKED) + TRAIN_ONE_STEP.format(lazy=LAZY))
     assert result["after_package"] == ["grpo_lightning", "grpo_lightning._lazy"]  # not even torch
+    assert result["model_code_with_module"] == []
     assert result["lazy_loaded"] == []
     assert result["global_step"] == 1
     assert result["format_reward_by_name"]
@@ -150,8 +153,36 @@ def test_grpo_module_loads_no_optional_back_end_where_all_are_installed():
     )
     first, second = _run(code)
     assert first["after_package"] == ["grpo_lightning", "grpo_lightning._lazy"]
+    assert first["model_code_with_module"] == []
     assert first["lazy_loaded"] == [] and first["global_step"] == 1
     assert "math_accuracy" in second["refused"] and "already registered" in second["refused"]
+
+
+# The command line's help, where the data stack is not installed: it must not need it to list --data.*.
+FIT_HELP = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from grpo_lightning.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main(["fit", "--help"])
+    print(json.dumps({{"help": out.getvalue(), "loaded": sorted(n for n in {lazy!r} if n in sys.modules)}}))
+    """
+)
+
+
+def test_fit_help_needs_no_data_stack_nor_model_code():
+    """``grpo-lightning fit --help`` lists the data settings without the datasets library (nor pandas,
+    pyarrow, which it brings) and the model settings without transformers' modeling code; a built model
+    and an in-memory data set are values, not classes with a ``.help``."""
+    data_stack = ["datasets", "pandas", "pyarrow"]
+    lazy = [*data_stack, "transformers.modeling_utils"]
+    (result,) = _run(BLOCKER.format(blocked=data_stack) + FIT_HELP.format(lazy=lazy))
+    assert result["loaded"] == []
+    assert "--data.dataset DATASET" in result["help"] and "--data.val_dataset" in result["help"]
+    assert "InMemoryDataset" in result["help"] and "BuiltModel" in result["help"]
+    assert "--data.dataset.help" not in result["help"] and "--model.model.help" not in result["help"]
 
 
 @pytest.mark.parametrize("package", [grpo_lightning, grpo_lightning.rewards, grpo_lightning.data])

@@ -25,7 +25,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from learning_report import plot, summarize, table_markdown  # noqa: E402
+from learning_report import final_markdown, plot, plot_finals, summarize, table_markdown  # noqa: E402
 from run_method import METHODS, add_run_arguments  # noqa: E402
 
 
@@ -107,9 +107,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = table_markdown(summary, runs, meta)
+    finals = final_markdown(runs)
+    table += f"\n{finals}" if finals else ""
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table)
     plot(summary, runs, meta, os.path.join(args.out, "accuracy_vs_time.png"))
+    plot_finals(runs, os.path.join(args.out, "k_curves.png"))
     print(table, flush=True)
     return results
 
@@ -120,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
-        "--jobs", type=int, default=1, help="runs at once (each with --threads threads); 1 = one after another"
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (each with --threads threads); 1 = one after another",
     )
     parser.add_argument("--out", default="benchmarks/results/learning", help="folder for the results")
     args = parser.parse_args(argv)

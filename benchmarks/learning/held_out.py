@@ -14,6 +14,7 @@ from datasets import Dataset
 
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.evaluation import correct
+from grpo_lightning.model_eval import evaluate_batches
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.scoring import ScoredRollout, sample_and_score
 
@@ -64,34 +65,30 @@ def final_evaluation(
     num_samples: int,
     batch_size: int,
 ) -> dict[str, Any]:
-    """The end-of-run evaluation of the module's current weights with ``num_samples`` per problem.
+    """The end-of-run evaluation of the module's current weights with ``num_samples`` (N) per problem.
 
-    Returns ``greedy`` (accuracy), ``mean@N`` (share of correct samples), ``pass@N`` (share of
-    problems with at least one correct sample) and ``problems``: per problem its greedy correctness,
-    the correctness of each sample and the sampled completions, from which estimators over k <= N
-    (unbiased pass@k, maj@k) can be computed.
+    Returns validation's figures (:func:`grpo_lightning.model_eval.evaluate_batches`): ``accuracy``
+    (greedy), ``mean@N``, unbiased ``pass@k`` and exact ``maj@k`` for k <= N; plus ``greedy`` (the
+    same accuracy, under the name the report uses), ``num_samples`` and ``problems``: per problem its
+    answer, greedy correctness, each sample's correctness and the sampled completions.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples}: sample at least 1 completion per problem.")
-    problems: list[dict[str, Any]] = []
-    for i, batch in enumerate(batches(datamodule, data, batch_size)):
-        greedy = _scored(module, batch, 0, EVAL_SEED)[1].tolist()
-        scored, ok = _scored(module, batch, num_samples, EVAL_SEED + 1 + i)
-        ok = ok.view(-1, num_samples).tolist()
-        for p, answer in enumerate(batch["answer"]):
-            problems.append(
-                {
-                    "answer": answer,
-                    "greedy_correct": greedy[p],
-                    "correct": ok[p],
-                    "completions": scored.completions[p * num_samples : (p + 1) * num_samples],
-                }
-            )
-    n = len(problems)
-    return {
-        "num_samples": num_samples,
-        "greedy": sum(p["greedy_correct"] for p in problems) / n,
-        f"mean@{num_samples}": sum(sum(p["correct"]) for p in problems) / (n * num_samples),
-        f"pass@{num_samples}": sum(any(p["correct"]) for p in problems) / n,
-        "problems": problems,
-    }
+    if num_samples < 2:
+        raise ValueError(f"num_samples={num_samples}: the final evaluation samples at least 2 per problem.")
+    records: list[dict[str, Any]] = []
+    device = module.device
+
+    def on_device() -> Iterator[dict[str, Any]]:
+        for batch in batches(datamodule, data, batch_size):
+            yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    figures = evaluate_batches(module, on_device(), num_samples, records)
+    problems = [
+        {
+            "answer": r["answer"],
+            "greedy_correct": r["correct"],
+            "correct": r["samples_correct"],
+            "completions": r["samples"],
+        }
+        for r in records
+    ]
+    return {**figures, "greedy": figures["accuracy"], "num_samples": num_samples, "problems": problems}

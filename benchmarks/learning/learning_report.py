@@ -129,3 +129,57 @@ def plot(
 
 def _seeds(n: int) -> str:
     return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+#: The final-evaluation figures the table shows, by their names in a run's ``final_end``.
+def _final_columns(num_samples: int) -> list[str]:
+    return ["greedy", f"mean@{num_samples}", "pass@1", f"pass@{num_samples}", "maj@1", f"maj@{num_samples}"]
+
+
+def mean_final(runs: Sequence[dict[str, Any]], method: str) -> dict[str, float]:
+    """The mean over seeds of every figure of ``method``'s end-of-budget final evaluation."""
+    finals = [r["final_end"] for r in runs if r["method"] == method and "final_end" in r]
+    names = [k for k, v in finals[0].items() if isinstance(v, float)] if finals else []
+    return {k: statistics.fmean(f[k] for f in finals) for k in names}
+
+
+def final_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """With ``--final-samples N``: greedy, mean@N, pass@k and maj@k at k = 1 and N for the start
+    weights and each method's end of budget (mean over seeds); empty without a final evaluation."""
+    start = next((r["final_start"] for r in runs if "final_start" in r), None)
+    if start is None:
+        return ""
+    n = start["num_samples"]
+    columns = _final_columns(n)
+    lines = [
+        f"Final evaluation: greedy, and {n} samples per held-out problem (temperature as in training); "
+        "pass@k unbiased, maj@k the exact mean over k-subsets of the samples; mean over seeds.",
+        "",
+        "| weights | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        "| start | " + " | ".join(f"{start[c]:.3f}" for c in columns) + " |",
+    ]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        figures = mean_final(runs, method)
+        if figures:
+            lines.append(
+                f"| {LABELS.get(method, method)} | " + " | ".join(f"{figures[c]:.3f}" for c in columns) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_finals(runs: Sequence[dict[str, Any]], path: str) -> bool:
+    """pass@k and maj@k against k for the start weights and each method's end of budget (mean over
+    seeds) to a PNG; False (nothing written) without a final evaluation."""
+    from grpo_lightning.model_eval import plot_k_curves
+
+    start = next((r["final_start"] for r in runs if "final_start" in r), None)
+    if start is None:
+        return False
+    curves = {"start": {k: v for k, v in start.items() if isinstance(v, float)}}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        curves[LABELS.get(method, method)] = mean_final(runs, method)
+    plot_k_curves(
+        curves, path, title=f"Held-out pass@k and maj@k, {start['num_samples']} samples per problem"
+    )
+    return True

@@ -1,7 +1,7 @@
 """Prompt data for GRPO: the PromptDataModule, its sources and its batch format.
 
-The names below load on first access (they need ``datasets``, which a run that brings its own
-DataModule need not import).
+The names below load on first access. The ``datasets`` library loads only when data is first loaded
+(so neither a run that brings its own DataModule nor ``grpo-lightning --help`` imports it).
 """
 
 from typing import TYPE_CHECKING

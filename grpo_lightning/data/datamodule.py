@@ -1,11 +1,12 @@
 """PromptDataModule: unique math prompts with their gold answers, batched for GRPO rollouts."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here, and the datasets types are quoted: the command line
+# is built from ``__init__``'s signature, and for postponed annotations jsonargparse runs this module's
+# ``TYPE_CHECKING`` block, which would import the datasets library just to print ``--help``.
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset, DatasetDict
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
@@ -20,16 +21,21 @@ from grpo_lightning.data.prompts import (
     ResumableDataLoader,
     check_template,
     tokenize_prompts,
+    warn_typed_newlines,
 )
 from grpo_lightning.data.sources import (
     DatasetSource,
     DataSourceError,
+    InMemoryDataset,
     describe_source,
     load_source,
     normalize_columns,
     synthetic_splits,
 )
 from grpo_lightning.models import load_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 SYNTHETIC = "synthetic"
 _SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
@@ -112,6 +118,8 @@ class PromptDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         check_template(prompt_template)
+        warn_typed_newlines("prompt_template", prompt_template)
+        warn_typed_newlines("system_prompt", system_prompt)
         if batch_size <= 0 or (val_batch_size is not None and val_batch_size <= 0):
             raise ValueError(
                 f"batch_size and val_batch_size must be positive; got {batch_size}, {val_batch_size}."
@@ -130,7 +138,7 @@ class PromptDataModule(LightningDataModule):
         objects = [
             name
             for name, value in (("dataset", dataset), ("val_dataset", val_dataset))
-            if isinstance(value, Dataset | DatasetDict)
+            if isinstance(value, InMemoryDataset)
         ]
         self.save_hyperparameters(ignore=[*objects, "tokenizer"])
         if val_dataset is not None and val_dataset == SYNTHETIC:
@@ -213,15 +221,15 @@ class PromptDataModule(LightningDataModule):
     # ------------------------------------------------------------------ data
 
     @property
-    def train_dataset(self) -> Dataset | None:
+    def train_dataset(self) -> "Dataset | None":
         return self.get_split("train")
 
     @property
-    def val_dataset(self) -> Dataset | None:
+    def val_dataset(self) -> "Dataset | None":
         return self.get_split("val")
 
     @property
-    def test_dataset(self) -> Dataset | None:
+    def test_dataset(self) -> "Dataset | None":
         return self.get_split("test")
 
     @property
@@ -234,14 +242,14 @@ class PromptDataModule(LightningDataModule):
             )
         return PromptCollator(pad_id)
 
-    def get_split(self, split: str) -> Dataset | None:
+    def get_split(self, split: str) -> "Dataset | None":
         """The tokenized ``"train"``, ``"val"`` or ``"test"`` split (None when the source has none)."""
         if split not in self._splits:
             data = self._normalized_split(split)
             self._splits[split] = None if data is None else self._tokenize(data, split)
         return self._splits[split]
 
-    def _require(self, split: str) -> Dataset:
+    def _require(self, split: str) -> "Dataset":
         data = self.get_split(split)
         if data is None:
             splits = list(self._raw_splits())
@@ -250,7 +258,7 @@ class PromptDataModule(LightningDataModule):
             )
         return data
 
-    def _raw_splits(self) -> DatasetDict:
+    def _raw_splits(self) -> "DatasetDict":
         if self._raw is None:
             if self.dataset == SYNTHETIC:
                 self._raw = synthetic_splits(self.hparams.synthetic, self.hparams.data_seed)
@@ -264,14 +272,14 @@ class PromptDataModule(LightningDataModule):
             return f"{describe_source(self.val_source, self.hparams.val_config_name)}, validation rows"
         return f"{self.where}, {_SPLIT_NAMES[split]} split"
 
-    def _raw_val_splits(self) -> DatasetDict:
+    def _raw_val_splits(self) -> "DatasetDict":
         if self._raw_val is None:
             self._raw_val = load_source(
                 self.val_source, self.hparams.val_config_name, self.hparams.load_kwargs
             )
         return self._raw_val
 
-    def _select_val_source_split(self) -> Dataset:
+    def _select_val_source_split(self) -> "Dataset":
         """The validation rows when they come from ``val_dataset``."""
         raw, name = self._raw_val_splits(), self.hparams.val_split
         where = describe_source(self.val_source, self.hparams.val_config_name)
@@ -287,7 +295,7 @@ class PromptDataModule(LightningDataModule):
             )
         return self._cap(raw[name], self.hparams.max_val_samples)
 
-    def _select_split(self, split: str) -> Dataset | None:
+    def _select_split(self, split: str) -> "Dataset | None":
         """The raw rows of one split, before column checks and tokenization."""
         if split == "val" and self.val_source is not None:
             return self._select_val_source_split()
@@ -321,7 +329,7 @@ class PromptDataModule(LightningDataModule):
             return raw[train_name] if split == "train" else None
         return self._hold_out(raw[train_name], split)
 
-    def _hold_out(self, train: Dataset, split: str) -> Dataset | None:
+    def _hold_out(self, train: "Dataset", split: str) -> "Dataset | None":
         """No separate validation split: hold out a seeded share of the training split."""
         hp = self.hparams
         n_val = min(round(hp.val_fraction * len(train)), hp.max_val_samples or len(train))
@@ -335,12 +343,12 @@ class PromptDataModule(LightningDataModule):
         parts = train.train_test_split(test_size=n_val, seed=hp.data_seed, shuffle=True)
         return parts["train"] if split == "train" else parts["test"]
 
-    def _cap(self, data: Dataset, cap: int | None) -> Dataset:
+    def _cap(self, data: "Dataset", cap: int | None) -> "Dataset":
         if cap is None or len(data) <= cap:
             return data
         return data.shuffle(seed=self.hparams.data_seed).select(range(cap))
 
-    def _normalized_split(self, split: str) -> Dataset | None:
+    def _normalized_split(self, split: str) -> "Dataset | None":
         """One split with checked, canonical columns; held-out splits without training questions."""
         if split not in self._normalized:
             raw = self._select_split(split)
@@ -357,7 +365,7 @@ class PromptDataModule(LightningDataModule):
             self._normalized[split] = data
         return self._normalized[split]
 
-    def _drop_seen_in_training(self, data: Dataset, where: str) -> Dataset:
+    def _drop_seen_in_training(self, data: "Dataset", where: str) -> "Dataset":
         """Held-out prompts must not appear in training: drop questions the training split also has."""
         train = self._normalized_split("train")
         seen = set(train["question"]) if train is not None else set()
@@ -369,7 +377,7 @@ class PromptDataModule(LightningDataModule):
             data = data.select(keep, keep_in_memory=True)
         return data
 
-    def _tokenize(self, data: Dataset, split: str) -> Dataset:
+    def _tokenize(self, data: "Dataset", split: str) -> "Dataset":
         where = self._describe(split)
         if split == "train":
             data = self._cap(data, self.hparams.max_train_samples)
@@ -402,7 +410,7 @@ class PromptDataModule(LightningDataModule):
             )
         return self.tokenizer
 
-    def _eval_loader(self, data: Dataset) -> DataLoader:
+    def _eval_loader(self, data: "Dataset") -> DataLoader:
         return DataLoader(
             data,
             batch_size=self.hparams.val_batch_size or self.hparams.batch_size,

@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedTokenizerBase
@@ -17,11 +16,17 @@ from transformers import PreTrainedTokenizerBase
 from grpo_lightning._checks import check_choice
 from grpo_lightning.data.sources import CONVERSATION_COLUMN, quiet_progress
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 DEFAULT_PROMPT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
 LongPromptPolicy = Literal["drop", "raise"]
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# A backslash and "n" typed as two characters (YAML single quotes or none, a shell's '...'), not followed
+# by a lowercase letter, so that LaTeX commands such as \neq or \nabla are left alone.
+_TYPED_NEWLINE = re.compile(r"\\n(?![a-z])")
 
 
 class PromptFormatter:
@@ -127,6 +132,18 @@ def check_template(template: str) -> None:
         raise ValueError(
             f"prompt_template must contain '{{question}}' where the problem goes; got {template!r}. "
             "Example: '{question}\\nPut your final answer after ####.'"
+        )
+
+
+def warn_typed_newlines(setting: str, text: str | None) -> None:
+    """Warn when ``text`` holds ``\\n`` typed as two characters: the prompt would get them as written,
+    not a line break, and the run would silently train on another prompt than the one meant."""
+    if text and _TYPED_NEWLINE.search(text):
+        rank_zero_warn(
+            f"{setting} holds a backslash followed by 'n' (two characters), not a line break, and the prompt "
+            f"gets them as written: {text}\nFor a line break, write the value in YAML double quotes "
+            f'({setting}: "Q: {{question}}\\nA: ") or as a YAML block (|); on the command line, use '
+            "bash's $'...' quoting."
         )
 
 

@@ -20,13 +20,16 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import datasets
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from lightning.pytorch.utilities import rank_zero_warn
 
+from grpo_lightning._lazy import instance_check_type
 from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
+from grpo_lightning.batch import PROMPT_KEYS
+
+if TYPE_CHECKING:  # the datasets library loads when data is first loaded, not with this module
+    from datasets import Dataset, DatasetDict
 
 CANONICAL_COLUMNS = ("question", "answer", "solution")
 # Source column names recognised without a column_map, in order of preference.
@@ -36,22 +39,38 @@ SOLUTION_ALIASES = ("solution", "response", "rationale")
 # The conversation of a conversational source, rendered by the chat template.
 CONVERSATION_COLUMN = "prompt_messages"
 # Keys the data module itself puts in a batch: a source column of that name would be overwritten.
-RESERVED_COLUMNS = ("prompt", "input_ids", "attention_mask", CONVERSATION_COLUMN)
+RESERVED_COLUMNS = (*PROMPT_KEYS, CONVERSATION_COLUMN)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 SYNTHETIC_SIZES = {"train_size": 2000, "val_size": 200, "test_size": 200}
 _MAX_SYNTHETIC_ROUNDS = 20
 
+
+InMemoryDataset = instance_check_type(
+    "InMemoryDataset",
+    __name__,
+    "datasets",
+    ("Dataset", "DatasetDict"),
+    doc="``isinstance(value, InMemoryDataset)``: ``value`` is a ``datasets.Dataset`` or ``DatasetDict``. It "
+    "stands for them in :data:`DatasetSource`, so that --help does not import the datasets library.",
+)
+
+
 # ``Path`` is in the union for the command line too: jsonargparse reads the *contents* of a file named
 # for a union with a mapping type (a CSV became one long string, a one-line JSONL a dict); a union
 # that admits a path keeps the name as given.
-DatasetSource = str | Path | Mapping[str, str] | Dataset | DatasetDict
+if TYPE_CHECKING:
+    DatasetSource: TypeAlias = str | Path | Mapping[str, str] | Dataset | DatasetDict
+else:
+    DatasetSource = str | Path | Mapping[str, str] | InMemoryDataset
 
 
 @contextmanager
 def quiet_progress() -> Iterator[None]:
     """Hide the datasets library's progress bars for our small in-memory passes, then restore them."""
+    import datasets
+
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -67,10 +86,12 @@ class DataSourceError(ValueError):
 
 def describe_source(dataset: DatasetSource, config_name: str | None = None) -> str:
     """A short human description of a source, for error messages."""
-    if isinstance(dataset, Dataset):
+    if isinstance(dataset, InMemoryDataset):  # then the datasets library is already imported
+        from datasets import DatasetDict
+
+        if isinstance(dataset, DatasetDict):
+            return f"the DatasetDict passed in (splits {list(dataset)})"
         return f"the Dataset passed in (columns {dataset.column_names})"
-    if isinstance(dataset, DatasetDict):
-        return f"the DatasetDict passed in (splits {list(dataset)})"
     if isinstance(dataset, Mapping):
         return f"files {dict(dataset)}"
     return f"{dataset!r}" + (f" (config {config_name!r})" if config_name else "")
@@ -85,6 +106,8 @@ def load_source(
     file; a mapping ``{split: file}``; a directory written by ``save_to_disk``; a local copy of a Hub
     data set repository; or a Hub name (``"openai/gsm8k"`` with ``config_name="main"``).
     """
+    from datasets import Dataset, DatasetDict, load_from_disk
+
     kwargs = dict(load_kwargs or {})
     dataset = str(dataset) if isinstance(dataset, Path) else dataset
     where = describe_source(dataset, config_name)
@@ -172,6 +195,8 @@ def _file_builder(path: Path) -> str:
 
 
 def _load(where: str, *args: Any, **kwargs: Any) -> DatasetDict:
+    from datasets import Dataset, DatasetDict, load_dataset
+
     try:
         loaded = load_dataset(*args, **kwargs)
     except Exception as err:  # the datasets library raises many types (parse errors, missing repos, ...)
@@ -367,6 +392,8 @@ def synthetic_splits(settings: Mapping[str, Any] | None, seed: int) -> DatasetDi
     so held-out problems are never seen in training, whatever the wording. A size of 0 leaves the
     split out.
     """
+    from datasets import Dataset, DatasetDict
+
     from grpo_lightning.synthetic import generate_problems
 
     settings = dict(settings or {})

@@ -29,7 +29,7 @@ def test_quickstart_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
             "--trainer.enable_progress_bar=false",
             "--data.batch_size=4",
             "--data.val_batch_size=8",
-            "--data.synthetic={train_size: 64, val_size: 8, test_size: 8, min_steps: 3, max_steps: 3, max_operand: 10}",
+            "--data.synthetic={train_size: 64, val_size: 8, test_size: 8, min_steps: 3, max_steps: 3, max_operand: 10, style: phrased}",
         ]
     )
     out = capsys.readouterr().out

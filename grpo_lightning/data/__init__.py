@@ -20,7 +20,7 @@ _EXPORTS = {
     "ResumableDataLoader": _PROMPTS,
     "load_source": _SOURCES,
     "normalize_columns": _SOURCES,
-    "synthetic_splits": _SOURCES,
+    "synthetic_splits": "grpo_lightning.data.synthetic_source",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
         PromptFormatter,
         ResumableDataLoader,
     )
-    from grpo_lightning.data.sources import DataSourceError, load_source, normalize_columns, synthetic_splits
+    from grpo_lightning.data.sources import DataSourceError, load_source, normalize_columns
+    from grpo_lightning.data.synthetic_source import synthetic_splits
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",

@@ -30,15 +30,15 @@ from grpo_lightning.data.sources import (
     describe_source,
     load_source,
     normalize_columns,
-    synthetic_splits,
 )
+from grpo_lightning.data.splits import SPLIT_NAMES, cap_rows, select_split, select_val_source_split
+from grpo_lightning.data.synthetic_source import synthetic_splits
 from grpo_lightning.models import load_tokenizer
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 SYNTHETIC = "synthetic"
-_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
 class PromptDataModule(LightningDataModule):
@@ -254,7 +254,7 @@ class PromptDataModule(LightningDataModule):
         if data is None:
             splits = list(self._raw_splits())
             raise DataSourceError(
-                f"{self.where} has no {_SPLIT_NAMES[split]} split (splits: {splits}); set {split}_split=<name>."
+                f"{self.where} has no {SPLIT_NAMES[split]} split (splits: {splits}); set {split}_split=<name>."
             )
         return data
 
@@ -270,7 +270,7 @@ class PromptDataModule(LightningDataModule):
         """Where a split's rows come from, for messages."""
         if split == "val" and self.val_source is not None:
             return f"{describe_source(self.val_source, self.hparams.val_config_name)}, validation rows"
-        return f"{self.where}, {_SPLIT_NAMES[split]} split"
+        return f"{self.where}, {SPLIT_NAMES[split]} split"
 
     def _raw_val_splits(self) -> "DatasetDict":
         if self._raw_val is None:
@@ -279,74 +279,22 @@ class PromptDataModule(LightningDataModule):
             )
         return self._raw_val
 
-    def _select_val_source_split(self) -> "Dataset":
-        """The validation rows when they come from ``val_dataset``."""
-        raw, name = self._raw_val_splits(), self.hparams.val_split
-        where = describe_source(self.val_source, self.hparams.val_config_name)
-        if name is None:
-            name = (
-                next((n for n in ("validation", "test") if n in raw), None)
-                if len(raw) > 1
-                else next(iter(raw))
-            )
-        if name is None or name not in raw:
-            raise DataSourceError(
-                f"val_dataset {where} has no split {name or 'validation/test'!r} (splits: {list(raw)}); set val_split."
-            )
-        return self._cap(raw[name], self.hparams.max_val_samples)
-
     def _select_split(self, split: str) -> "Dataset | None":
         """The raw rows of one split, before column checks and tokenization."""
+        hp = self.hparams
         if split == "val" and self.val_source is not None:
-            return self._select_val_source_split()
-        raw = self._raw_splits()
-        hp = self.hparams
-        checked = (
-            ("train_split", "test_split")
-            if self.val_source is not None
-            else ("train_split", "val_split", "test_split")
-        )
-        for setting in checked:
-            name = hp[setting]
-            if name is not None and name not in raw:
-                raise DataSourceError(
-                    f"{self.where} has no split {name!r} (splits: {list(raw)}); set {setting}."
-                )
-        train_name = hp.train_split
-        if split == "test":
-            name = hp.test_split or ("test" if "test" in raw and train_name != "test" else None)
-            return None if name is None else self._cap(raw[name], hp.max_test_samples)
-        val_name = (
-            None
-            if self.val_source is not None
-            else hp.val_split or ("validation" if "validation" in raw else None)
-        )
-        if val_name is not None and val_name != train_name:
-            return raw[train_name] if split == "train" else self._cap(raw[val_name], hp.max_val_samples)
-        # Nothing is held out of the training split when the synthetic source's own val_size (0: no
-        # validation) or a val_dataset decides what validation is.
-        if self.dataset == SYNTHETIC or self.val_source is not None:
-            return raw[train_name] if split == "train" else None
-        return self._hold_out(raw[train_name], split)
-
-    def _hold_out(self, train: "Dataset", split: str) -> "Dataset | None":
-        """No separate validation split: hold out a seeded share of the training split."""
-        hp = self.hparams
-        n_val = min(round(hp.val_fraction * len(train)), hp.max_val_samples or len(train))
-        if n_val == 0:
-            return train if split == "train" else None
-        if n_val >= len(train):
-            raise DataSourceError(
-                f"Holding out {n_val} of the {len(train)} rows of {self.where} for validation leaves none to "
-                "train on: lower val_fraction, or name a validation split with val_split."
+            where = describe_source(self.val_source, hp.val_config_name)
+            return select_val_source_split(
+                self._raw_val_splits(), hp.val_split, where, hp.max_val_samples, hp.data_seed
             )
-        parts = train.train_test_split(test_size=n_val, seed=hp.data_seed, shuffle=True)
-        return parts["train"] if split == "train" else parts["test"]
-
-    def _cap(self, data: "Dataset", cap: int | None) -> "Dataset":
-        if cap is None or len(data) <= cap:
-            return data
-        return data.shuffle(seed=self.hparams.data_seed).select(range(cap))
+        return select_split(
+            self._raw_splits(),
+            split,
+            hp,
+            self.where,
+            separate_val_source=self.val_source is not None,
+            synthetic=self.dataset == SYNTHETIC,
+        )
 
     def _normalized_split(self, split: str) -> "Dataset | None":
         """One split with checked, canonical columns; held-out splits without training questions."""
@@ -380,7 +328,7 @@ class PromptDataModule(LightningDataModule):
     def _tokenize(self, data: "Dataset", split: str) -> "Dataset":
         where = self._describe(split)
         if split == "train":
-            data = self._cap(data, self.hparams.max_train_samples)
+            data = cap_rows(data, self.hparams.max_train_samples, self.hparams.data_seed)
         formatter = PromptFormatter(
             self._resolve_tokenizer(),
             self.hparams.prompt_template,

@@ -15,13 +15,12 @@ from grpo_lightning._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "GRPOModule": "grpo_lightning.module",
-    "PromptDataModule": "grpo_lightning.data.datamodule",
-    "rewards": "grpo_lightning.rewards",
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {"grpo_lightning.module": ("GRPOModule",), "grpo_lightning.data.datamodule": ("PromptDataModule",)},
+    globals(),
+    submodules=("grpo_lightning.rewards",),
+)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names above load on first use
     from grpo_lightning import rewards

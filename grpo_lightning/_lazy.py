@@ -11,32 +11,43 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, str], namespace: dict[str, Any]
+    package: str,
+    exports: Mapping[str, Iterable[str]],
+    namespace: dict[str, Any],
+    submodules: Iterable[str] = (),
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A module ``__getattr__`` and ``__dir__`` for ``package`` (PEP 562).
 
-    ``exports`` maps an attribute to the module that defines it; an attribute named like the last part
-    of its module path (``"rewards": "grpo_lightning.rewards"``) is that module itself. The first
-    access imports the module and caches the value in ``namespace`` (the package's ``globals()``), so
-    later accesses are plain lookups.
+    ``exports`` maps a module path to the names it defines that the package exports
+    (``{"grpo_lightning.data.prompts": ("PromptCollator", ...)}``); each of ``submodules``
+    (``"grpo_lightning.rewards.length"``) is an attribute named like the last part of its path. The
+    first access imports the module and caches the value in ``namespace`` (the package's ``globals()``),
+    so later accesses are plain lookups.
     """
+    targets = {path.rpartition(".")[2]: path for path in submodules}
+    module_names = set(targets)  # the names that stand for a submodule itself
+    for module, names in exports.items():
+        for name in names:
+            if name in targets:
+                raise ValueError(f"{package}: {name!r} is exported by both {targets[name]} and {module}.")
+            targets[name] = module
 
     def __getattr__(name: str) -> Any:
-        target = exports.get(name)
+        target = targets.get(name)
         if target is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module = importlib.import_module(target)
-        value = module if target.rpartition(".")[2] == name else getattr(module, name)
+        value = module if name in module_names else getattr(module, name)
         namespace[name] = value
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*namespace, *exports})
+        return sorted({*namespace, *targets})
 
     return __getattr__, __dir__
 

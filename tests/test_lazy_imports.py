@@ -16,6 +16,7 @@ from helpers import child_env
 import grpo_lightning
 import grpo_lightning.data
 import grpo_lightning.rewards
+from grpo_lightning._lazy import lazy_exports
 from grpo_lightning.rewards.registry import _REGISTRY, BUILTIN_REWARDS, available_rewards, resolve_reward
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,6 +193,28 @@ def test_every_public_name_resolves_and_is_listed(package):
         assert name in dir(package)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         package.nope  # noqa: B018
+
+
+def test_lazy_exports_tells_a_submodule_from_a_name_it_defines():
+    """``format`` is the submodule, ``format_reward`` the function defined in it; nothing loads before."""
+    namespace: dict = {}
+    getattr_, dir_ = lazy_exports(
+        "pkg",
+        {"grpo_lightning.rewards.format": ("format_reward",)},
+        namespace,
+        submodules=("grpo_lightning.rewards.format",),
+    )
+    assert namespace == {} and dir_() == ["format", "format_reward"]
+    assert getattr_("format") is importlib.import_module("grpo_lightning.rewards.format")
+    assert getattr_("format_reward") is grpo_lightning.rewards.format.format_reward
+    assert set(namespace) == {"format", "format_reward"}  # cached: later lookups skip __getattr__
+    with pytest.raises(AttributeError, match="module 'pkg' has no attribute 'nope'"):
+        getattr_("nope")
+
+
+def test_lazy_exports_refuses_a_name_exported_twice():
+    with pytest.raises(ValueError, match=r"'Dataset' is exported by both a\.b and c\.d"):
+        lazy_exports("pkg", {"a.b": ("Dataset",), "c.d": ("Dataset",)}, {})
 
 
 def test_reward_submodules_are_attributes_of_the_package():

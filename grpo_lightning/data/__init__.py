@@ -8,22 +8,22 @@ from typing import TYPE_CHECKING
 
 from grpo_lightning._lazy import lazy_exports
 
-_PROMPTS = "grpo_lightning.data.prompts"
-_SOURCES = "grpo_lightning.data.sources"
-_EXPORTS = {
-    "DEFAULT_PROMPT_TEMPLATE": _PROMPTS,
-    "DataSourceError": _SOURCES,
-    "EpochRandomSampler": _PROMPTS,
-    "PromptCollator": _PROMPTS,
-    "PromptDataModule": "grpo_lightning.data.datamodule",
-    "PromptFormatter": _PROMPTS,
-    "ResumableDataLoader": _PROMPTS,
-    "load_source": _SOURCES,
-    "normalize_columns": _SOURCES,
-    "synthetic_splits": "grpo_lightning.data.synthetic_source",
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "grpo_lightning.data.datamodule": ("PromptDataModule",),
+        "grpo_lightning.data.prompts": (
+            "DEFAULT_PROMPT_TEMPLATE",
+            "EpochRandomSampler",
+            "PromptCollator",
+            "PromptFormatter",
+            "ResumableDataLoader",
+        ),
+        "grpo_lightning.data.sources": ("DataSourceError", "load_source", "normalize_columns"),
+        "grpo_lightning.data.synthetic_source": ("synthetic_splits",),
+    },
+    globals(),
+)
 
 if TYPE_CHECKING:
     from grpo_lightning.data.datamodule import PromptDataModule

@@ -16,32 +16,25 @@ from grpo_lightning.rewards.registry import (
     resolve_reward,
 )
 
-_FORMAT = "grpo_lightning.rewards.format"
-_GSM8K = "grpo_lightning.rewards.gsm8k"
-_LENGTH = "grpo_lightning.rewards.length"
-_MATH = "grpo_lightning.rewards.math"
-_REWARD_MODEL = "grpo_lightning.rewards.reward_model"
-_EXPORTS = {
-    "FormatReward": _FORMAT,
-    "format_reward": _FORMAT,
-    "think_format_reward": _FORMAT,
-    "Gsm8kAccuracy": _GSM8K,
-    "gsm8k_accuracy": _GSM8K,
-    "gsm8k_accuracy_flexible": _GSM8K,
-    "gsm8k_accuracy_reward": _GSM8K,
-    "LengthPenalty": _LENGTH,
-    "OverlongPenalty": _LENGTH,
-    "length_penalty": _LENGTH,
-    "overlong_penalty": _LENGTH,
-    "MathAccuracy": _MATH,
-    "math_accuracy": _MATH,
-    "math_accuracy_reward": _MATH,
-    "RewardModel": _REWARD_MODEL,
-    # The submodules themselves, as attributes of the package.
-    **{path.rpartition(".")[2]: path for path in (_FORMAT, _GSM8K, _LENGTH, _MATH, _REWARD_MODEL)},
+_MODULES = {
+    "grpo_lightning.rewards.format": ("FormatReward", "format_reward", "think_format_reward"),
+    "grpo_lightning.rewards.gsm8k": (
+        "Gsm8kAccuracy",
+        "gsm8k_accuracy",
+        "gsm8k_accuracy_flexible",
+        "gsm8k_accuracy_reward",
+    ),
+    "grpo_lightning.rewards.length": (
+        "LengthPenalty",
+        "OverlongPenalty",
+        "length_penalty",
+        "overlong_penalty",
+    ),
+    "grpo_lightning.rewards.math": ("MathAccuracy", "math_accuracy", "math_accuracy_reward"),
+    "grpo_lightning.rewards.reward_model": ("RewardModel",),
 }
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+# The submodules themselves are attributes of the package too (``grpo_lightning.rewards.length``).
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, globals(), submodules=_MODULES)
 
 if TYPE_CHECKING:
     from grpo_lightning.rewards.format import FormatReward, format_reward, think_format_reward

@@ -148,11 +148,8 @@ class GRPOLightningCLI(LightningCLI):
                 "runs/quickstart/version_0/checkpoints/last.ckpt (the end of each run prints it)."
             )
 
-    def before_validate(self) -> None:
-        self._refuse_relative_checkpoint()
-
-    def before_test(self) -> None:
-        self._refuse_relative_checkpoint()
+    # LightningCLI calls before_<subcommand>; validate and test only need the checkpoint check.
+    before_validate = before_test = _refuse_relative_checkpoint
 
     def before_fit(self) -> None:
         self._refuse_relative_checkpoint()

@@ -281,5 +281,6 @@ def test_predict_from_a_finished_run_and_ckpt_path_last_refused(tmp_path, capsys
     main(["predict", *args, f"--ckpt_path={checkpoint}"])
     path = re.search(r"^  predictions\s+(\S+)", capsys.readouterr().out, re.M).group(1)
     assert os.path.getsize(path) > 0
-    with pytest.raises(ValueError, match="every run gets a new one"):
-        main(["fit", *args, "--ckpt_path=last"])
+    for subcommand in ("fit", "validate", "test"):
+        with pytest.raises(ValueError, match="every run gets a new one"):
+            main([subcommand, *args, "--ckpt_path=last"])

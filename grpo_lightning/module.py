@@ -17,8 +17,10 @@ resumes exactly.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -37,8 +39,9 @@ from grpo_lightning.config import (
     context_length,
     validate_settings,
 )
+from grpo_lightning.dynamic_sampling import DynamicSampling, sample_step
 from grpo_lightning.engines import EngineName, resolve_engine
-from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
+from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.model_card import ModelCardInfo, run_card_info
@@ -57,8 +60,11 @@ from grpo_lightning.models import (
 )
 from grpo_lightning.predict import predict_records
 from grpo_lightning.reward_scorer import RewardErrors, RewardFunc, RewardScorer
-from grpo_lightning.rollout import RolloutEngine, SamplingConfig
+from grpo_lightning.rollout import RolloutEngine, SamplingConfig, rollout_seed
+from grpo_lightning.rollout_stats import global_advantages, rollout_metrics
+from grpo_lightning.sampler import Sampler, num_prompts
 from grpo_lightning.training import TrainingStep
+from grpo_lightning.zero_signal import has_signal, skip_update
 
 quiet_known_noise()
 
@@ -239,6 +245,8 @@ class GRPOModule(LightningModule):
         # A built model is registered right away (Lightning moves it); a named one loads in configure_model.
         self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.ref_model: nn.Module | None = None
+        self.sampler: Sampler | None = None  # built with the policy in configure_model
+        self._dynamic: DynamicSampling | None = None  # built at each training epoch's start
         self._configured = False
         self.sampling = SamplingConfig(
             max_completion_length=max_completion_length,
@@ -288,6 +296,16 @@ class GRPOModule(LightningModule):
                 shard_fsdp2(ref, self.device_mesh)
         self.policy, self.ref_model = policy, ref
         self.eos_token_ids = eos_token_ids(policy, self.tokenizer)
+        self.sampler = Sampler(
+            policy,
+            self.tokenizer,
+            self.rollout_engine,
+            self.eos_token_ids,
+            self.scorer,
+            self.sampling,
+            h.num_generations,
+            h.mask_truncated_completions,
+        )
         self._configured = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -410,7 +428,34 @@ class GRPOModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """One rollout and ``num_iterations * steps_per_rollout`` optimizer steps (see the module docs)."""
-        return self._train.run(batch)
+        h, step = self.hparams, self.trainer.global_step  # optimizer steps so far: resume is exact
+        self.layout(num_prompts(batch))  # settings that do not divide fail here, before any generation
+        start = time.perf_counter()
+        seed = partial(rollout_seed, self.base_seed(), self.global_rank, step)
+        scored, rounds = sample_step(self.sampler, batch, seed, self._dynamic)
+        advantages, gathered = global_advantages(self, scored, h.num_generations, h.scale_rewards)
+        sampled = time.perf_counter()
+        signal = has_signal(gathered["advantages"])  # every group zero-spread: the weights must not move
+        num_steps = h.num_iterations * h.steps_per_rollout
+        losses = self._train.update(scored, advantages, step) if signal else skip_update(self, num_steps, rounds)
+        timings = {"rollout_s": sampled - start, "update_s": time.perf_counter() - sampled}
+        metrics = rollout_metrics(gathered, self.scorer.names, h.num_generations, losses, **timings)
+        self._log_step(metrics, skipped=not signal, batch_size=len(scored.total) // h.num_generations)
+        return {"loss": losses["loss"], "samples": scored, "advantages": advantages.cpu()}
+
+    def _log_step(self, metrics: dict[str, Any], *, skipped: bool, batch_size: int) -> None:
+        """Log one training step's metrics (values are global); reward and KL also on the progress bar."""
+        progress = {k: metrics.pop(k) for k in ("train/reward", "train/kl") if k in metrics}
+        # Lightning's own x-axis counts training steps (rollouts); the metrics belong to the optimizer
+        # step they follow, as in TRL, so that curves of runs with other cadences line up.
+        metrics.update(step=float(self.trainer.global_step), **{"train/skipped_zero_advantage": float(skipped)})
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        # Per epoch: Lightning may rebuild the loader (reload_dataloaders_every_n_epochs).
+        if self.hparams.dynamic_sampling:
+            self._dynamic = DynamicSampling.from_trainer(self.trainer, self.hparams.max_dynamic_sampling_rounds)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")
@@ -434,7 +479,9 @@ class GRPOModule(LightningModule):
         """Records (prompt, completion, rewards, correct, the row's columns) of the greedy completion
         and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.predict.PredictionWriter`
         writes them as JSON lines."""
-        return predict_records(self, batch, batch_idx)
+        seed = rollout_seed(self.base_seed(), self.global_rank, batch_idx, round_=-1)
+        k = self.hparams.val_num_samples
+        return predict_records(self.sampler, batch, seed, self.greedy, k, partial(correct, self))
 
     # ---- helpers used by the steps ---------------------------------------------------------------
 

@@ -139,7 +139,8 @@ class GRPOModule(LightningModule):
         ref_model_mixup_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
         ref_model_sync_steps: TR-DPO period, in optimizer steps.
         dynamic_sampling: DAPO dynamic sampling: drop groups whose rewards are all equal and top the
-            rollout up with groups of fresh prompts from the training data.
+            rollout up with groups of prompts drawn at random (seeded by step) from the training set
+            (a map-style dataset); every batch is still one training step.
         max_dynamic_sampling_rounds: Most extra generation rounds per training step for dynamic sampling.
         val_num_samples: Sampled completions per validation prompt for ``val/pass@k`` (1 = greedy only).
         accuracy_reward: The reward that decides ``val/accuracy`` (default: the first reward function).
@@ -295,16 +296,9 @@ class GRPOModule(LightningModule):
             if ref is not None:
                 shard_fsdp2(ref, self.device_mesh)
         self.policy, self.ref_model = policy, ref
-        self.eos_token_ids = eos_token_ids(policy, self.tokenizer)
+        eos, mask = eos_token_ids(policy, self.tokenizer), h.mask_truncated_completions
         self.sampler = Sampler(
-            policy,
-            self.tokenizer,
-            self.rollout_engine,
-            self.eos_token_ids,
-            self.scorer,
-            self.sampling,
-            h.num_generations,
-            h.mask_truncated_completions,
+            policy, self.tokenizer, self.rollout_engine, eos, self.scorer, self.sampling, h.num_generations, mask
         )
         self._configured = True
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -108,15 +107,10 @@ class DynamicSampling:
 
     @classmethod
     def from_trainer(cls, trainer: Trainer, max_rounds: int) -> DynamicSampling:
-        """Refill from ``trainer``'s training loader (batches moved to its device); rounds agreed over its ranks."""
-        strategy = trainer.strategy
-        return cls(
-            PromptRefill.from_loader(
-                trainer.train_dataloader, partial(move_data_to_device, device=strategy.root_device)
-            ),
-            max_rounds,
-            partial(strategy.reduce_boolean_decision, all=False),
-        )
+        """Refill from ``trainer``'s training loader, each batch prepared as Lightning prepares the
+        loader's own; the number of rounds agreed over ``trainer``'s ranks."""
+        refill = PromptRefill.from_loader(trainer.train_dataloader, partial(_prepare, trainer))
+        return cls(refill, max_rounds, partial(trainer.strategy.reduce_boolean_decision, all=False))
 
     def collect(
         self, sampler: Sampler, batch: dict[str, Any], seed: Callable[[int], int]
@@ -146,7 +140,17 @@ def sample_step(
 ) -> tuple[ScoredRollout, int]:
     """A training step's scored rollout of ``batch`` and its refill rounds: with ``dynamic`` sampling
     if given, else one round (``seed(0)``)."""
-    return dynamic.collect(sampler, batch, seed) if dynamic is not None else (sampler.rollout(batch, seed(0)), 0)
+    if dynamic is None:
+        return sampler.rollout(batch, seed(0)), 0
+    return dynamic.collect(sampler, batch, seed)
+
+
+def _prepare(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Any]:
+    """What Lightning does to a training batch before the step: the precision's input conversion, the
+    module's batch-transfer hooks, the move to the device."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    batch = trainer.lightning_module.on_before_batch_transfer(batch, dataloader_idx=0)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
 
 def _informative(total: Tensor, num_generations: int) -> int:

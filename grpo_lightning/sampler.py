@@ -93,7 +93,8 @@ class Sampler:
                 seed=seed,
                 mask_truncated=mask_truncated,
             )
-        except RuntimeError as err:  # generate's sampler: "probability tensor contains either inf, nan or ..."
+        except RuntimeError as err:
+            # generate's sampler: "probability tensor contains either inf, nan or element < 0"
             if "inf" in str(err) and "nan" in str(err):
                 raise non_finite_logits_error(self.policy) from err
             raise
@@ -128,7 +129,9 @@ class Sampler:
         else:
             ids = batch["input_ids"]
             mask = batch.get("attention_mask", torch.ones_like(ids))
-        texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
+        texts = (
+            list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
+        )
         # The DataModule's prompts were checked at setup; this covers batches from anywhere else. The
         # padded width bounds the longest prompt without a host-device sync; only a batch that might not
         # fit pays for counting its real lengths.

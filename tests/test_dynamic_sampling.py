@@ -10,15 +10,15 @@ from helpers import (
     make_trainer,
     one_thread,  # noqa: F401 (autouse fixture)
     tiny_model,
+    tiny_sampler,
     tiny_tokenizer,
 )
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, IterableDataset
 
 from grpo_lightning.dynamic_sampling import DynamicSampling, PromptRefill, informative_rows
-from grpo_lightning.models import eos_token_ids
+from grpo_lightning.module import GRPOModule
 from grpo_lightning.reward_scorer import RewardScorer
-from grpo_lightning.rollout import HFGenerateEngine, SamplingConfig
 from grpo_lightning.sampler import Sampler
 
 # Each batch of 2 holds one flat prompt ("F": constant reward) and one informative one ("L").
@@ -45,7 +45,9 @@ def test_informative_rows_keep_groups_with_spread_first_in_sampling_order():
 
 def test_refill_draws_distinct_rows_fixed_by_the_seed():
     seen = []
-    refill = PromptRefill(list(range(10)), lambda rows: {"rows": rows}, to_device=lambda b: seen.append(b) or b)
+    refill = PromptRefill(
+        list(range(10)), lambda rows: {"rows": rows}, to_device=lambda b: seen.append(b) or b
+    )
     first = refill.draw(4, seed=3)["rows"]
     assert len(first) == 4 and len(set(first)) == 4 and set(first) <= set(range(10))
     assert refill.draw(4, seed=3)["rows"] == first  # a resumed run draws the same prompts
@@ -69,17 +71,7 @@ def test_refill_needs_a_map_style_dataset_and_a_data_loader():
 
 
 def make_sampler() -> Sampler:
-    tok = tiny_tokenizer()
-    policy = tiny_model(tok)
-    return Sampler(
-        policy,
-        tok,
-        HFGenerateEngine(),
-        eos_token_ids(policy, tok),
-        RewardScorer([code_sum_unless_flat]),
-        SamplingConfig(max_completion_length=6),
-        num_generations=3,
-    )
+    return tiny_sampler(RewardScorer([code_sum_unless_flat]), num_generations=3)
 
 
 def test_refill_rounds_run_until_enough_groups_have_a_spread():
@@ -117,7 +109,9 @@ class Record(Callback):
         self.validations = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.prompts.append([outputs["samples"].prompts[i] for i in range(0, len(outputs["samples"].prompts), 4)])
+        self.prompts.append(
+            [outputs["samples"].prompts[i] for i in range(0, len(outputs["samples"].prompts), 4)]
+        )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self.validations += 1
@@ -148,3 +142,25 @@ def test_dynamic_sampling_refuses_training_data_it_cannot_draw_from():
     module = make_module(tok, reward_funcs=[code_sum_unless_flat], dynamic_sampling=True)
     with pytest.raises(ValueError, match="needs a map-style dataset"):
         make_trainer(max_steps=1).fit(module, train_dataloaders=loader)
+
+
+class Tagged(GRPOModule):
+    """Adds a column in Lightning's batch hook: refill batches must get it too."""
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        return {**batch, "tag": ["hooked"] * len(batch["prompt"])}
+
+
+def tag_checked(prompts, completions, tag, **columns):
+    assert tag == ["hooked"] * len(completions)
+    return code_sum_unless_flat(prompts, completions)
+
+
+def test_refill_batches_are_prepared_like_the_loader_batches():
+    tok = tiny_tokenizer()
+    settings = {"reward_funcs": [tag_checked], "num_generations": 4, "max_completion_length": 8, "seed": 0}
+    module = Tagged(tiny_model(tok), tokenizer=tok, dynamic_sampling=True, **settings)
+    record = Record()
+    trainer = make_trainer(max_steps=2, callbacks=[record])
+    trainer.fit(module, datamodule=PromptsDataModule(tok, prompts=PROMPTS, batch_size=2))
+    assert all(p.startswith("L") for step in record.prompts for p in step)  # refills happened

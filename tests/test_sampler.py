@@ -7,13 +7,11 @@ import torch
 from helpers import (
     one_thread,  # noqa: F401 (autouse fixture)
     prompt_batch,
-    tiny_model,
-    tiny_tokenizer,
+    tiny_sampler,
 )
 
-from grpo_lightning.models import eos_token_ids
 from grpo_lightning.reward_scorer import RewardScorer
-from grpo_lightning.rollout import HFGenerateEngine, SamplingConfig
+from grpo_lightning.rollout import SamplingConfig
 from grpo_lightning.sampler import Sampler, num_prompts
 
 
@@ -26,18 +24,8 @@ def answer_seen(prompts, completions, answer, **columns):
 
 
 def make_sampler(num_generations=3, max_completion_length=6, mask_truncated=False) -> Sampler:
-    tok = tiny_tokenizer()
-    policy = tiny_model(tok)
-    return Sampler(
-        policy,
-        tok,
-        HFGenerateEngine(),
-        eos_token_ids(policy, tok),
-        RewardScorer([length, answer_seen], reward_weights=[1.0, 10.0]),
-        SamplingConfig(max_completion_length=max_completion_length),
-        num_generations,
-        mask_truncated,
-    )
+    scorer = RewardScorer([length, answer_seen], reward_weights=[1.0, 10.0])
+    return tiny_sampler(scorer, num_generations, max_completion_length, mask_truncated)
 
 
 def test_a_batch_becomes_a_scored_rollout_of_p_times_g_rows():
@@ -52,12 +40,12 @@ def test_a_batch_becomes_a_scored_rollout_of_p_times_g_rows():
     assert scored.per_func.shape == (n, 2) and scored.total.shape == (n,)
     # The rewards are the functions' values on the decoded completions, weighted 1 and 10.
     expected_length = [float(len(c)) for c in scored.completions]
-    expected_seen = [1.0 if a in c else 0.0 for c, a in zip(scored.completions, ["2"] * 3 + ["42"] * 3, strict=True)]
+    expected_seen = [
+        1.0 if a in c else 0.0 for c, a in zip(scored.completions, ["2"] * 3 + ["42"] * 3, strict=True)
+    ]
     assert scored.per_func[:, 0].tolist() == expected_length
     assert scored.per_func[:, 1].tolist() == expected_seen
-    torch.testing.assert_close(
-        scored.total, torch.tensor(expected_length) + 10 * torch.tensor(expected_seen)
-    )
+    torch.testing.assert_close(scored.total, torch.tensor(expected_length) + 10 * torch.tensor(expected_seen))
     assert scored.columns["answer"] == ["2"] * 3 + ["42"] * 3
     assert scored.columns["completion_lengths"] == scored.rollout.lengths.tolist()
     # The same seed gives the same rollout; another seed another one.

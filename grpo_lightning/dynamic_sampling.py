@@ -94,7 +94,7 @@ class PromptRefill:
         return self.to_device(self.collate_fn([self.dataset[i] for i in index]))
 
 
-@dataclass
+@dataclass(eq=False)
 class DynamicSampling:
     """Samples a step's rollout, topping it up with refill rounds as the module docs say."""
 

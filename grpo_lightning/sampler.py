@@ -26,7 +26,7 @@ from grpo_lightning.rollout import RolloutEngine, SamplingConfig
 from grpo_lightning.scoring import ScoredRollout, score_rollout
 
 
-@dataclass
+@dataclass(eq=False)
 class Sampler:
     """Samples ``num_generations`` completions per prompt of a batch and scores them.
 

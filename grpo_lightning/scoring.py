@@ -98,9 +98,10 @@ def score_rollout(
 ) -> ScoredRollout:
     """Call the reward functions on a decoded rollout of ``batch``'s P prompts (G rows each).
 
-    The rewards get the rows' prompt texts and completions, the batch's own columns repeated per
-    row (``prompt``, ``input_ids`` and ``attention_mask`` left out) and the extras of
-    :data:`EXTRA_COLUMNS`. ``completion_ids``: [N] token lists up to the first EOS.
+    ``prompts``: the P prompt texts; ``completions`` and ``completion_ids``: the N = P * G decoded
+    completions and their token lists up to the first EOS. The rewards get each row's prompt and
+    completion, the batch's own columns repeated per row (``prompt``, ``input_ids`` and
+    ``attention_mask`` left out) and the extras of :data:`EXTRA_COLUMNS`.
     """
     num_generations = len(rollout) // max(len(prompts), 1)
     columns = repeat_columns(batch, num_generations, skip=PROMPT_KEYS)

@@ -136,13 +136,21 @@ class DynamicSampling:
 
 
 def sample_step(
-    sampler: Sampler, batch: dict[str, Any], seed: Callable[[int], int], dynamic: DynamicSampling | None
+    sampler: Sampler,
+    batch: dict[str, Any],
+    seed: Callable[[int], int],
+    trainer: Trainer,
+    max_rounds: int | None,
 ) -> tuple[ScoredRollout, int]:
-    """A training step's scored rollout of ``batch`` and its refill rounds: with ``dynamic`` sampling
-    if given, else one round (``seed(0)``)."""
-    if dynamic is None:
+    """A training step's scored rollout of ``batch`` and the refill rounds it took.
+
+    ``max_rounds`` None: no dynamic sampling, one round seeded ``seed(0)``. Otherwise dynamic
+    sampling with at most ``max_rounds`` refill rounds from ``trainer``'s training data, looked up
+    at every step (Lightning may rebuild the loader each epoch, and a resumed epoch has no start).
+    """
+    if max_rounds is None:
         return sampler.rollout(batch, seed(0)), 0
-    return dynamic.collect(sampler, batch, seed)
+    return DynamicSampling.from_trainer(trainer, max_rounds).collect(sampler, batch, seed)
 
 
 def _prepare(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from grpo_lightning.config import (
     context_length,
     validate_settings,
 )
-from grpo_lightning.dynamic_sampling import DynamicSampling, sample_step
+from grpo_lightning.dynamic_sampling import sample_step
 from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
@@ -247,7 +247,6 @@ class GRPOModule(LightningModule):
         self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.ref_model: nn.Module | None = None
         self.sampler: Sampler | None = None  # built with the policy in configure_model
-        self._dynamic: DynamicSampling | None = None  # built at each training epoch's start
         self._configured = False
         self.sampling = SamplingConfig(
             max_completion_length=max_completion_length,
@@ -426,7 +425,8 @@ class GRPOModule(LightningModule):
         self.layout(num_prompts(batch))  # settings that do not divide fail here, before any generation
         start = time.perf_counter()
         seed = partial(rollout_seed, self.base_seed(), self.global_rank, step)
-        scored, rounds = sample_step(self.sampler, batch, seed, self._dynamic)
+        refills = h.max_dynamic_sampling_rounds if h.dynamic_sampling else None
+        scored, rounds = sample_step(self.sampler, batch, seed, self.trainer, refills)
         advantages, gathered = global_advantages(self, scored, h.num_generations, h.scale_rewards)
         sampled = time.perf_counter()
         signal = has_signal(gathered["advantages"])  # every group zero-spread: the weights must not move
@@ -445,11 +445,6 @@ class GRPOModule(LightningModule):
         metrics.update(step=float(self.trainer.global_step), **{"train/skipped_zero_advantage": float(skipped)})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
-
-    def on_train_epoch_start(self) -> None:
-        # Per epoch: Lightning may rebuild the loader (reload_dataloaders_every_n_epochs).
-        if self.hparams.dynamic_sampling:
-            self._dynamic = DynamicSampling.from_trainer(self.trainer, self.hparams.max_dynamic_sampling_rounds)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")

@@ -17,8 +17,10 @@ resumes exactly.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from lightning.pytorch import LightningModule
@@ -36,8 +38,9 @@ from grpo_lightning.config import (
     context_length,
     unsaved_arguments,
 )
+from grpo_lightning.dynamic_sampling import sample_step
 from grpo_lightning.engines import EngineName, resolve_engine
-from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
+from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.model_card import ModelCardInfo, run_card_info
@@ -58,7 +61,11 @@ from grpo_lightning.optim import configure_optimizers
 from grpo_lightning.predict import predict_records
 from grpo_lightning.reward_scorer import RewardErrors, RewardFunc, RewardScorer
 from grpo_lightning.rollout import RolloutEngine
+from grpo_lightning.rollout_stats import global_advantages, rollout_metrics
+from grpo_lightning.sampler import Sampler, num_prompts
+from grpo_lightning.seeds import stream_seed
 from grpo_lightning.training import TrainingStep
+from grpo_lightning.zero_signal import has_signal, skip_update
 
 quiet_known_noise()
 
@@ -134,7 +141,8 @@ class GRPOModule(LightningModule):
         ref_model_mixup_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
         ref_model_sync_steps: TR-DPO period, in optimizer steps.
         dynamic_sampling: DAPO dynamic sampling: drop groups whose rewards are all equal and top the
-            rollout up with groups of fresh prompts from the training data.
+            rollout up with groups of prompts drawn at random (seeded by step) from the training set
+            (a map-style dataset); every batch is still one training step.
         max_dynamic_sampling_rounds: Most extra generation rounds per training step for dynamic sampling.
         val_num_samples: Sampled completions per validation prompt (N) for ``val/mean@N``, ``val/pass@k`` and
             ``val/maj@k`` (1 = greedy only; see :mod:`grpo_lightning.evaluation`).
@@ -236,6 +244,7 @@ class GRPOModule(LightningModule):
         # A built model is registered right away (Lightning moves it); a named one loads in configure_model.
         self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.ref_model: nn.Module | None = None
+        self.sampler: Sampler | None = None  # built with the policy in configure_model
         self._configured = False
         self.sampling = self.settings.sampling
         self.greedy = replace(self.sampling, do_sample=False)
@@ -276,7 +285,9 @@ class GRPOModule(LightningModule):
             if ref is not None:
                 shard_fsdp2(ref, self.device_mesh)
         self.policy, self.ref_model = policy, ref
-        self.eos_token_ids = eos_token_ids(policy, self.tokenizer)
+        eos, G = eos_token_ids(policy, self.tokenizer), self.settings.cadence.num_generations
+        engine, mask = self.rollout_engine, h.mask_truncated_completions
+        self.sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
         self._configured = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -378,7 +389,33 @@ class GRPOModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """One rollout and ``num_iterations * steps_per_rollout`` optimizer steps (see the module docs)."""
-        return self._train.run(batch)
+        cadence, step = self.settings.cadence, self.trainer.global_step  # optimizer steps: resume is exact
+        G = cadence.num_generations
+        self.layout(num_prompts(batch))  # settings that do not divide fail here, before any generation
+        start = time.perf_counter()
+        seed = partial(stream_seed, self.base_seed(), self.global_rank, step)  # seed(stream, round_)
+        refills = cadence.max_dynamic_sampling_rounds if cadence.dynamic_sampling else None
+        scored, rounds = sample_step(self.sampler, batch, seed, self.trainer, refills)
+        advantages, gathered = global_advantages(self, scored, G, self.settings.loss.scale_rewards)
+        sampled = time.perf_counter()
+        signal = has_signal(gathered["advantages"])  # every group zero-spread: the weights must not move
+        if signal:
+            losses = self._train.update(scored, advantages, step)
+        else:
+            losses = skip_update(self, cadence.optimizer_steps, rounds)
+        timings = {"rollout_s": sampled - start, "update_s": time.perf_counter() - sampled}
+        metrics = rollout_metrics(gathered, self.scorer.names, G, losses, **timings)
+        self._log_step(metrics, skipped=not signal, batch_size=len(scored.total) // G)
+        return {"loss": losses["loss"], "samples": scored, "advantages": advantages.cpu()}
+
+    def _log_step(self, metrics: dict[str, Any], *, skipped: bool, batch_size: int) -> None:
+        """Log one training step's metrics (values are global); reward and KL also on the progress bar."""
+        progress = {k: metrics.pop(k) for k in ("train/reward", "train/kl") if k in metrics}
+        # Lightning's own x-axis counts training steps (rollouts); the metrics belong to the optimizer
+        # step they follow, as in TRL, so that curves of runs with other cadences line up.
+        metrics.update(step=float(self.trainer.global_step), **{"train/skipped_zero_advantage": float(skipped)})
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")
@@ -402,7 +439,9 @@ class GRPOModule(LightningModule):
         """Records (prompt, completion, rewards, correct, the row's columns) of the greedy completion
         and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.predict.PredictionWriter`
         writes them as JSON lines."""
-        return predict_records(self, batch, batch_idx)
+        seed = partial(stream_seed, self.base_seed(), self.global_rank, batch_idx)  # seed(stream)
+        k = self.settings.val_num_samples
+        return predict_records(self.sampler, batch, seed, self.greedy, k, partial(correct, self))
 
     # ---- helpers used by the steps ---------------------------------------------------------------
 

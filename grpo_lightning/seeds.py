@@ -8,6 +8,7 @@ share a seed only when all of these agree, so a resumed run repeats its samples 
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,6 +66,11 @@ def stream_seed(base_seed: int, rank: int, index: int, stream: SeedStream, round
         slot = _FIRST_EXTRA_ROUND_SLOT + round_ - 1
     # Large primes as multipliers keep the seeds of nearby (rank, index, slot) triples apart.
     return (base_seed * 1_000_003 + rank * 7_919 + index * 104_729 + slot * 15_485_863 + offset) % (2**63 - 1)
+
+
+def base_seed(seed: int | None) -> int:
+    """A run's base seed: ``seed`` if given, else the ``seed_everything`` seed (0 when none was set)."""
+    return int(seed) if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 @contextmanager

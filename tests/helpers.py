@@ -170,14 +170,24 @@ def make_module(tokenizer=None, model=None, **overrides: Any) -> GRPOModule:
 
 
 def tiny_sampler(
-    scorer: RewardScorer, num_generations: int = 3, max_completion_length: int = 6, mask_truncated: bool = False
+    scorer: RewardScorer,
+    num_generations: int = 3,
+    max_completion_length: int = 6,
+    mask_truncated: bool = False,
 ) -> Sampler:
     """A sampler over a tiny random policy and the character tokenizer (no module, no Trainer)."""
     tok = tiny_tokenizer()
     policy = tiny_model(tok)
     sampling = SamplingConfig(max_completion_length=max_completion_length)
     return Sampler(
-        policy, tok, HFGenerateEngine(), eos_token_ids(policy, tok), scorer, sampling, num_generations, mask_truncated
+        policy,
+        tok,
+        HFGenerateEngine(),
+        eos_token_ids(policy, tok),
+        scorer,
+        sampling,
+        num_generations,
+        mask_truncated,
     )
 
 

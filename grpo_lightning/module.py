@@ -29,11 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
-from grpo_lightning.config import (
-    BatchLayout,
-    Settings,
-    unsaved_arguments,
-)
+from grpo_lightning.config import BatchLayout, Settings, unsaved_arguments
 from grpo_lightning.dynamic_sampling import sample_step
 from grpo_lightning.engines import EngineName, resolve_engine
 from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity_check

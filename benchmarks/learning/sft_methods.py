@@ -18,7 +18,7 @@ from budget import BudgetClock
 from learning_task import Task
 
 from grpo_lightning.evaluation import correct
-from grpo_lightning.module import _warmup
+from grpo_lightning.optim import warmup_factor
 from grpo_lightning.recipes.tiny_math_sft import sft_batch
 from grpo_lightning.scoring import sample_and_score
 from grpo_lightning.synthetic import generate_problems
@@ -70,7 +70,7 @@ class Optimizer:
         self.adamw = torch.optim.AdamW(
             model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay
         )
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.adamw, lambda step: _warmup(step, s.warmup))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.adamw, lambda step: warmup_factor(step, s.warmup))
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimizer step on the mean token loss of ``batch`` (``input_ids``, ``attention_mask``,

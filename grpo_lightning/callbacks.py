@@ -1,7 +1,7 @@
 """Side effects that observe training: sample-completion tables and reference-model sync.
 
-GRPOModule adds these itself (``configure_callbacks``) when its settings ask for them; they can
-also be given to the Trainer directly. Schedules count optimizer steps (``trainer.global_step``).
+GRPOModule adds these itself (``configure_callbacks``, the list :func:`module_callbacks` gives)
+when its settings ask for them; they can also be given to the Trainer directly. Schedules count optimizer steps (``trainer.global_step``).
 A training step makes ``num_iterations * steps_per_rollout`` optimizer steps, so "every n steps"
 fires at the end of the training step in which the count crosses a multiple of n.
 """
@@ -13,10 +13,13 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from grpo_lightning.config import RefSync
+from grpo_lightning.config import RefSync, Settings, check_context_length, context_length
+from grpo_lightning.interrupt import RunGuard
 from grpo_lightning.models import mix_reference
+from grpo_lightning.progress import step_progress_bar
 
 
 def _crossed(trainer: Trainer, module: LightningModule, every: int) -> bool:
@@ -160,3 +163,58 @@ class CompletionLogger(Callback):
 
         head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
         return head + "".join("\n| " + " | ".join(cell(v) for v in row) + " |" for row in data)
+
+
+class StartChecks(Callback):
+    """Before any step of fit, validate, test or predict: fail when the data module's longest prompt
+    plus ``max_completion_length`` does not fit the model's context (a data module that reports its
+    longest prompt with ``longest_prompt()``); before fitting, also say when the Trainer sends the
+    metrics to the loggers less often than every training step."""
+
+    def __init__(self, max_completion_length: int) -> None:
+        self.max_completion_length = max_completion_length
+
+    def check_prompt_lengths(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        longest = getattr(trainer.datamodule, "longest_prompt", None)
+        if callable(longest):
+            pl_module.configure_model()
+            limit = context_length(pl_module.policy)
+            check_context_length(longest(), self.max_completion_length, limit, "in the data")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_prompt_lengths(trainer, pl_module)
+        n = trainer.log_every_n_steps
+        if n > 1 and trainer.loggers:
+            rank_zero_info(
+                f"GRPOModule logs once per training step (one rollout); Trainer(log_every_n_steps={n}) sends the "
+                f"metrics to the loggers every {n} rollouts. Set log_every_n_steps=1 to see every one."
+            )
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_prompt_lengths(trainer, pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_prompt_lengths(trainer, pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_prompt_lengths(trainer, pl_module)
+
+
+def module_callbacks(
+    trainer: Trainer, settings: Settings, log_completions_every_n_steps: int, num_completions_to_log: int
+) -> list[Callback]:
+    """What GRPOModule adds to ``trainer``'s callbacks: its :class:`StartChecks`; Lightning's default
+    progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does; reference
+    sync and completion logging when the settings ask for them; a RunGuard (checkpoints on
+    SIGTERM/SIGINT/errors, atomic writes, resume checks) unless the Trainer has one, which then wins."""
+    callbacks: list[Callback] = [StartChecks(settings.sampling.max_completion_length)]
+    bar = step_progress_bar(trainer.progress_bar_callback)
+    if bar is not None:
+        callbacks.append(bar)
+    if (ref_sync := settings.ref_sync) is not None:
+        callbacks.append(RefModelSync(ref_sync.ref_model_mixup_alpha, ref_sync.ref_model_sync_steps))
+    if log_completions_every_n_steps > 0:
+        callbacks.append(CompletionLogger(log_completions_every_n_steps, num_completions_to_log))
+    if not any(isinstance(c, RunGuard) for c in trainer.callbacks):
+        callbacks.append(RunGuard())
+    return callbacks

@@ -14,26 +14,27 @@ Lightning reduces it over every batch and every device before it reaches the log
   no maj@k, with a warning).
 - with a ``source`` column: ``<source>/accuracy`` and, with N > 1, ``<source>/mean@N``,
   ``<source>/pass@N``, ``<source>/maj@N``.
+
+``module`` below is a ``GRPOModule`` after ``configure_model``: its ``sampler`` samples and scores,
+``greedy`` holds the greedy settings, ``scorer`` / ``accuracy_scorer`` the rewards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from grpo_lightning.metrics import majority_at_k_batch, mean_at_n, pass_at_k, report_ks
-from grpo_lightning.scoring import ScoredRollout, sample_and_score
+from grpo_lightning.scoring import ScoredRollout
 from grpo_lightning.seeds import SeedStream, stream_seed
-
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
 
 #: The optional column that names each row's source; figures are then also given per source.
 SOURCE_COLUMN = "source"
@@ -80,12 +81,12 @@ def source_figures(figures: dict[str, Tensor], num_samples: int) -> list[str]:
     return [name for name in wanted if name in figures]
 
 
-def answer_extractor(module: GRPOModule) -> Callable[[str], Hashable | None] | None:
+def answer_extractor(module: LightningModule) -> Callable[[str], Hashable | None] | None:
     """The accuracy reward's ``extract_answer`` (the shipped accuracy rewards have one), else None."""
     return getattr(module.accuracy_scorer.funcs[0], ANSWER_METHOD, None)
 
 
-def correct(module: GRPOModule, scored: ScoredRollout) -> Tensor:
+def correct(module: LightningModule, scored: ScoredRollout) -> Tensor:
     """``[N]`` bool: the accuracy reward of each completion is >= ``accuracy_threshold`` (NaN: wrong)."""
     scorer = module.accuracy_scorer
     fn = scorer.funcs[0]
@@ -112,24 +113,22 @@ def batch_sources(batch: dict[str, Any]) -> list[str] | None:
 
 @torch.no_grad()
 def evaluate_batch(
-    module: GRPOModule, batch: dict[str, Any], batch_idx: int, num_samples: int
+    module: LightningModule, batch: dict[str, Any], batch_idx: int, num_samples: int
 ) -> BatchEvaluation:
     """Greedy completions of a batch (scored with every reward) and, when ``num_samples`` > 1, that
     many sampled ones per prompt (scored with the accuracy reward), with their extracted answers."""
     # Seeds depend on the batch, not on training progress: the same prompts get the same samples.
     base, rank = module.base_seed(), module.global_rank
     seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION)
-    greedy = sample_and_score(
-        module, batch, num_generations=1, sampling=module.greedy, seed=seed, scorer=module.scorer
-    )
+    sampler = module.sampler
+    greedy = sampler.sample(batch, seed, num_generations=1, sampling=module.greedy)
     result = BatchEvaluation(greedy, correct(module, greedy), sources=batch_sources(batch))
     if num_samples > 1:
-        sampled = sample_and_score(
-            module,
+        sampled = sampler.sample(
             batch,
+            stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES),
             num_generations=num_samples,
-            sampling=module.sampling,
-            seed=stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES),
+            sampling=sampler.sampling,
             scorer=module.accuracy_scorer,
         )
         result.sampled = sampled
@@ -215,7 +214,7 @@ def all_sources(local: list[str]) -> list[str]:
 
 
 def evaluate(
-    module: GRPOModule, batch: dict[str, Any], batch_idx: int, metrics: EvalMetrics, stage: str
+    module: LightningModule, batch: dict[str, Any], batch_idx: int, metrics: EvalMetrics, stage: str
 ) -> None:
     """Score one batch (see :func:`evaluate_batch`), update the running means and log them."""
     result = evaluate_batch(module, batch, batch_idx, metrics.num_samples)
@@ -240,7 +239,9 @@ def evaluate(
                 _log(module, metrics, stage, f"{source}/{name}", figures[name][rows], size)
 
 
-def _log(module: GRPOModule, metrics: EvalMetrics, stage: str, name: str, values: Tensor, size: int) -> None:
+def _log(
+    module: LightningModule, metrics: EvalMetrics, stage: str, name: str, values: Tensor, size: int
+) -> None:
     """Add ``values`` ([rows], possibly none on this device) to figure ``name`` and log it."""
     metric = metrics.figure(name, module.device)
     if len(values):
@@ -258,7 +259,7 @@ def _log(module: GRPOModule, metrics: EvalMetrics, stage: str, name: str, values
     metrics.mark_logged(name)
 
 
-def log_sanity_check(module: GRPOModule, metrics: EvalMetrics, stage: str = "val") -> dict[str, float]:
+def log_sanity_check(module: LightningModule, metrics: EvalMetrics, stage: str = "val") -> dict[str, float]:
     """Send the sanity check's validation metrics to the loggers at the current step.
 
     Lightning computes the sanity check (``num_sanity_val_steps``) and then drops its metrics. Run

@@ -16,50 +16,37 @@ resumes exactly.
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.advantages import ScaleRewards
-from grpo_lightning.config import (
-    BatchLayout,
-    Settings,
-    check_context_length,
-    context_length,
-    unsaved_arguments,
-)
+from grpo_lightning.config import BatchLayout, Settings, unsaved_arguments
+from grpo_lightning.dynamic_sampling import sample_step
 from grpo_lightning.engines import EngineName, resolve_engine
-from grpo_lightning.evaluation import EvalMetrics, evaluate, log_sanity_check
+from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity_check
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.model_card import ModelCardInfo, run_card_info
-from grpo_lightning.models import (
-    ModelSource,
-    apply_lora,
-    create_reference,
-    disable_dropout,
-    enable_gradient_checkpointing,
-    eos_token_ids,
-    is_sharded,
-    load_policy,
-    load_tokenizer,
-    push_to_hub,
-    save_pretrained,
-    shard_fsdp2,
-)
+from grpo_lightning.model_setup import build_models, drop_frozen_reference, restore_reference
+from grpo_lightning.models import ModelSource, eos_token_ids, load_tokenizer, push_to_hub, save_pretrained
 from grpo_lightning.optim import configure_optimizers
 from grpo_lightning.predict import predict_records
 from grpo_lightning.reward_scorer import RewardErrors, RewardFunc, RewardScorer
 from grpo_lightning.rollout import RolloutEngine
+from grpo_lightning.rollout_stats import global_advantages, rollout_metrics
+from grpo_lightning.sampler import Sampler, num_prompts
+from grpo_lightning.seeds import base_seed, stream_seed
 from grpo_lightning.training import TrainingStep
+from grpo_lightning.zero_signal import has_signal, skip_update
 
 quiet_known_noise()
 
@@ -135,7 +122,8 @@ class GRPOModule(LightningModule):
         ref_model_mixup_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
         ref_model_sync_steps: TR-DPO period, in optimizer steps.
         dynamic_sampling: DAPO dynamic sampling: drop groups whose rewards are all equal and top the
-            rollout up with groups of fresh prompts from the training data.
+            rollout up with groups of prompts drawn at random (seeded by step) from the training set
+            (a map-style dataset); every batch is still one training step.
         max_dynamic_sampling_rounds: Most extra generation rounds per training step for dynamic sampling.
         val_num_samples: Sampled completions per validation prompt (N) for ``val/mean@N``, ``val/pass@k`` and
             ``val/maj@k`` (1 = greedy only; see :mod:`grpo_lightning.evaluation`).
@@ -218,25 +206,23 @@ class GRPOModule(LightningModule):
         )
         self.save_hyperparameters(ignore=unsaved_arguments(model, tokenizer, funcs, accuracy_reward, lora))
         # Every setting checked once, here; lora and the callables may be objects, left out of hparams.
-        self.settings = Settings.from_hparams(self.hparams, lora=lora, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self.settings = Settings.from_hparams(
+            self.hparams, lora=lora, optimizer=optimizer, lr_scheduler=lr_scheduler
+        )
         self.automatic_optimization = False
 
         self.scorer = RewardScorer(funcs, reward_weights, reward_workers, reward_timeout, reward_errors)
         # Validation's sampled pass@k (and an accuracy reward of its own) are scored with the same
         # workers, time limit and error handling as training.
-        self.accuracy_scorer = RewardScorer(
-            [accuracy_reward] if accuracy_reward is not None else funcs[:1],
-            None,
-            reward_workers,
-            reward_timeout,
-            reward_errors,
-        )
+        accuracy = [accuracy_reward] if accuracy_reward is not None else funcs[:1]
+        self.accuracy_scorer = RewardScorer(accuracy, None, reward_workers, reward_timeout, reward_errors)
         self.tokenizer = load_tokenizer(tokenizer, model)
         self._model_spec = model if isinstance(model, str) else None
         self._lora = lora
         # A built model is registered right away (Lightning moves it); a named one loads in configure_model.
         self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.ref_model: nn.Module | None = None
+        self.sampler: Sampler | None = None  # built with the policy in configure_model
         self._configured = False
         self.sampling = self.settings.sampling
         self.greedy = replace(self.sampling, do_sample=False)
@@ -255,92 +241,32 @@ class GRPOModule(LightningModule):
         if self._configured:
             return
         h = self.hparams
-        policy = self.policy if self.policy is not None else load_policy(self._model_spec, h.model_kwargs)
-        # from_pretrained returns eval mode; HF skips gradient checkpointing outside train mode.
-        policy.train()
-        if h.disable_dropout:
-            disable_dropout(policy)
-        if h.gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
-        # A LoRA policy's reference is its base with the adapter off: no copy. Otherwise beta > 0
-        # needs a frozen copy of the starting weights (made before any update, in memory).
-        ref = create_reference(policy) if h.beta > 0 and self._lora is None else None
-        if self._lora is not None:
-            policy = apply_lora(policy, self._lora)
-        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 sharding per decoder layer
-            names = self.device_mesh.mesh_dim_names or ()
-            if "tensor_parallel" in names and self.device_mesh["tensor_parallel"].size() > 1:
-                raise ValueError(
-                    "GRPOModule shards with FSDP2 only: set ModelParallelStrategy(tensor_parallel_size=1)."
-                )
-            shard_fsdp2(policy, self.device_mesh)
-            if ref is not None:
-                shard_fsdp2(ref, self.device_mesh)
+        policy, ref = build_models(
+            self.policy,
+            self._model_spec,
+            model_kwargs=h.model_kwargs,
+            no_dropout=h.disable_dropout,
+            gradient_checkpointing=h.gradient_checkpointing,
+            with_reference=self.settings.loss.beta > 0,
+            lora=self._lora,
+            device_mesh=self.device_mesh,
+        )
         self.policy, self.ref_model = policy, ref
-        self.eos_token_ids = eos_token_ids(policy, self.tokenizer)
+        eos, G = eos_token_ids(policy, self.tokenizer), self.settings.cadence.num_generations
+        engine, mask = self.rollout_engine, h.mask_truncated_completions
+        self.sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
         self._configured = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen reference out of the checkpoint unless ref sync changes it: it is rebuilt
-        from ``model`` on load. Only for plain state dicts (single device, DDP), not sharded ones."""
-        state = checkpoint.get("state_dict")
-        # A sharded (FSDP2) checkpoint is loaded straight into the module's own state dict: keep it whole.
-        if (
-            self.ref_model is None
-            or self.hparams.sync_ref_model
-            or not isinstance(state, dict)
-            or is_sharded(self.ref_model)
-        ):
-            return
-        for key in [k for k in state if k.startswith("ref_model.")]:
-            del state[key]
+        """Leave the frozen reference out of the checkpoint: it is rebuilt from ``model`` on load."""
+        synced = self.settings.ref_sync is not None  # reference sync moves it: kept
+        drop_frozen_reference(checkpoint.get("state_dict"), self.ref_model, synced)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt reference back into the state to load, and refuse a checkpoint of another
         configuration with a readable message."""
         self.configure_model()
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
-            return
-        mine = self.state_dict()
-        if self.ref_model is not None and not any(k.startswith("ref_model.") for k in state):
-            state.update({k: v for k, v in mine.items() if k.startswith("ref_model.")})
-        missing = sorted(set(mine) - set(state))
-        unexpected = sorted(set(state) - set(mine))
-        if missing or unexpected:
-            raise ValueError(
-                "This checkpoint was written by a GRPOModule with another model configuration (model, lora, "
-                f"beta or sync_ref_model differ): {len(missing)} weights missing (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). Resume with the settings it was saved with."
-            )
-
-    def on_fit_start(self) -> None:
-        self._check_prompt_lengths()
-        n = self.trainer.log_every_n_steps
-        if n > 1 and self.trainer.loggers:
-            rank_zero_info(
-                f"GRPOModule logs once per training step (one rollout); Trainer(log_every_n_steps={n}) sends the "
-                f"metrics to the loggers every {n} rollouts. Set log_every_n_steps=1 to see every one."
-            )
-
-    def on_validation_start(self) -> None:
-        self._check_prompt_lengths()
-
-    def on_test_start(self) -> None:
-        self._check_prompt_lengths()
-
-    def on_predict_start(self) -> None:
-        self._check_prompt_lengths()
-
-    def _check_prompt_lengths(self) -> None:
-        """Fail before any step when the data module's longest prompt plus ``max_completion_length``
-        does not fit the model's context (the data module reports its longest prompt)."""
-        longest = getattr(self.trainer.datamodule, "longest_prompt", None)
-        if callable(longest):
-            self.configure_model()
-            check_context_length(
-                longest(), self.hparams.max_completion_length, context_length(self.policy), "in the data"
-            )
+        restore_reference(checkpoint.get("state_dict"), self.state_dict(), self.ref_model is not None)
 
     # ---- optimizer -------------------------------------------------------------------------------
 
@@ -355,31 +281,49 @@ class GRPOModule(LightningModule):
         )
 
     def configure_callbacks(self) -> list[Any]:
-        """Callbacks that the settings ask for (reference sync, completion logging), Lightning's default
-        progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does, and the
-        RunGuard (checkpoints on SIGTERM/SIGINT/errors)."""
-        from grpo_lightning.callbacks import CompletionLogger, RefModelSync
-        from grpo_lightning.interrupt import RunGuard
-        from grpo_lightning.progress import step_progress_bar
+        """The checks before any step, callbacks that the settings ask for (reference sync, completion
+        logging), the progress bar that counts optimizer steps and the RunGuard: see
+        :func:`~grpo_lightning.callbacks.module_callbacks`."""
+        from grpo_lightning.callbacks import module_callbacks
 
         h = self.hparams
         quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
-        bar = step_progress_bar(self.trainer.progress_bar_callback)
-        callbacks: list[Any] = [bar] if bar is not None else []
-        if (sync := self.settings.ref_sync) is not None:
-            callbacks.append(RefModelSync(sync.ref_model_mixup_alpha, sync.ref_model_sync_steps))
-        if h.log_completions_every_n_steps > 0:
-            callbacks.append(CompletionLogger(h.log_completions_every_n_steps, h.num_completions_to_log))
-        # Checkpoint on SIGTERM/SIGINT/errors, atomic writes, resume checks; one given to the Trainer wins.
-        if not any(isinstance(c, RunGuard) for c in self.trainer.callbacks):
-            callbacks.append(RunGuard())
-        return callbacks
+        every, shown = h.log_completions_every_n_steps, h.num_completions_to_log
+        return module_callbacks(self.trainer, self.settings, every, shown)
 
     # ---- steps -----------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """One rollout and ``num_iterations * steps_per_rollout`` optimizer steps (see the module docs)."""
-        return self._train.run(batch)
+        cadence, step = self.settings.cadence, self.trainer.global_step  # optimizer steps: resume is exact
+        G = cadence.num_generations
+        self.layout(num_prompts(batch))  # settings that do not divide fail here, before any generation
+        start = time.perf_counter()
+        seed = partial(stream_seed, self.base_seed(), self.global_rank, step)  # seed(stream, round_)
+        refills = cadence.max_dynamic_sampling_rounds if cadence.dynamic_sampling else None
+        scored, rounds = sample_step(self.sampler, batch, seed, self.trainer, refills)
+        advantages, gathered = global_advantages(self, scored, G, self.settings.loss.scale_rewards)
+        sampled = time.perf_counter()
+        signal = has_signal(gathered["advantages"])  # every group zero-spread: the weights must not move
+        if signal:
+            losses = self._train.update(scored, advantages, step)
+        else:
+            losses = skip_update(self, cadence.optimizer_steps, rounds)
+        timings = {"rollout_s": sampled - start, "update_s": time.perf_counter() - sampled}
+        metrics = rollout_metrics(gathered, self.scorer.names, G, losses, **timings)
+        self._log_step(metrics, skipped=not signal, batch_size=len(scored.total) // G)
+        return {"loss": losses["loss"], "samples": scored, "advantages": advantages.cpu()}
+
+    def _log_step(self, metrics: dict[str, Any], *, skipped: bool, batch_size: int) -> None:
+        """Log one training step's metrics (values are global); reward and KL also on the progress bar."""
+        progress = {k: metrics.pop(k) for k in ("train/reward", "train/kl") if k in metrics}
+        # Lightning's own x-axis counts training steps (rollouts); the metrics belong to the optimizer
+        # step they follow, as in TRL, so that curves of runs with other cadences line up.
+        metrics.update(
+            step=float(self.trainer.global_step), **{"train/skipped_zero_advantage": float(skipped)}
+        )
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         evaluate(self, batch, batch_idx, self.val_metrics, "val")
@@ -403,7 +347,9 @@ class GRPOModule(LightningModule):
         """Records (prompt, completion, rewards, correct, the row's columns) of the greedy completion
         and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.predict.PredictionWriter`
         writes them as JSON lines."""
-        return predict_records(self, batch, batch_idx)
+        seed = partial(stream_seed, self.base_seed(), self.global_rank, batch_idx)  # seed(stream)
+        k = self.settings.val_num_samples
+        return predict_records(self.sampler, batch, seed, self.greedy, k, partial(correct, self))
 
     # ---- helpers used by the steps ---------------------------------------------------------------
 
@@ -413,11 +359,7 @@ class GRPOModule(LightningModule):
 
     def base_seed(self) -> int:
         """``seed`` if given, else the ``seed_everything`` seed (0 when none was set)."""
-        return (
-            int(self.hparams.seed)
-            if self.hparams.seed is not None
-            else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        )
+        return base_seed(self.hparams.seed)
 
     # ---- export ----------------------------------------------------------------------------------
 

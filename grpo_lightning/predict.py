@@ -11,48 +11,51 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
 
-from grpo_lightning.evaluation import correct
+from grpo_lightning.rollout import SamplingConfig
 from grpo_lightning.runs import run_directory
-from grpo_lightning.scoring import ScoredRollout, sample_and_score
-from grpo_lightning.seeds import SeedStream, stream_seed
-
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
+from grpo_lightning.sampler import Sampler
+from grpo_lightning.scoring import ScoredRollout
+from grpo_lightning.seeds import SeedStream
 
 #: Columns that are already in a record under another name, or too bulky to repeat per completion.
 _SKIPPED_COLUMNS = ("completion_ids", "input_ids", "attention_mask", "prompt")
 
 
 @torch.no_grad()
-def predict_records(module: GRPOModule, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+def predict_records(
+    sampler: Sampler,
+    batch: dict[str, Any],
+    seed: Callable[[SeedStream], int],
+    greedy: SamplingConfig,
+    num_samples: int,
+    correct: Callable[[ScoredRollout], Tensor],
+) -> list[dict[str, Any]]:
     """One record per completion of the batch's prompts: the greedy one (``sample`` 0), then
-    ``val_num_samples`` sampled ones when that is above 1, each with its rewards and correctness."""
-    base, rank = module.base_seed(), module.global_rank
-    seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION)
-    greedy = sample_and_score(
-        module, batch, num_generations=1, sampling=module.greedy, seed=seed, scorer=module.scorer
-    )
-    records = _records(module, greedy, "greedy", 1)
-    k = module.hparams.val_num_samples
-    if k > 1:
-        seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES)
-        sampled = sample_and_score(
-            module, batch, num_generations=k, sampling=module.sampling, seed=seed, scorer=module.scorer
+    ``num_samples`` ones sampled with the sampler's settings when that is above 1, each with its
+    rewards and ``correct(scored)`` (``[N]`` bool). ``seed(stream)``: the batch's seed of the
+    :attr:`~SeedStream.EVALUATION` (greedy) and :attr:`~SeedStream.EVALUATION_SAMPLES` streams."""
+    scored = sampler.sample(batch, seed(SeedStream.EVALUATION), num_generations=1, sampling=greedy)
+    records = _records(scored, "greedy", 1, sampler.scorer.names, correct(scored).tolist())
+    if num_samples > 1:
+        scored = sampler.sample(
+            batch, seed(SeedStream.EVALUATION_SAMPLES), num_generations=num_samples, sampling=sampler.sampling
         )
-        records += _records(module, sampled, "sampled", k)
+        records += _records(scored, "sampled", num_samples, sampler.scorer.names, correct(scored).tolist())
     return records
 
 
-def _records(module: GRPOModule, scored: ScoredRollout, kind: str, group: int) -> list[dict[str, Any]]:
-    """``group`` completions per prompt, in prompt order."""
-    ok = correct(module, scored).tolist()
+def _records(
+    scored: ScoredRollout, kind: str, group: int, names: Sequence[str], ok: list[bool]
+) -> list[dict[str, Any]]:
+    """``group`` completions per prompt, in prompt order; ``ok``: [N] correctness."""
     out = []
     for i, completion in enumerate(scored.completions):
         record: dict[str, Any] = {
@@ -61,7 +64,7 @@ def _records(module: GRPOModule, scored: ScoredRollout, kind: str, group: int) -
             "sample": i % group,
             "completion": completion,
             "reward": _number(scored.total[i]),
-            "rewards": {n: _number(scored.per_func[i, k]) for k, n in enumerate(module.scorer.names)},
+            "rewards": {n: _number(scored.per_func[i, k]) for k, n in enumerate(names)},
             "correct": bool(ok[i]),
         }
         for key, value in scored.columns.items():

@@ -1,18 +1,19 @@
-"""Turning a batch of prompts into a scored rollout (:func:`sample_and_score`), and the reward
-functions' columns. Calling the reward functions themselves is :mod:`grpo_lightning.reward_scorer`.
+"""Scoring a sampled rollout: the columns the reward functions get, and the scored rollout.
+
+Sampling is :mod:`grpo_lightning.sampler`; calling the reward functions (weights, workers, errors)
+is :mod:`grpo_lightning.reward_scorer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from grpo_lightning.batch import PROMPT_KEYS
-from grpo_lightning.config import check_context_length, context_length
 from grpo_lightning.reward_scorer import (  # noqa: F401 (this module's public names before the split)
     RewardError,
     RewardFunc,
@@ -20,10 +21,7 @@ from grpo_lightning.reward_scorer import (  # noqa: F401 (this module's public n
     combine_rewards,
     reward_name,
 )
-from grpo_lightning.rollout import Rollout, RolloutRequest, SamplingConfig, concat_rollouts
-
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
+from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts
 
 #: Extra columns the module passes to every reward besides the dataset's own.
 EXTRA_COLUMNS = ("completion_ids", "completion_lengths", "truncated", "max_completion_length")
@@ -88,33 +86,42 @@ def _take(value: Any, idx: list[int]) -> Any:
     return value
 
 
-def prompt_batch(module: GRPOModule, batch: dict[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
-    """``input_ids, attention_mask: [P, L]`` and the P prompt texts of a batch.
+def score_rollout(
+    scorer: RewardScorer,
+    batch: Mapping[str, Any],
+    rollout: Rollout,
+    prompts: list[str],
+    completions: list[str],
+    completion_ids: list[list[int]],
+    max_completion_length: int,
+) -> ScoredRollout:
+    """Call the reward functions on a decoded rollout of ``batch``'s P prompts (G rows each).
 
-    A batch without ``input_ids`` is tokenized from ``prompt`` with the module's tokenizer; one
-    without ``prompt`` is decoded from ``input_ids``.
+    ``prompts``: the P prompt texts; ``completions`` and ``completion_ids``: the N = P * G decoded
+    completions and their token lists up to the first EOS. The rewards get each row's prompt and
+    completion, the batch's own columns repeated per row (``prompt``, ``input_ids`` and
+    ``attention_mask`` left out) and the extras of :data:`EXTRA_COLUMNS`.
     """
-    tok = module.tokenizer
-    if "input_ids" not in batch:
-        if "prompt" not in batch:
-            raise KeyError(f"A batch needs 'prompt' (texts) or 'input_ids'; got keys {sorted(batch)}.")
-        enc = tok(list(batch["prompt"]), return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, mask = enc["input_ids"].to(module.device), enc["attention_mask"].to(module.device)
-    else:
-        ids = batch["input_ids"]
-        mask = batch.get("attention_mask", torch.ones_like(ids))
-    texts = list(batch["prompt"]) if "prompt" in batch else tok.batch_decode(ids, skip_special_tokens=True)
-    # The DataModule's prompts were checked at setup; this covers batches from anywhere else. The
-    # padded width bounds the longest prompt without a host-device sync; only a batch that might not
-    # fit pays for counting its real lengths.
-    limit, completion = context_length(module.policy), module.sampling.max_completion_length
-    if limit is not None and ids.shape[1] + completion > limit:
-        check_context_length(int(mask.sum(dim=1).max()), completion, limit, "in this batch")
-    return ids, mask, texts
+    num_generations = len(rollout) // max(len(prompts), 1)
+    columns = repeat_columns(batch, num_generations, skip=PROMPT_KEYS)
+    clash = sorted(set(columns) & set(EXTRA_COLUMNS))
+    if clash:
+        raise ValueError(
+            f"Dataset columns {clash} clash with columns the module passes to rewards; rename them."
+        )
+    columns.update(
+        completion_ids=completion_ids,
+        completion_lengths=[len(ids) for ids in completion_ids],
+        truncated=rollout.truncated.tolist(),
+        max_completion_length=max_completion_length,
+    )
+    rows = [t for t in prompts for _ in range(num_generations)]
+    per_func = scorer.score(rows, completions, columns)
+    return ScoredRollout(rollout, rows, completions, per_func, scorer.combine(per_func), columns)
 
 
 def sample_and_score(
-    module: GRPOModule,
+    module: Any,
     batch: dict[str, Any],
     *,
     num_generations: int,
@@ -123,59 +130,15 @@ def sample_and_score(
     scorer: RewardScorer,
     mask_truncated: bool = False,
 ) -> ScoredRollout:
-    """Generate ``num_generations`` completions per prompt of ``batch`` and score them."""
-    ids, mask, texts = prompt_batch(module, batch)
-    request = RolloutRequest(
-        ids,
-        mask,
+    """``module.sampler.sample(...)`` for callers that hold the module (``module``: anything with a
+    :class:`~grpo_lightning.sampler.Sampler` as ``sampler``, as ``GRPOModule`` after ``configure_model``)."""
+    return module.sampler.sample(
+        batch,
+        seed,
         num_generations=num_generations,
         sampling=sampling,
-        eos_token_ids=module.eos_token_ids,
-        pad_token_id=module.tokenizer.pad_token_id,
-        seed=seed,
+        scorer=scorer,
         mask_truncated=mask_truncated,
-    )
-    try:
-        rollout = module.rollout_engine.generate(module.policy, request)
-    except RuntimeError as err:  # generate's sampler: "probability tensor contains either inf, nan or ..."
-        if "inf" in str(err) and "nan" in str(err):
-            raise non_finite_logits_error(module.policy) from err
-        raise
-    # The engines that report their log-probs: one NaN/inf logit makes the chosen token's log-prob NaN.
-    if rollout.sampling_logp is not None and not bool(torch.isfinite(rollout.sampling_logp).all()):
-        raise non_finite_logits_error(module.policy)
-    lengths = rollout.lengths.tolist()  # host sync: decoding needs the ids on the CPU anyway
-    token_lists = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), lengths, strict=True)]
-    completions = module.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
-    prompts = [t for t in texts for _ in range(num_generations)]
-    columns = repeat_columns(batch, num_generations, skip=PROMPT_KEYS)
-    clash = sorted(set(columns) & set(EXTRA_COLUMNS))
-    if clash:
-        raise ValueError(
-            f"Dataset columns {clash} clash with columns the module passes to rewards; rename them."
-        )
-    columns.update(
-        completion_ids=token_lists,
-        completion_lengths=lengths,
-        truncated=rollout.truncated.tolist(),
-        max_completion_length=sampling.max_completion_length,
-    )
-    per_func = scorer.score(prompts, completions, columns)
-    return ScoredRollout(rollout, prompts, completions, per_func, scorer.combine(per_func), columns)
-
-
-def non_finite_logits_error(policy: Any) -> FloatingPointError:
-    """The error for NaN/inf logits while sampling, naming the policy's non-finite weights if any."""
-    bad = [name for name, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
-    where = (
-        f"{len(bad)} weight tensors hold NaN/inf (e.g. {bad[:3]})"
-        if bad
-        else "its weights are finite, so an activation overflowed (fp16 is the usual cause: use bf16 or fp32)"
-    )
-    return FloatingPointError(
-        f"The policy produced NaN/inf logits while sampling: {where}. Usual causes: a learning rate too high "
-        "for the model, fp16 overflow, a damaged checkpoint or model file. Resume from an earlier checkpoint "
-        "with a lower learning_rate (and max_grad_norm set), or check the model's weights."
     )
 
 

@@ -15,14 +15,10 @@ those: every step with any reward signal applies the KL as usual). The skipped s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
 
 
 def has_signal(advantages: Tensor) -> bool:
@@ -30,8 +26,9 @@ def has_signal(advantages: Tensor) -> bool:
     return bool(advantages.ne(0).any())
 
 
-def skip_update(module: GRPOModule, num_steps: int) -> dict[str, Tensor]:
-    """Count ``num_steps`` optimizer steps without touching the weights or the optimizer state.
+def skip_update(module: LightningModule, num_steps: int, refill_rounds: int = 0) -> dict[str, Tensor]:
+    """Count ``num_steps`` optimizer steps of ``module``'s optimizer without touching the weights or
+    its state; ``refill_rounds``: the dynamic-sampling rounds that found no signal either (for the warning).
 
     Lightning counts an optimizer step in the hooks around ``LightningOptimizer.step``; calling them
     alone keeps ``global_step`` right without running the optimizer (whose moments and weight decay
@@ -39,12 +36,9 @@ def skip_update(module: GRPOModule, num_steps: int) -> dict[str, Tensor]:
     refuses a step without a backward pass). The LR scheduler steps as usual.
     Returns the step's loss metrics: loss and grad_norm 0, and the learning rate.
     """
-    rounds = (
-        module.hparams.get("max_dynamic_sampling_rounds", 0) if module.hparams.get("dynamic_sampling") else 0
-    )
     rank_zero_warn(
         "Every group of a training step scored equal rewards"
-        + (f", even after {rounds} dynamic-sampling refill rounds" if rounds else "")
+        + (f", even after {refill_rounds} dynamic-sampling refill rounds" if refill_rounds else "")
         + ": no learning signal, so the step left the weights unchanged (logged as train/skipped_zero_advantage). "
         "If this repeats, the reward cannot tell the completions apart: check it on a few completions, or the "
         "task is too easy or too hard for the model.",

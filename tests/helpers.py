@@ -13,8 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from grpo_lightning.data.prompts import ResumableDataLoader
+from grpo_lightning.models import eos_token_ids
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutRequest, concat_rollouts
+from grpo_lightning.reward_scorer import RewardScorer
+from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutRequest, SamplingConfig, concat_rollouts
+from grpo_lightning.sampler import Sampler
 from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 
@@ -164,6 +167,28 @@ def make_module(tokenizer=None, model=None, **overrides: Any) -> GRPOModule:
         del settings["learning_rate"]  # the optimizer callable carries its own (the module refuses both)
     settings.update(overrides)
     return GRPOModule(model if model is not None else tiny_model(tokenizer), tokenizer=tokenizer, **settings)
+
+
+def tiny_sampler(
+    scorer: RewardScorer,
+    num_generations: int = 3,
+    max_completion_length: int = 6,
+    mask_truncated: bool = False,
+) -> Sampler:
+    """A sampler over a tiny random policy and the character tokenizer (no module, no Trainer)."""
+    tok = tiny_tokenizer()
+    policy = tiny_model(tok)
+    sampling = SamplingConfig(max_completion_length=max_completion_length)
+    return Sampler(
+        policy,
+        tok,
+        HFGenerateEngine(),
+        eos_token_ids(policy, tok),
+        scorer,
+        sampling,
+        num_generations,
+        mask_truncated,
+    )
 
 
 def make_trainer(max_steps: int = 2, **overrides: Any) -> pl.Trainer:

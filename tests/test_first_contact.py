@@ -202,6 +202,32 @@ def test_prompts_too_long_for_the_context_fail_at_setup_naming_both_numbers(tmp_
     assert module.trainer.global_step == 0  # refused before any step
 
 
+@pytest.mark.parametrize("run", ["validate", "test", "predict"])
+def test_prompts_too_long_for_the_context_fail_before_evaluation_and_prediction_too(run):
+    tok = tiny_tokenizer()
+    scored = []
+
+    def record(prompts, completions, **kw):
+        scored.append(len(prompts))
+        return [0.0] * len(prompts)
+
+    module = make_module(tok, max_completion_length=120, reward_funcs=[record])  # the real prompts fit
+
+    class Data(PromptsDataModule):
+        def longest_prompt(self) -> int:
+            return 20
+
+        def test_dataloader(self):
+            return self.val_dataloader()
+
+        def predict_dataloader(self):
+            return self.val_dataloader()
+
+    with pytest.raises(ValueError, match=r"has 20 tokens; with max_completion_length=120"):
+        getattr(make_trainer(limit_val_batches=1), run)(module, datamodule=Data(tok))
+    assert scored == []  # refused before any batch was sampled
+
+
 NOISE = (
     "LeafSpec",  # torch's deprecation of Lightning's own pytree code
     "Tip:",  # Lightning's litlogger / litmodels advertisements

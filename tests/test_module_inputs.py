@@ -1,4 +1,4 @@
-"""GRPOModule: start-up checks, unusual batches, dynamic sampling, and export."""
+"""GRPOModule: start-up checks, unusual batches, and export."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers import (
     tiny_model,
     tiny_tokenizer,
 )
-from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
@@ -95,37 +95,11 @@ def test_right_padded_prompts_give_the_same_completions_as_left_padded_ones():
 
 
 def code_sum_unless_flat(prompts, completions, **kw):
-    """Constant for prompts starting with "F" (no signal), varying for the others."""
+    """Constant for prompts starting with "F", varying for the others."""
     return [
         0.0 if p.startswith("F") else float(sum(map(ord, c)))
         for p, c in zip(prompts, completions, strict=True)
     ]
-
-
-class Record(Callback):
-    def __init__(self) -> None:
-        self.prompts: list[list[str]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.prompts.append(sorted(set(outputs["samples"].prompts)))
-
-
-@pytest.mark.parametrize("rounds", [0, 4])
-def test_dynamic_sampling_replaces_flat_groups_with_fresh_prompts(rounds):
-    tok = tiny_tokenizer()
-    # Each batch of 2 holds one flat prompt and one informative prompt.
-    prompts = ["F0=", "L0=", "F1=", "L1=", "F2=", "L2=", "F3=", "L3="]
-    dm = PromptsDataModule(tok, prompts=prompts, batch_size=2)
-    record = Record()
-    module = make_module(tok, reward_funcs=[code_sum_unless_flat], dynamic_sampling=True,
-                         max_dynamic_sampling_rounds=rounds)  # fmt: skip
-    trainer = make_trainer(max_steps=100, max_epochs=1, callbacks=[record])
-    trainer.fit(module, datamodule=dm)
-    if rounds == 0:  # no top-up: every batch is a step, flat groups kept
-        assert record.prompts == [[prompts[i], prompts[i + 1]] for i in range(0, 8, 2)]
-    else:  # each step drew one extra batch and kept only the informative groups
-        assert record.prompts == [["L0=", "L1="], ["L2=", "L3="]]
-        assert trainer.global_step == 2  # the epoch had 2 steps; global_step counts optimizer steps
 
 
 def test_save_pretrained_exports_policy_and_tokenizer(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import (
     PromptsDataModule,
+    char_code_mean,
     make_module,
     make_trainer,
     one_thread,  # noqa: F401 (autouse fixture)
@@ -17,6 +18,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from grpo_lightning.module import GRPOModule
 
+
+def flat_for_differences(prompts, completions, **columns):
+    """No signal for "a-b=" prompts (one per batch after the first), a dense reward for the others."""
+    dense = char_code_mean(prompts, completions)
+    return [0.0 if "-" in p else r for p, r in zip(prompts, dense, strict=True)]
+
+
 SETTINGS = {
     # K = 4 optimizer steps per training step: shuffled mini-batches, pi_old, a reference model.
     "plain": {"num_iterations": 2, "steps_per_rollout": 2, "beta": 0.1, "micro_batch_size": 2},
@@ -26,6 +34,8 @@ SETTINGS = {
         "ref_model_sync_steps": 2,
         "ref_model_mixup_alpha": 0.5,
     },
+    # Refill rounds drawn from the training set: the same prompts after a resume.
+    "dynamic": {"beta": 0.1, "dynamic_sampling": True, "reward_funcs": [flat_for_differences]},
 }
 
 

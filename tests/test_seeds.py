@@ -7,6 +7,8 @@ import pytest
 from grpo_lightning.seeds import SeedStream, stream_seed
 
 M = 2**63 - 1
+#: The rounds of the streams that have them: a step's 20 refill rounds after its own batch.
+ROUNDS = {SeedStream.ROLLOUT: range(21), SeedStream.REFILL: range(1, 21)}
 
 
 def test_seeds_are_the_numbers_each_stream_had_before():
@@ -29,22 +31,33 @@ def test_dynamic_sampling_rounds_take_slots_after_the_shuffle():
 
 
 def test_no_two_draws_share_a_seed():
-    """Every stream, 8 ranks, 1000 steps or batches and 20 dynamic-sampling rounds: all seeds distinct."""
+    """Every stream, 8 ranks, 1000 steps or batches and 20 dynamic-sampling rounds (refill prompts
+    included): all seeds distinct."""
     keys = [
         (stream, rank, index, r)
         for stream in SeedStream
         for rank in range(8)
         for index in range(1000)
-        for r in (range(21) if stream is SeedStream.ROLLOUT else [0])
+        for r in ROUNDS.get(stream, [0])
     ]
     seeds = {stream_seed(5, rank, index, stream, r) for stream, rank, index, r in keys}
     assert len(seeds) == len(keys)
     assert all(0 <= s < M for s in seeds)
 
 
-def test_rounds_belong_to_rollouts_only():
-    with pytest.raises(ValueError, match="only ROLLOUT has rounds"):
+def test_refill_prompts_sit_next_to_their_rounds_completions():
+    """Round r's refill prompts: round r's slot (7 + r), offset 2; never the completions' own seed."""
+    assert stream_seed(3, 1, 2, SeedStream.REFILL, round_=1) == 3_217_386 + 8 * 15_485_863 + 2
+    assert stream_seed(3, 1, 2, SeedStream.REFILL, round_=4) == 3_217_386 + 11 * 15_485_863 + 2
+    for r in range(1, 5):
+        assert stream_seed(3, 1, 2, SeedStream.REFILL, r) != stream_seed(3, 1, 2, SeedStream.ROLLOUT, r)
+
+
+def test_rounds_belong_to_rollouts_and_refills_only():
+    with pytest.raises(ValueError, match="only ROLLOUT and REFILL have rounds"):
         stream_seed(0, 0, 0, SeedStream.SHUFFLE, round_=1)
+    with pytest.raises(ValueError, match="numbered from 1"):
+        stream_seed(0, 0, 0, SeedStream.REFILL)  # round 0 samples the step's own batch: no refill
     with pytest.raises(ValueError, match="round_=-1"):
         stream_seed(0, 0, 0, SeedStream.ROLLOUT, round_=-1)
     with pytest.raises(TypeError, match="SeedStream"):

@@ -1,0 +1,88 @@
+"""From a scored rollout to advantages and the step's metrics.
+
+``global_advantages`` gathers every rank's rewards (one collective) so that the advantages and the
+logged values are those of the global batch; ``rollout_metrics`` is a pure function of what it
+gathered, and the module logs the result.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from grpo_lightning.advantages import ScaleRewards, compute_advantages, group_stats
+from grpo_lightning.scoring import ScoredRollout
+
+#: Loss-side metrics of the update that are logged as ``train/<key>`` when present.
+LOSS_METRICS = (
+    "loss",
+    "grad_norm",
+    "lr",
+    "entropy",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "clip_ratio/region_mean",
+    "kl",
+)
+
+
+def global_advantages(
+    module: LightningModule, scored: ScoredRollout, num_generations: int, scale_rewards: ScaleRewards
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """This rank's advantages ``[N]`` from statistics over every rank's rewards, and the gathered values.
+
+    The gathered dict holds ``total: [W * N]``, ``per_func: [W * N, K]``, ``lengths``, ``truncated``
+    and ``advantages`` (all ``[W * N]``, rank 0's rows first), on the module's device.
+    """
+    rollout = scored.rollout
+    local = {
+        "total": scored.total.to(module.device),
+        "per_func": scored.per_func.to(module.device),
+        "lengths": rollout.lengths.float(),
+        "truncated": rollout.truncated.float(),
+    }
+    several = module.trainer.world_size > 1
+    gathered = {k: v.reshape(-1, *v.shape[2:]) if several else v for k, v in module.all_gather(local).items()}
+    advantages = compute_advantages(gathered["total"], num_generations, scale_rewards)
+    gathered["advantages"] = advantages
+    n, rank = len(scored.total), module.global_rank
+    return advantages[rank * n : (rank + 1) * n], gathered
+
+
+def rollout_metrics(
+    gathered: dict[str, Tensor],
+    reward_names: list[str],
+    num_generations: int,
+    losses: dict[str, Tensor],
+    *,
+    rollout_s: float,
+    update_s: float,
+) -> dict[str, Tensor | float]:
+    """Every training metric of one step, from the gathered rollout (see :func:`global_advantages`),
+    the update's ``losses`` and the step's timings (seconds).
+
+    Reward means skip NaN (a reward that does not apply); a reward function with no value in the
+    whole batch logs NaN.
+    """
+    total, per_func, lengths = gathered["total"], gathered["per_func"], gathered["lengths"]
+    stats = group_stats(total, num_generations)
+    values: dict[str, Tensor | float] = {
+        "train/reward": total.nanmean(),
+        "train/reward_std": stats.std.mean(),
+        "train/advantage_abs_mean": gathered["advantages"].abs().mean(),
+        "train/frac_zero_std_groups": stats.zero_std.float().mean(),
+        "train/completions/mean_length": lengths.mean(),
+        "train/completions/min_length": lengths.min(),
+        "train/completions/max_length": lengths.max(),
+        "train/completions/clipped_ratio": gathered["truncated"].mean(),
+        "perf/rollout_s": rollout_s,
+        "perf/update_s": update_s,
+        "perf/tokens_per_s": float(lengths.sum()) / max(rollout_s + update_s, 1e-9),
+    }
+    for k, name in enumerate(reward_names):
+        column = per_func[:, k]
+        valid = column[~column.isnan()]
+        values[f"train/rewards/{name}/mean"] = valid.mean() if valid.numel() else float("nan")
+        values[f"train/rewards/{name}/std"] = valid.std() if valid.numel() > 1 else 0.0
+    values.update({f"train/{key}": losses[key] for key in LOSS_METRICS if key in losses})
+    return values

@@ -27,8 +27,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import grpo_lightning.rewards._mathcheck as _mathcheck
 from grpo_lightning.answers import extract_gold_answer, extract_last_boxed
-from grpo_lightning.rewards import _mathcheck
 from grpo_lightning.rewards._checker_pool import Failed, shared_pool
 from grpo_lightning.rewards._columns import gold_column, short
 from grpo_lightning.rewards._normalize import normalize_answer

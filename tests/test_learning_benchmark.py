@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
 
 import budget  # noqa: E402
+import combine  # noqa: E402
 import compare  # noqa: E402
 import sft_methods  # noqa: E402
 from learning_report import summarize, table_markdown  # noqa: E402
@@ -153,6 +154,23 @@ def test_summary_mean_spread_and_per_seed_values_by_hand():
     )
     with pytest.raises(ValueError, match="marks"):
         summarize([*runs, {**_run("rft", 1, [0.5, 0.5]), "snapshots": [{"mark": 0.0, "accuracy": 0.5}]}])
+
+
+def test_combine_keeps_a_tagged_sweep_apart_from_the_default_run(tmp_path):
+    for name, accuracies in (("base", [0.2, 0.5, 0.6]), ("sweep", [0.2, 0.3, 0.9])):
+        folder = tmp_path / name
+        folder.mkdir()
+        runs = [_run("rft", seed, accuracies) for seed in (0, 1)]
+        (folder / "results.json").write_text(json.dumps({"runs": runs, "meta": {"cpu_count": 2}}))
+    combine.main([str(tmp_path / "base"), f"{tmp_path / 'sweep'}:lr 3e-4", "--out", str(tmp_path / "all")])
+    table = (tmp_path / "all" / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| RFT")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| RFT (rejection sampling)",
+        "| RFT (rejection sampling), lr 3e-4",
+    ]
+    assert "**0.600**" in rows[0] and "**0.900**" in rows[1]  # each curve keeps its own runs
+    assert (tmp_path / "all" / "accuracy_vs_time.png").stat().st_size > 0
 
 
 def test_run_order_rotates_the_methods_for_each_seed():

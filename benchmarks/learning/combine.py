@@ -20,7 +20,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from learning_report import LABELS, final_markdown, plot, plot_finals, summarize, table_markdown  # noqa: E402
+from learning_report import LABELS, summarize, write_report  # noqa: E402
 
 
 def tagged_runs(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -51,13 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     meta = {"cpu_count": metas[0].get("cpu_count"), "sources": list(args.folders)}
     summary = summarize(runs)
-    table = table_markdown(summary, runs, meta)
-    finals = final_markdown(runs)
-    table += f"\n{finals}" if finals else ""
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    plot(summary, runs, meta, os.path.join(args.out, "accuracy_vs_time.png"))
-    plot_finals(runs, os.path.join(args.out, "k_curves.png"))
+    table = write_report(summary, runs, meta, args.out)
     print(table)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from learning_report import final_markdown, plot, plot_finals, summarize, table_markdown  # noqa: E402
+from learning_report import summarize, write_report  # noqa: E402
 from run_method import METHODS, add_run_arguments  # noqa: E402
 
 
@@ -106,13 +106,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     results = {"meta": meta, "settings": vars(args), "summary": summary, "runs": runs}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    table = table_markdown(summary, runs, meta)
-    finals = final_markdown(runs)
-    table += f"\n{finals}" if finals else ""
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    plot(summary, runs, meta, os.path.join(args.out, "accuracy_vs_time.png"))
-    plot_finals(runs, os.path.join(args.out, "k_curves.png"))
+    table = write_report(summary, runs, meta, args.out)
     print(table, flush=True)
     return results
 

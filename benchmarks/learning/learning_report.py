@@ -183,3 +183,20 @@ def plot_finals(runs: Sequence[dict[str, Any]], path: str) -> bool:
         curves, path, title=f"Held-out pass@k and maj@k, {start['num_samples']} samples per problem"
     )
     return True
+
+
+def write_report(
+    summary: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]], meta: dict[str, Any], out: str
+) -> str:
+    """Write ``table.md``, ``accuracy_vs_time.png`` and (with a final evaluation) ``k_curves.png``
+    into ``out``; returns the table."""
+    import os
+
+    table = table_markdown(summary, runs, meta)
+    finals = final_markdown(runs)
+    table += f"\n{finals}" if finals else ""
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table)
+    plot(summary, runs, meta, os.path.join(out, "accuracy_vs_time.png"))
+    plot_finals(runs, os.path.join(out, "k_curves.png"))
+    return table

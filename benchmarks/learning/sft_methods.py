@@ -70,7 +70,9 @@ class Optimizer:
         self.adamw = torch.optim.AdamW(
             model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay
         )
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.adamw, lambda step: warmup_factor(step, s.warmup))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.adamw, lambda step: warmup_factor(step, s.warmup)
+        )
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimizer step on the mean token loss of ``batch`` (``input_ids``, ``attention_mask``,

@@ -79,19 +79,19 @@ def build_tiny_model(
         own = {"num_key_value_heads": num_kv_heads, "intermediate_size": intermediate_size}
     else:
         raise ValueError(f"arch={arch!r} is not one of 'qwen2', 'llama', 'gpt2'.")
-    config = AutoConfig.for_model(
-        arch,
-        vocab_size=vocab,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=tie_word_embeddings,
-        **own,
-    )
+    # The names every architecture's config understands (gpt2 maps them onto its own).
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": tie_word_embeddings,
+    }
+    config = AutoConfig.for_model(arch, **common, **own)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

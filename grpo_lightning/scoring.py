@@ -21,7 +21,7 @@ from grpo_lightning.reward_scorer import (  # noqa: F401 (this module's public n
     combine_rewards,
     reward_name,
 )
-from grpo_lightning.rollout import Rollout, SamplingConfig, concat_rollouts
+from grpo_lightning.rollout import Rollout, concat_rollouts
 
 #: Extra columns the module passes to every reward besides the dataset's own.
 EXTRA_COLUMNS = ("completion_ids", "completion_lengths", "truncated", "max_completion_length")
@@ -118,28 +118,6 @@ def score_rollout(
     rows = [t for t in prompts for _ in range(num_generations)]
     per_func = scorer.score(rows, completions, columns)
     return ScoredRollout(rollout, rows, completions, per_func, scorer.combine(per_func), columns)
-
-
-def sample_and_score(
-    module: Any,
-    batch: dict[str, Any],
-    *,
-    num_generations: int,
-    sampling: SamplingConfig,
-    seed: int,
-    scorer: RewardScorer,
-    mask_truncated: bool = False,
-) -> ScoredRollout:
-    """``module.sampler.sample(...)`` for callers that hold the module (``module``: anything with a
-    :class:`~grpo_lightning.sampler.Sampler` as ``sampler``, as ``GRPOModule`` after ``configure_model``)."""
-    return module.sampler.sample(
-        batch,
-        seed,
-        num_generations=num_generations,
-        sampling=sampling,
-        scorer=scorer,
-        mask_truncated=mask_truncated,
-    )
 
 
 def concat_scored(parts: list[ScoredRollout], pad_token_id: int) -> ScoredRollout:

@@ -218,13 +218,13 @@ def test_rft_keeps_the_correct_completions_that_ended(monkeypatch):
     )
     seen = {}
 
-    def fake_sample_and_score(module, batch, *, num_generations, sampling, seed, scorer):
+    def fake_sample(batch, seed, *, num_generations, sampling, scorer):
         seen.update(batch=batch, n=num_generations, sampling=sampling, seed=seed, scorer=scorer)
         return scored
 
-    monkeypatch.setattr(sft_methods, "sample_and_score", fake_sample_and_score)
     monkeypatch.setattr(sft_methods, "correct", lambda module, s: is_correct)
-    module = SimpleNamespace(sampling="config sampling", accuracy_scorer="accuracy reward")
+    sampler = SimpleNamespace(sample=fake_sample)
+    module = SimpleNamespace(sampling="config sampling", accuracy_scorer="accuracy reward", sampler=sampler)
     task = SimpleNamespace(module=module, datamodule=SimpleNamespace(collator=lambda rows: {"rows": rows}))
     kept = sft_methods.sample_correct(task, [{"q": 1}, {"q": 2}], generations=3, seed=7)
     assert kept == [("P1", "a #### 3"), ("P2", "d #### 5"), ("P2", "e #### 5")]

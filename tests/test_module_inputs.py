@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.scoring import sample_and_score
 
 
 @pytest.mark.parametrize(
@@ -84,13 +83,9 @@ def test_right_padded_prompts_give_the_same_completions_as_left_padded_ones():
     assert batch["attention_mask"][0, -1] == 0  # right-padded on purpose
     module = make_module(tiny_tokenizer())
     module.configure_model()
-    scored = sample_and_score(
-        module, batch, num_generations=2, sampling=module.greedy, seed=0, scorer=module.scorer
-    )
+    scored = module.sampler.sample(batch, 0, num_generations=2, sampling=module.greedy, scorer=module.scorer)
     left = PromptsDataModule(tiny_tokenizer())._collate(["1+1=", "12+30="])
-    expected = sample_and_score(
-        module, left, num_generations=2, sampling=module.greedy, seed=0, scorer=module.scorer
-    )
+    expected = module.sampler.sample(left, 0, num_generations=2, sampling=module.greedy, scorer=module.scorer)
     assert scored.completions == expected.completions
 
 

@@ -20,7 +20,6 @@ from grpo_lightning.scoring import (
     combine_rewards,
     repeat_columns,
     reward_name,
-    sample_and_score,
 )
 
 PROMPTS = ["p0", "p0", "p1", "p1"]
@@ -123,12 +122,11 @@ def test_module_passes_dataset_columns_and_completion_extras_to_rewards():
     tok = tiny_tokenizer()
     module = make_module(tok, reward_funcs=[spy], num_generations=3, max_completion_length=5)
     module.configure_model()
-    scored = sample_and_score(
-        module,
+    scored = module.sampler.sample(
         prompt_batch(tok, ["1+1=", "2+3="]),
+        0,
         num_generations=3,
         sampling=module.sampling,
-        seed=0,
         scorer=module.scorer,
     )
     assert seen["prompts"] == ["1+1="] * 3 + ["2+3="] * 3

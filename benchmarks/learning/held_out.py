@@ -1,7 +1,8 @@
 """Accuracy on the held-out problems, scored as GRPO's validation scores it.
 
-Completions come from the module's rollout engine and are judged by the module's accuracy reward
-(:func:`grpo_lightning.evaluation.correct`), so these figures are the ones ``val/accuracy`` reports.
+Both functions run validation's own evaluation (:func:`grpo_lightning.model_eval.evaluate_batches`:
+the module's rollout engine, its accuracy reward, validation's seeds), so the figures are the ones
+``val/accuracy``, ``val/pass@k`` and ``val/maj@k`` report.
 """
 
 from __future__ import annotations
@@ -13,13 +14,8 @@ import torch
 from datasets import Dataset
 
 from grpo_lightning.data import PromptDataModule
-from grpo_lightning.evaluation import correct
 from grpo_lightning.model_eval import evaluate_batches
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.scoring import ScoredRollout, sample_and_score
-
-#: Seed of the sampled completions in :func:`final_evaluation` (greedy decoding ignores it).
-EVAL_SEED = 12345
 
 
 def batches(datamodule: PromptDataModule, data: Dataset, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -29,31 +25,20 @@ def batches(datamodule: PromptDataModule, data: Dataset, batch_size: int) -> Ite
         yield collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
 
 
-def _scored(
-    module: GRPOModule, batch: dict[str, Any], num_samples: int, seed: int
-) -> tuple[ScoredRollout, torch.Tensor]:
-    """``num_samples`` completions per prompt (0 = one greedy) and their correctness ``[P * max(n, 1)]``."""
-    sampling = module.greedy if num_samples == 0 else module.sampling
-    scored = sample_and_score(
-        module,
-        batch,
-        num_generations=max(num_samples, 1),
-        sampling=sampling,
-        seed=seed,
-        scorer=module.accuracy_scorer,
-    )
-    return scored, correct(module, scored)
-
-
 @torch.no_grad()
-def greedy_correct(
+def greedy_accuracy(
     module: GRPOModule, datamodule: PromptDataModule, data: Dataset, batch_size: int
-) -> list[bool]:
-    """Whether the greedy completion of each problem of ``data`` is correct, in order."""
-    out: list[bool] = []
+) -> float:
+    """Share of the problems of ``data`` whose greedy completion is correct: ``val/accuracy``."""
+    return evaluate_batches(module, _on_device(module, datamodule, data, batch_size), 1)["accuracy"]
+
+
+def _on_device(
+    module: GRPOModule, datamodule: PromptDataModule, data: Dataset, batch_size: int
+) -> Iterator[dict[str, Any]]:
+    """:func:`batches` with their tensors on the module's device, as Lightning hands them to a step."""
     for batch in batches(datamodule, data, batch_size):
-        out += _scored(module, batch, 0, EVAL_SEED)[1].tolist()
-    return out
+        yield {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -75,13 +60,7 @@ def final_evaluation(
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: the final evaluation samples at least 2 per problem.")
     records: list[dict[str, Any]] = []
-    device = module.device
-
-    def on_device() -> Iterator[dict[str, Any]]:
-        for batch in batches(datamodule, data, batch_size):
-            yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    figures = evaluate_batches(module, on_device(), num_samples, records)
+    figures = evaluate_batches(module, _on_device(module, datamodule, data, batch_size), num_samples, records)
     problems = [
         {
             "answer": r["answer"],

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def evaluate_snapshots(task: Any, clock: BudgetClock, args: argparse.Namespace) -> dict[str, Any]:
     """Greedy held-out accuracy of every snapshot; ``final_evaluation`` of the last (and first) one."""
-    from held_out import final_evaluation, greedy_correct
+    from held_out import final_evaluation, greedy_accuracy
 
     t0 = time.perf_counter()
     torch.set_num_threads(args.eval_threads)
@@ -134,8 +134,7 @@ def evaluate_snapshots(task: Any, clock: BudgetClock, args: argparse.Namespace) 
     for snap in clock.snapshots:
         if id(snap.state) not in accuracy:
             policy.load_state_dict(snap.state)
-            ok = greedy_correct(task.module, dm, task.held_out, batch)
-            accuracy[id(snap.state)] = sum(ok) / len(ok)
+            accuracy[id(snap.state)] = greedy_accuracy(task.module, dm, task.held_out, batch)
         row = {k: getattr(snap, k) for k in ("mark", "time", "wall", "cpu", "steps", "samples")}
         snapshots.append({**row, "accuracy": accuracy[id(snap.state)]})
     out: dict[str, Any] = {"snapshots": snapshots}

@@ -20,7 +20,6 @@ from learning_task import Task
 from grpo_lightning.evaluation import correct
 from grpo_lightning.optim import warmup_factor
 from grpo_lightning.recipes.tiny_math_sft import sft_batch
-from grpo_lightning.scoring import sample_and_score
 from grpo_lightning.synthetic import generate_problems
 
 #: The worked solutions the shipped tiny model was trained on (its recipe's data knobs and pool).
@@ -158,12 +157,11 @@ def sample_correct(task: Task, rows: list[dict[str, Any]], generations: int, see
     (prompt, completion) pairs that the config's accuracy reward scores correct and that
     ended with EOS (a target then ends as the completion did)."""
     module = task.module
-    scored = sample_and_score(
-        module,
+    scored = module.sampler.sample(
         task.datamodule.collator(rows),
+        seed,
         num_generations=generations,
         sampling=module.sampling,
-        seed=seed,
         scorer=module.accuracy_scorer,
     )
     keep = correct(module, scored) & ~scored.rollout.truncated.cpu()

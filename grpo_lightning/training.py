@@ -28,6 +28,7 @@ from grpo_lightning.update import (
     micro_logprobs,
     minibatch_plan,
     normalizer_counts,
+    split_idle_rows,
 )
 
 
@@ -109,13 +110,24 @@ class TrainingStep:
         params = [p for group in opt.param_groups for p in group["params"]]
         metrics = StepMetrics()
         norms, lrs = [], []
+        skip_idle = self._can_skip_idle_rows()
         for micro_batches, normalizer in zip(plan, counts, strict=True):
+            # A mini-batch with no row to learn from still takes the full pass, so the optimizer
+            # sees the zero gradients (and moves its moments and weight decay) exactly as before.
+            skip = skip_idle and any(bool(batch.advantages[rows].ne(0).any()) for rows in micro_batches)
             for j, rows in enumerate(micro_batches):
                 sync = j == len(micro_batches) - 1
-                with nullcontext() if sync else _no_grad_sync(m):
-                    loss, parts, entropy, mask = self._micro_loss(batch, rows, normalizer)
-                    m.manual_backward(loss * scales.backward)
-                metrics.add(loss * scales.logged, parts, entropy, mask)
+                learn, idle = split_idle_rows(batch.advantages, rows) if skip else (rows, rows[:0])
+                if learn.numel():
+                    with nullcontext() if sync else _no_grad_sync(m):
+                        loss, parts, entropy, mask = self._micro_loss(batch, learn, normalizer)
+                        m.manual_backward(loss * scales.backward)
+                    metrics.add(loss * scales.logged, parts, entropy, mask)
+                if idle.numel():
+                    # Their gradient is exactly 0: a no-grad pass gives their share of the metrics.
+                    with torch.no_grad():
+                        loss, parts, entropy, mask = self._micro_loss(batch, idle, normalizer)
+                    metrics.add(loss * scales.logged, parts, entropy, mask)
             norms.append(_grad_norm(params))
             if max_grad_norm is not None:
                 m.clip_gradients(opt, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
@@ -125,6 +137,24 @@ class TrainingStep:
             if sched is not None:
                 sched.step()
         return self._reduce_metrics(metrics, len(plan), torch.stack(norms), lrs[-1])
+
+    def _can_skip_idle_rows(self) -> bool:
+        """Whether rows with advantage 0 may skip the backward pass without changing the update.
+
+        Their per-token loss is ``-min(rho * 0, clip(rho) * 0) + beta * kl``: exactly 0 with
+        ``beta == 0``, so their gradient is 0 and dropping them from the backward changes nothing,
+        provided the loss's normaliser does not depend on which rows a call holds. That rules out
+        ``bnpo`` (a token mean per call) and ``top_entropy_quantile < 1`` (a threshold per call).
+        One process only: under DDP/FSDP every rank must make the same forward and backward calls,
+        and ranks would split their rows differently.
+        """
+        s = self.module.settings
+        return (
+            s.loss.beta == 0
+            and s.loss.loss_type != "bnpo"
+            and s.loss.top_entropy_quantile >= 1.0
+            and self.module.trainer.world_size == 1
+        )
 
     def _micro_loss(
         self, batch: UpdateBatch, rows: Tensor, normalizer: Tensor

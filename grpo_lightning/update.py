@@ -123,6 +123,16 @@ def minibatch_plan(
     return plan
 
 
+def split_idle_rows(advantages: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``rows`` (1-D indices) split into those with a non-zero advantage and those with 0.
+
+    ``advantages: [N]``. A group whose completions all scored the same has advantage 0 on every row,
+    so a group usually moves as a whole and its rows still share their prompt's forward pass.
+    """
+    active = advantages[rows].ne(0)
+    return rows[active], rows[~active]
+
+
 def normalizer_counts(completion_mask: Tensor, plan: Plan, loss_type: LossType) -> Tensor:
     """This rank's count of the loss normaliser's unit (:func:`aggregation_count`) in each optimizer
     step's mini-batch: ``[len(plan)]`` float32. Summed over ranks, entry s is the ``normalizer`` of

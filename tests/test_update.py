@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import (  # noqa: F401
     PromptsDataModule,
+    char_code_mean,
     make_module,
     make_trainer,
     one_thread,
@@ -200,3 +201,73 @@ def test_a_bnpo_training_step_matches_a_naive_reference():
     moved = weights(module)
     for name, value in expected.items():
         assert_close(moved[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def split_reward(prompts, completions, **columns) -> list[float | None]:
+    """1.0 for every completion of a prompt with an even first character (a group with no spread,
+    advantage 0); the dense ``char_code_mean`` for the others (a spread, non-zero advantages)."""
+    dense = char_code_mean(prompts, completions)
+    return [1.0 if ord(p[0]) % 2 == 0 else d for p, d in zip(prompts, dense, strict=True)]
+
+
+class GradRows:
+    """Wraps a policy's forward and counts the rows it saw with and without autograd."""
+
+    def __init__(self, policy) -> None:
+        self.with_grad = self.without_grad = 0
+        self.forward = policy.forward
+
+    def __call__(self, *args, **kwargs):
+        rows = (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[0]
+        if torch.is_grad_enabled():
+            self.with_grad += rows
+        else:
+            self.without_grad += rows
+        return self.forward(*args, **kwargs)
+
+
+def _step_with(skip: bool, monkeypatch, loss_type: str = "dapo", beta: float = 0.0):
+    """One training step (16 rows, 2 optimizer steps of 8, micro-batches of 4) from the same seed."""
+    from grpo_lightning.training import TrainingStep
+
+    if not skip:
+        monkeypatch.setattr(TrainingStep, "_can_skip_idle_rows", lambda self: False)
+    tok = tiny_tokenizer()
+    module = make_module(
+        tok, model=tiny_model(tok), reward_funcs=[split_reward], loss_type=loss_type, beta=beta,
+        steps_per_rollout=2, micro_batch_size=4, max_grad_norm=None,
+    )  # fmt: skip
+    counter = GradRows(module.policy)
+    module.policy.forward = counter
+    keep = KeepRollout()
+    trainer = make_trainer(max_steps=2, callbacks=[keep])
+    trainer.fit(module, datamodule=PromptsDataModule(tok, batch_size=4))
+    monkeypatch.undo()
+    metrics = {k: float(v) for k, v in trainer.logged_metrics.items() if k.startswith("train/")}
+    return weights(module), metrics, keep.outputs["advantages"], counter
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
+def test_rows_without_signal_skip_the_backward_and_change_nothing(monkeypatch, loss_type):
+    skipped, skipped_metrics, advantages, skipped_rows = _step_with(True, monkeypatch, loss_type)
+    full, full_metrics, full_advantages, full_rows = _step_with(False, monkeypatch, loss_type)
+    # The rollout mixes groups with and without a spread, so the skip had rows to act on.
+    assert bool(advantages.eq(0).any()) and bool(advantages.ne(0).any())
+    assert_close(advantages, full_advantages)
+    for name, value in full.items():
+        assert_close(skipped[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    assert skipped_metrics.keys() == full_metrics.keys()
+    for name, value in full_metrics.items():
+        assert skipped_metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    # Fewer rows went through autograd; every row was still seen (the idle ones without autograd).
+    assert skipped_rows.with_grad < full_rows.with_grad
+    assert skipped_rows.with_grad + skipped_rows.without_grad == full_rows.with_grad + full_rows.without_grad
+
+
+@pytest.mark.parametrize(("loss_type", "beta"), [("bnpo", 0.0), ("dapo", 0.1)])
+def test_rows_without_signal_keep_the_backward_when_they_carry_a_gradient(monkeypatch, loss_type, beta):
+    # beta > 0: their KL term has a gradient; bnpo: its normaliser is each call's own token count.
+    _, _, advantages, rows = _step_with(True, monkeypatch, loss_type, beta)
+    _, _, _, full_rows = _step_with(False, monkeypatch, loss_type, beta)
+    assert bool(advantages.eq(0).any())
+    assert rows.with_grad == full_rows.with_grad

@@ -1,6 +1,6 @@
 """pass@k and maj@k against k before and after GRPO on the shipped tiny model.
 
-Trains ``builtin:tiny-math`` with the quickstart's GRPO settings (gsm8k_accuracy, G = 8, 16 prompts
+Trains ``builtin:tiny-math`` with GRPO (gsm8k_accuracy, G = 8, 16 prompts
 per step, lr 5e-5, beta 0.01) for ``--steps`` optimizer steps on fresh 3-operation problems, and
 evaluates the starting and the trained policy on the same ``--problems`` held-out problems with
 ``--samples`` samples each (``grpo_lightning.model_eval.evaluate_model``). Writes the figures as JSON

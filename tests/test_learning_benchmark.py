@@ -142,7 +142,7 @@ def test_summary_mean_spread_and_per_seed_values_by_hand():
     assert g["end_time"] == [20.0, 21.0]
     assert g["time_mean"] == [0.5, 10.5, 20.5]
     table = table_markdown(s, runs, {"cpu_count": 2})
-    assert "after 20 s of training (wall-clock time, 2 threads per run), 2 seeds;" in table
+    assert "after 20 s of training (wall-clock time, 2 threads per run), 1-2 seeds per method;" in table
     assert "load average 1.5-2.5 on 2 cores" in table
     assert (
         "| GRPO (answers only) | 0.500 | **0.800** | 0.141 | 0.700-0.900 | +0.300 | 0: 0.700, 1: 0.900 | 15 | 20.5 |"
@@ -171,6 +171,26 @@ def test_combine_keeps_a_tagged_sweep_apart_from_the_default_run(tmp_path):
     ]
     assert "**0.600**" in rows[0] and "**0.900**" in rows[1]  # each curve keeps its own runs
     assert (tmp_path / "all" / "accuracy_vs_time.png").stat().st_size > 0
+
+
+def test_combine_tags_one_method_and_merges_more_seeds_of_another(tmp_path):
+    folders = {
+        "first": [_run("grpo", 0, [0.2, 0.5]), _run("rft", 0, [0.2, 0.6]), _run("rft", 1, [0.2, 0.8])],
+        "more": [_run("rft", 2, [0.2, 0.7]), _run("grpo", 2, [0.2, 0.9])],
+    }
+    for name, runs in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"runs": runs, "meta": {"cpu_count": 2}}))
+    combine.main([f"{tmp_path / 'first'}:grpo=beta 0.01", str(tmp_path / "more"), "--out", str(tmp_path / "all")])
+    table = (tmp_path / "all" / "table.md").read_text()
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "| GRPO (answers only), beta 0.01" in rows and "| GRPO (answers only)" in rows
+    assert "**0.500**" in rows["| GRPO (answers only), beta 0.01"]
+    assert "**0.900**" in rows["| GRPO (answers only)"]
+    assert "**0.700**" in rows["| RFT (rejection sampling)"] and "0: 0.600, 1: 0.800, 2: 0.700" in table
+    assert "1-3 seeds per method" in table
+    with pytest.raises(ValueError, match="no runs of 'sft'"):
+        combine.main([f"{tmp_path / 'first'}:sft=x", "--out", str(tmp_path / "bad")])
 
 
 def test_run_order_rotates_the_methods_for_each_seed():

@@ -40,7 +40,8 @@ def test_quickstart_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
     val = [float(r["val/accuracy"]) for r in rows if r.get("val/accuracy")]
     assert len(val) == 2  # before training (sanity check on the full val set) and after step 5
     assert all(0.0 <= v <= 1.0 for v in val)
-    assert [r for r in rows if r.get("train/kl")], "the KL to the reference must be logged"
+    rewards = [float(r["train/reward"]) for r in rows if r.get("train/reward")]
+    assert len(rewards) == 5 and all(0.0 <= r <= 1.0 for r in rewards)  # one per step, on the progress bar too
     (last,) = glob.glob("runs/quickstart/version_*/checkpoints/last.ckpt")
     assert torch.load(last, weights_only=False)["global_step"] == 5  # the final step, not the best one
     assert os.path.isfile("runs/quickstart/version_0/hf_model/config.json")

@@ -5,7 +5,9 @@
 
 Each argument is a ``results.json`` folder written by ``compare.py``, optionally followed by
 ``:<tag>``; the tag is added to the names of that folder's methods ("rft, lr 3e-4"), so the same
-method run with other settings stays a separate curve. All runs must share the budget and marks.
+method run with other settings stays a separate curve. ``:<method>=<tag>`` tags that method only.
+Runs of one method (after tagging) from several folders are one method: more seeds of the same
+settings can come from another run. All runs must share the budget and marks.
 """
 
 from __future__ import annotations
@@ -24,14 +26,19 @@ from learning_report import LABELS, summarize, write_report  # noqa: E402
 
 
 def tagged_runs(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The runs and meta of ``<folder>[:<tag>]``, with the tag appended to each method's name."""
+    """The runs and meta of ``<folder>[:[<method>=]<tag>]``, with the tag appended to the names of
+    the folder's methods (of ``<method>`` only, when given)."""
     folder, _, tag = spec.partition(":")
+    only, _, method_tag = tag.partition("=")
+    only, tag = (only, method_tag) if method_tag else (None, tag)
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
     runs = results["runs"]
-    if tag:
-        for run in runs:
-            base = run["method"]
+    if only is not None and only not in {run["method"] for run in runs}:
+        raise ValueError(f"{spec}: {folder} has no runs of {only!r}.")
+    for run in runs:
+        base = run["method"]
+        if tag and only in (None, base):
             run["method"] = f"{base}, {tag}"
             LABELS[run["method"]] = f"{LABELS.get(base, base)}, {tag}"
     return runs, results["meta"]

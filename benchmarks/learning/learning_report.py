@@ -69,7 +69,7 @@ def table_markdown(
     lines = [
         f"Greedy accuracy on the {runs[0]['held_out_size']} held-out problems after {budget:g} s of training "
         f"({'wall-clock' if clock == 'wall' else 'process CPU'} time, {runs[0]['threads']} threads per run), "
-        f"{_seeds(len(summary[next(iter(summary))]['seeds']))}; 1-minute load average {low:.1f}-{high:.1f} on "
+        f"{_seed_counts(summary)}; 1-minute load average {low:.1f}-{high:.1f} on "
         f"{meta.get('cpu_count', '?')} cores.",
         "",
         "| method | start | end of budget: mean | std | min-max | gain (mean) | per seed | optimizer steps (mean) "
@@ -129,6 +129,12 @@ def plot(
 
 def _seeds(n: int) -> str:
     return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _seed_counts(summary: dict[str, dict[str, Any]]) -> str:
+    """"3 seeds", or "3-5 seeds per method" when the methods were run with different numbers of seeds."""
+    counts = sorted({len(m["seeds"]) for m in summary.values()})
+    return _seeds(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds per method"
 
 
 #: The final-evaluation figures the table shows, by their names in a run's ``final_end``.

@@ -112,12 +112,13 @@ class TrainingStep:
         norms, lrs = [], []
         skip_idle = self._can_skip_idle_rows()
         for micro_batches, normalizer in zip(plan, counts, strict=True):
+            splits = [split_idle_rows(batch.advantages, rows) for rows in micro_batches] if skip_idle else []
             # A mini-batch with no row to learn from still takes the full pass, so the optimizer
             # sees the zero gradients (and moves its moments and weight decay) exactly as before.
-            skip = skip_idle and any(bool(batch.advantages[rows].ne(0).any()) for rows in micro_batches)
-            for j, rows in enumerate(micro_batches):
-                sync = j == len(micro_batches) - 1
-                learn, idle = split_idle_rows(batch.advantages, rows) if skip else (rows, rows[:0])
+            if not any(learn.numel() for learn, _ in splits):
+                splits = [(rows, rows[:0]) for rows in micro_batches]
+            for j, (learn, idle) in enumerate(splits):
+                sync = j == len(splits) - 1
                 if learn.numel():
                     with nullcontext() if sync else _no_grad_sync(m):
                         loss, parts, entropy, mask = self._micro_loss(batch, learn, normalizer)

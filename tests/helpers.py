@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,3 +254,11 @@ def child_env(*paths: str) -> dict[str, str]:
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))
     return env
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a process group's rendezvous (a fixed or pid-derived
+    port can collide with another test's group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

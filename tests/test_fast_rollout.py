@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from helpers import free_port
 from scipy.stats import chi2_contingency, chisquare
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -302,7 +303,7 @@ def test_sharded_ranks_that_end_at_different_steps_stay_in_step(tokenizer, tmp_p
     early, late = reference(0, (1,)).completion_ids[0], reference(1, (1,)).completion_ids[0]
     stop = next(int(t) for t in early if t not in late)  # ends rank 0's rows early, never rank 1's
     eos = [1, stop]
-    port = 29_500 + os.getpid() % 1000
+    port = free_port()
     ctx = torch.multiprocessing.start_processes(
         _fsdp2_worker, args=(2, port, str(tmp_path / "ids"), eos), nprocs=2, join=False, start_method="spawn"
     )

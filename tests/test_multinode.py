@@ -6,7 +6,6 @@ samples its own prompts with its own seed, and advantages use the statistics of 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import SETTINGS, train
-from helpers import child_env, one_thread  # noqa: F401 (autouse fixture)
+from helpers import child_env, free_port, one_thread  # noqa: F401 (autouse fixture)
 
 import grpo_lightning.update as update
 from grpo_lightning.advantages import compute_advantages
@@ -25,12 +24,6 @@ HERE = Path(__file__).parent
 NODES = 2
 G = SETTINGS["num_generations"]
 SCALE = SETTINGS["scale_rewards"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_commands(strategy: str, launcher: str, out: Path, port: int) -> list[tuple[list[str], dict]]:
@@ -56,7 +49,7 @@ def _node_commands(strategy: str, launcher: str, out: Path, port: int) -> list[t
 def _launch_two_nodes(tmp_path: Path, strategy: str, launcher: str) -> Path:
     out = tmp_path / "result.pt"
     base = child_env(str(HERE))
-    port = _free_port()
+    port = free_port()
     logs = [tmp_path / f"node{n}.log" for n in range(NODES)]
     procs = []
     # Output goes to files: a full pipe would block one node while the other waits for it.

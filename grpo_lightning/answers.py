@@ -9,50 +9,18 @@ Pure string functions, no model or tokenizer involved, each linear in the length
 - :func:`extract_gold_answer`: a gold answer from a GSM8K answer text, a MATH solution or a bare answer.
 - :func:`join_digit_groups`: ``10,\\!000``, ``1{,}234``, ``1\\,000`` -> ``10000``, ``1234``, ``1000``.
 - :func:`parse_number` / :func:`last_number`: exact rational values (``fractions.Fraction``) of numbers
-  written the way math answers are written: ``1,234``, ``$18.00``, ``-3/4``, ``\\frac{3}{4}``, ``90^\\circ``.
+  written the way math answers are written: ``1,234``, ``$18.00``, ``-3/4``, ``\\frac{3}{4}``, ``90^\\circ``,
+  ``-(1/3)`` (read by :mod:`grpo_lightning.number_reader`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from fractions import Fraction
 
-HASH_MARKER = "####"
-#: Numbers with more digits than this are not answers (and ``int()`` refuses beyond 4300 digits).
-MAX_NUMBER_DIGITS = 100
+from grpo_lightning.number_reader import first_value, iter_numbers
 
-# One numeric token. Alternatives are ordered so that the longest reading wins at a position:
-# a LaTeX fraction, a plain fraction, then a decimal with optional thousands separators.
-# Thousands separators must group by three ("1,234,567"), so a list "1, 2, 3" stays three numbers.
-# Every whitespace run is bounded: an unbounded ``\s*`` before the digits made a failed match at
-# each position of a long run of spaces scan the rest of the run (quadratic time).
-_DECIMAL = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
-_WS = r"\s{0,3}"
-# A minus sign counts only where it cannot be a binary minus ("19-3" holds 19 and 3, not -3).
-_NUMBER_RE = re.compile(
-    r"(?:(?<![\w)\]}])(?P<sign>[-−]))?\\?\$?" + _WS + r"(?:"
-    r"\\[dt]?frac"
-    + _WS
-    + r"\{"
-    + _WS
-    + r"(?P<lnum>"
-    + _DECIMAL
-    + r")"
-    + _WS
-    + r"\}"
-    + _WS
-    + r"\{"
-    + _WS
-    + r"(?P<lden>"
-    + _DECIMAL
-    + r")"
-    + _WS
-    + r"\}"
-    r"|(?P<num>" + _DECIMAL + r")" + _WS + r"/" + _WS + r"(?P<den>" + _DECIMAL + r")"
-    r"|(?P<dec>" + _DECIMAL + r")"
-    r")"
-)
+HASH_MARKER = "####"
 
 # Digit-group separators that LaTeX sources and models write inside numbers: ``,\!`` (a comma
 # without its space), ``{,}`` (a comma set as an ordinary symbol), the thin spaces ``\,`` ``\:``
@@ -171,60 +139,24 @@ def join_digit_groups(text: str, plain_spaces: bool = False) -> str:
     return pattern.sub(lambda m: _NON_DIGIT_RE.sub("", m.group()), text)
 
 
-class _TooLong(ValueError):
-    """A number with more than MAX_NUMBER_DIGITS digits."""
-
-
-def _to_fraction(token: str) -> Fraction:
-    digits = token.replace(",", "")
-    if len(digits) > MAX_NUMBER_DIGITS + 1:  # + 1 for a decimal point
-        raise _TooLong(token[:20])
-    return Fraction(digits)
-
-
-def _match_value(match: re.Match[str]) -> Fraction | None:
-    groups = match.groupdict()
-    if groups["lnum"] is not None:
-        num, den = _to_fraction(groups["lnum"]), _to_fraction(groups["lden"])
-    elif groups["num"] is not None:
-        num, den = _to_fraction(groups["num"]), _to_fraction(groups["den"])
-    else:
-        num, den = _to_fraction(groups["dec"]), Fraction(1)
-    if den == 0:
-        return None
-    value = num / den
-    return -value if groups["sign"] else value
-
-
 def parse_number(text: str | None) -> Fraction | None:
     """Exact value of the first number in ``text``; None if there is none.
 
-    Commas as thousands separators, ``$`` and ``\\$``, a leading minus (ASCII or U+2212), decimals,
-    ``a/b`` and ``\\frac{a}{b}``/``\\dfrac``/``\\tfrac`` are understood; anything after the number
-    (units, ``%``, ``^\\circ``, a trailing period) is ignored. ``"$1,234.50 dollars."`` -> 2469/2.
-    A first number of more than ``MAX_NUMBER_DIGITS`` digits is unreadable: None.
+    Commas as thousands separators, ``$`` and ``\\$``, signs (ASCII or U+2212) wherever they stand
+    (``-(1/3)``, ``\\frac{-1}{3}``, ``(-1)/3``), decimals, ``a/b``, ``\\frac{a}{b}``/``\\dfrac``/``\\tfrac``
+    and groups around a number are understood (see :mod:`grpo_lightning.number_reader`); anything
+    after the number (units, ``%``, ``^\\circ``, a trailing period) is ignored.
+    ``"$1,234.50 dollars."`` -> 2469/2. A first number of more than ``number_reader.MAX_NUMBER_DIGITS``
+    digits is unreadable: None.
     """
     if not text:
         return None
-    return _first_value(_NUMBER_RE.finditer(text))
+    return first_value(iter_numbers(text))
 
 
 def last_number(text: str) -> Fraction | None:
     """Exact value of the last number in ``text`` (same forms as :func:`parse_number`); None if there is none.
 
-    Only the matches from the end back to the first one with a value are converted.
+    Only the numbers from the end back to the first one with a value are converted.
     """
-    return _first_value(reversed(list(_NUMBER_RE.finditer(text))))
-
-
-def _first_value(matches: Iterable[re.Match[str]]) -> Fraction | None:
-    """The value of the first match that has one, converting no further; None when none has, or when
-    that first number is too long to read."""
-    try:
-        for match in matches:
-            value = _match_value(match)
-            if value is not None:
-                return value
-    except _TooLong:
-        return None
-    return None
+    return first_value(reversed(list(iter_numbers(text))))

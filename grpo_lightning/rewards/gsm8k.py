@@ -29,6 +29,7 @@ from grpo_lightning.answers import (
     last_number,
     parse_number,
 )
+from grpo_lightning.number_reader import read_number
 from grpo_lightning.rewards._columns import gold_column, short
 from grpo_lightning.rewards.registry import register_reward
 
@@ -38,11 +39,9 @@ Gsm8kMode = Literal["strict", "flexible"]
 MAX_LINE_CHARS = 300
 # Markdown emphasis and math delimiters that may wrap the answer: "**72**", "$72$", "\(72\)".
 _WRAPPING = r"(?:[*_\s]|\\\(|\$)*"
-_STARTS_WITH_NUMBER_RE = re.compile(
-    _WRAPPING + r"(?:[-−+]\s?)?(?:\\\$|\$)?\s?(?:\d|\.\d|\\[dt]?frac|\\boxed)"
-)
-# A numbered markdown heading: "#### 2. Multiply the eggs", "#### 3) Add".
-_NUMBERED_HEADING_RE = re.compile(r"\s*\d{1,2}[.)]\s+[A-Za-z]")
+_WRAPPING_RE = re.compile(_WRAPPING)
+# A numbered markdown heading: "#### 2. Multiply the eggs", "#### 3) Add", "#### (1) Add".
+_NUMBERED_HEADING_RE = re.compile(r"\s*\(?\d{1,2}[.)]\s+[A-Za-z]")
 # "Answer", "Final Answer:", "**The final answer is**", followed by the answer or by nothing.
 _ANSWER_LABEL_RE = re.compile(
     _WRAPPING
@@ -53,10 +52,17 @@ _ANSWER_LABEL_RE = re.compile(
 )
 
 
+def _starts_with_number(line: str) -> bool:
+    """Whether ``line`` begins, after markdown emphasis and math delimiters, with a number (``-(1/3)``,
+    ``$1,200``, ``\\frac{3}{4}``) or a box."""
+    at = _WRAPPING_RE.match(line).end()  # type: ignore[union-attr]  (it always matches)
+    return line.startswith("\\boxed", at) or read_number(line, at) is not None
+
+
 def _hash_answer(line: str, following: str) -> str | None:
     """The answer a ``####`` line gives (``line``: what follows the marker on its line), or None if it
     is a heading. ``following`` is the text after that line, read when the line is a bare label."""
-    if _STARTS_WITH_NUMBER_RE.match(line):
+    if _starts_with_number(line):
         return None if _NUMBERED_HEADING_RE.match(line) else line
     label = _ANSWER_LABEL_RE.match(line)
     if label is None and line.strip():

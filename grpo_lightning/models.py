@@ -1,8 +1,10 @@
 """Loading the policy and its tokenizer, LoRA wrapping, the frozen reference, export.
 
 A model is named the way ``transformers`` names it (a Hub id or a local ``save_pretrained``
-folder), by a built-in alias (``"builtin:tiny-math"``, shipped inside the package), or passed
-already built (a ``PreTrainedModel``, e.g. from a notebook).
+folder), as a local GGUF file (``path/to/x.gguf``, or a folder holding one; see
+:mod:`grpo_lightning.gguf`), by a built-in alias (``"builtin:tiny-math"``, shipped inside the
+package; ``"builtin:smollm2-135m-instruct"``, from the ``[real]`` extra), or passed already built
+(a ``PreTrainedModel``, e.g. from a notebook).
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._lazy import instance_check_type
 from grpo_lightning.causal_lm import base_model, is_sharded
+from grpo_lightning.gguf import (
+    GGUF_SUFFIX,
+    WHEEL_MODELS,
+    dequantizing,
+    drop_quantizer,
+    split_gguf,
+    wheel_model_path,
+)
 from grpo_lightning.model_card import ModelCardInfo, write_model_card
-from grpo_lightning.tokenizer_io import save_tokenizer, tokenizer_from_pretrained
+from grpo_lightning.tokenizer_io import chat_turn_end_id, save_tokenizer, tokenizer_from_pretrained
 
 if TYPE_CHECKING:  # transformers' modeling code loads with the first model, not with this module
     from transformers import PreTrainedModel
@@ -43,6 +53,9 @@ else:  # what the command line is built from
     ModelSource = str | BuiltModel
 
 BUILTIN_PREFIX = "builtin:"
+#: ``from_pretrained`` arguments of the model that name where its files are: the tokenizer read from
+#: the same place takes them too (a GGUF file holds both; a revision pins both).
+SOURCE_KWARGS = ("gguf_file", "revision", "subfolder", "cache_dir", "token", "local_files_only")
 
 #: ``LoraConfig`` defaults applied when a ``lora`` dict leaves them out.
 LORA_DEFAULTS: dict[str, Any] = {
@@ -54,28 +67,34 @@ LORA_DEFAULTS: dict[str, Any] = {
 
 
 def builtin_models() -> list[str]:
-    """The aliases ``"builtin:<name>"`` that ship with the package."""
+    """The aliases ``"builtin:<name>"``: the models inside the package, and those of other wheels
+    (:data:`~grpo_lightning.gguf.WHEEL_MODELS`; they load once their wheel is installed)."""
     assets = importlib.resources.files("grpo_lightning") / "assets"
-    if not assets.is_dir():
-        return []
-    return sorted(BUILTIN_PREFIX + p.name for p in assets.iterdir() if p.is_dir())
+    shipped = [p.name for p in assets.iterdir() if p.is_dir()] if assets.is_dir() else []
+    return sorted(BUILTIN_PREFIX + name for name in [*shipped, *WHEEL_MODELS])
 
 
 def _looks_local(name: str) -> bool:
-    """A path rather than a Hub id (``org/name``): absolute, relative with ``./``, ``~``, or deeper."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    """A path rather than a Hub id (``org/name``): absolute, relative with ``./``, ``~``, deeper, or a
+    ``.gguf`` file (the Hub serves those only with ``gguf_file``)."""
+    return (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or name.endswith(GGUF_SUFFIX)
+    )
 
 
 def resolve_model_path(name: str) -> str:
-    """Map ``"builtin:<name>"`` to the folder inside the package; a missing local path is an error
-    that says so; any other string (a Hub id) is returned as is."""
+    """Map ``"builtin:<name>"`` to the folder inside the package (or the GGUF file of a wheel alias);
+    a missing local path is an error that says so; any other string (a Hub id) is returned as is."""
     if not name.startswith(BUILTIN_PREFIX):
         if _looks_local(name) and not Path(name).expanduser().exists():
+            what = "GGUF file" if name.endswith(GGUF_SUFFIX) else "model folder"
             raise FileNotFoundError(
-                f"No model folder at {name!r}. If it moved, give its new place (--model.model <path>; "
+                f"No {what} at {name!r}. If it moved, give its new place (--model.model <path>; "
                 "resuming from a checkpoint accepts a new path too), or a Hub id such as 'Qwen/Qwen2.5-0.5B'."
             )
         return str(Path(name).expanduser()) if name.startswith("~") else name
+    if name[len(BUILTIN_PREFIX) :] in WHEEL_MODELS:
+        return wheel_model_path(name[len(BUILTIN_PREFIX) :])
     folder = importlib.resources.files("grpo_lightning") / "assets" / name[len(BUILTIN_PREFIX) :]
     if not folder.is_dir():
         raise ValueError(
@@ -83,6 +102,15 @@ def resolve_model_path(name: str) -> str:
             "or pass a Hub id, a local path, or a built PreTrainedModel."
         )
     return str(folder)
+
+
+def pretrained_source(name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """``(path, kwargs)`` to pass to ``from_pretrained`` for the model or tokenizer named ``name``.
+
+    Aliases resolve (:func:`resolve_model_path`) and a local GGUF file is named as transformers
+    wants it: its folder, and ``gguf_file`` in ``kwargs`` (:func:`~grpo_lightning.gguf.split_gguf`).
+    """
+    return split_gguf(resolve_model_path(name), kwargs or {})
 
 
 def _dtype(value: Any) -> Any:
@@ -100,8 +128,9 @@ def load_policy(
 ) -> PreTrainedModel:
     """The causal LM to train: ``model`` itself when built, else ``AutoModelForCausalLM.from_pretrained``.
 
-    ``model_kwargs`` go to ``from_pretrained`` (``dtype``, ``attn_implementation``, ``revision``...);
-    a dtype may be given by name. They cannot apply to a model that is already built.
+    ``model_kwargs`` go to ``from_pretrained`` (``dtype``, ``attn_implementation``, ``revision``,
+    ``gguf_file``...); a dtype may be given by name. They cannot apply to a model that is already
+    built. A GGUF file is dequantized and loses its quantizer: the result is a plain trainable model.
     """
     if isinstance(model, nn.Module):
         if model_kwargs:
@@ -121,7 +150,10 @@ def load_policy(
     from transformers import AutoModelForCausalLM
 
     with _naming_the_source(model, "model"):
-        return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
+        path, kwargs = pretrained_source(model, kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(path, **dequantizing(kwargs))
+    drop_quantizer(loaded)
+    return loaded
 
 
 @contextmanager
@@ -148,13 +180,19 @@ def _naming_the_source(name: str, what: str) -> Iterator[None]:
 
 
 def load_tokenizer(
-    tokenizer: str | PreTrainedTokenizerBase | None, model: str | PreTrainedModel
+    tokenizer: str | PreTrainedTokenizerBase | None,
+    model: str | PreTrainedModel,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> PreTrainedTokenizerBase:
     """The tokenizer given, else the model's; set up for generation (left padding, a pad token).
 
     A model passed already built has no tokenizer attached: its ``name_or_path`` is tried, and
-    when that is empty the error asks for ``tokenizer=``.
+    when that is empty the error asks for ``tokenizer=``. A tokenizer read from the model's own
+    name takes the ``model_kwargs`` that say where the files are (:data:`SOURCE_KWARGS`: the GGUF
+    file, the revision...).
     """
+    same_source = tokenizer is None or (isinstance(model, str) and tokenizer == model)
+    source_kwargs = {k: v for k, v in (model_kwargs or {}).items() if k in SOURCE_KWARGS} if same_source else {}
     if tokenizer is None:
         source = model if isinstance(model, str) else getattr(model, "name_or_path", "")
         if not source:
@@ -165,7 +203,7 @@ def load_tokenizer(
         tokenizer = source
     if isinstance(tokenizer, str):
         with _naming_the_source(tokenizer, "tokenizer"):
-            tokenizer = tokenizer_from_pretrained(resolve_model_path(tokenizer))
+            tokenizer = tokenizer_from_pretrained(*pretrained_source(tokenizer, source_kwargs))
     # Batched generation appends to the right end of each prompt: prompts must be left-padded.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -178,10 +216,11 @@ def load_tokenizer(
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every id that ends a completion: the generation config's EOS ids (an int or a list) and the tokenizer's."""
+    """Every id that ends a completion: the generation config's EOS ids (an int or a list), the
+    tokenizer's, and the token that ends an assistant turn in its chat template (``<|im_end|>``)."""
     ids: list[int] = []
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos, tokenizer.eos_token_id):
+    for value in (gen_eos, tokenizer.eos_token_id, chat_turn_end_id(tokenizer)):
         if value is None:
             continue
         for i in [value] if isinstance(value, int) else list(value):
@@ -325,16 +364,37 @@ def save_pretrained(
         state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if writer:
             path.mkdir(parents=True, exist_ok=True)
-            policy.save_pretrained(path, state_dict=state)
+            with stopping_as_trained(policy, tokenizer):
+                policy.save_pretrained(path, state_dict=state)
     elif writer:  # under DDP every rank holds the same weights
         path.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(policy).merge_and_unload() if is_peft_model(policy) and merge_lora else policy
-        model.save_pretrained(path)
+        with stopping_as_trained(model, tokenizer):
+            model.save_pretrained(path)
     if writer:
         save_tokenizer(tokenizer, path)
         chat = getattr(tokenizer, "chat_template", None) is not None
         write_model_card(path, card, adapter=adapter, chat=chat)
     return path
+
+
+@contextmanager
+def stopping_as_trained(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    """While it is saved, ``model``'s generation config ends completions at the ids training stopped at
+    (:func:`eos_token_ids`: ``<|im_end|>`` for a ChatML model) and pads with the tokenizer's pad token,
+    so that ``generate`` and ``pipeline`` on the export stop where the project did. Restored after."""
+    config = getattr(base_model(model), "generation_config", None)
+    if config is None:
+        yield
+        return
+    before = (config.eos_token_id, config.pad_token_id)
+    ids = eos_token_ids(base_model(model), tokenizer)
+    config.eos_token_id = ids[0] if len(ids) == 1 else ids
+    config.pad_token_id = tokenizer.pad_token_id
+    try:
+        yield
+    finally:
+        config.eos_token_id, config.pad_token_id = before
 
 
 def push_to_hub(

@@ -216,7 +216,7 @@ class GRPOModule(LightningModule):
         # workers, time limit and error handling as training.
         accuracy = [accuracy_reward] if accuracy_reward is not None else funcs[:1]
         self.accuracy_scorer = RewardScorer(accuracy, None, reward_workers, reward_timeout, reward_errors)
-        self.tokenizer = load_tokenizer(tokenizer, model)
+        self.tokenizer = load_tokenizer(tokenizer, model, model_kwargs)
         self._model_spec = model if isinstance(model, str) else None
         self._lora = lora
         # A built model is registered right away (Lightning moves it); a named one loads in configure_model.

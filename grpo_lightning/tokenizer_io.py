@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -76,20 +78,26 @@ def check_auto_tokenizer(
     return False
 
 
-def tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained(path)``, guarded against a local folder it misreads.
+def tokenizer_from_pretrained(path: str, kwargs: Mapping[str, Any] | None = None) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(path, **kwargs)``, guarded against a local folder it misreads.
+
+    ``kwargs`` say where the files are (``gguf_file``, ``revision``...); a tokenizer read from a GGUF
+    file has no ``tokenizer_config.json`` to check against.
 
     A folder that declares a generic ``tokenizer.json`` tokenizer but comes back as a model type's own
     class is compared with the tokenizer as saved; when the ids differ (a folder written by an earlier
     version of this package, say) the tokenizer as saved is used, with a warning saying how to repair it.
     """
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config_file = Path(path) / "tokenizer_config.json"
-    if type(tokenizer).__name__ in GENERIC_TOKENIZER_CLASSES or not config_file.is_file():
+    kwargs = dict(kwargs or {})
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    config_file = Path(path, kwargs.get("subfolder") or "") / "tokenizer_config.json"
+    if "gguf_file" in kwargs or not config_file.is_file():
+        return tokenizer
+    if type(tokenizer).__name__ in GENERIC_TOKENIZER_CLASSES:
         return tokenizer
     if json.loads(config_file.read_text()).get("tokenizer_class") not in GENERIC_TOKENIZER_CLASSES:
         return tokenizer
-    as_saved = PreTrainedTokenizerFast.from_pretrained(path)
+    as_saved = PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
     if encodes_alike(tokenizer, as_saved):
         return tokenizer
     warnings.warn(
@@ -100,3 +108,25 @@ def tokenizer_from_pretrained(path: str) -> PreTrainedTokenizerBase:
         stacklevel=2,
     )
     return as_saved
+
+
+def chat_turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes right after an assistant message (``<|im_end|>``
+    in ChatML), or None: no template, or plain text follows the message.
+
+    A model trained on chat prompts ends its answer with this token, which need not be the
+    tokenizer's EOS (a base model's template often ends turns with another token than its EOS).
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    marker = "GRPO_LIGHTNING_ANSWER"
+    messages = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that refuses this conversation (roles it does not know) says nothing
+        return None
+    if not isinstance(text, str) or marker not in text:
+        return None
+    after = text.split(marker, 1)[1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    return int(ids[0]) if ids and ids[0] in tokenizer.all_special_ids else None

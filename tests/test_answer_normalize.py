@@ -51,6 +51,11 @@ from grpo_lightning.rewards._normalize import MAX_ANSWER_CHARS, normalize_answer
         ("x + c", "x + {c}"),
         ("\\frac{a}{2}c", "\\frac{a}{2}{c}"),
         ("5 cm", "5 cm"),
+        ("3 kms", "3 kms"),  # a plural unit
+        ("28 pct", "28\\%"),  # a percent word is a percent sign, not the variables p, c, t
+        ("28pct", "28\\%"),
+        ("28 Percent", "28\\%"),
+        ("x pct", "x {pct}"),  # after a letter it is no percentage
         ("3 hrs", "3 hrs"),
         ("2\\pi", "2\\pi"),
         ("\\infty", "\\infty"),

@@ -155,6 +155,38 @@ MODELS_WRITE = [
     (r"\boxed{2ab}", "2", 0.0),
     (r"\boxed{\frac{a}{2}c}", r"\frac{a}{2}", 0.0),
     (r"\boxed{x + c}", "x + c", 1.0),
+    # A tuple of names on the left of "=" assigns its right-hand side (TRL and math-verify: 1).
+    (r"\boxed{(x, y) = (5, 8)}", "(5, 8)", 1.0),
+    (r"\boxed{(x, y) = (5, 9)}", "(5, 8)", 0.0),  # a wrong tuple
+    (r"\boxed{(x, y) = (8, 5)}", "(5, 8)", 0.0),  # order matters
+    (r"\boxed{(a, b, c) = (1, -2, 3)}", "(1, -2, 3)", 1.0),
+    (r"\boxed{\left(x, y\right) = \left(\frac{1}{2}, 3\right)}", "(0.5, 3)", 1.0),
+    (r"\boxed{[x, y] = [5, 8]}", "[5, 8]", 1.0),
+    (r"\boxed{(x_1, x_2) = (5, 8)}", "(5, 8)", 1.0),
+    (r"\boxed{(x+1, y) = (5, 8)}", "(5, 8)", 0.0),  # not names: an equation
+    (r"\boxed{(x, 2) = (5, 8)}", "(5, 8)", 0.0),
+    (r"\boxed{(x+1, y) = (5, 8)}", "8", 0.0),  # an unreadable box is not its last number
+    (r"\boxed{[x, y] = [5, 8]}", "8", 0.0),
+    (r"\boxed{(x, y) \leq (5, 8)}", "(5, 8)", 0.0),
+    # Percent words are units, not variables; a real variable still is one.
+    (r"\boxed{28 pct}", r"28\%", 1.0),
+    (r"\boxed{28pct}", r"28\%", 1.0),
+    (r"\boxed{28 percent}", r"28\%", 1.0),
+    (r"\boxed{28\%}", "28 pct", 1.0),
+    (r"\boxed{28 pct}", r"29\%", 0.0),
+    (r"\boxed{28 p}", r"28\%", 0.0),
+    (r"\boxed{3 kms}", "3", 1.0),
+    # Signs where they stand in a gold.
+    (r"\boxed{-1/3}", "-(1/3)", 1.0),
+    (r"\boxed{1/3}", "-(1/3)", 0.0),
+    # Greek letters are symbols: \gamma was Euler's constant or the Gamma function (the gold became None).
+    (r"\boxed{m_p c^2(\gamma^2-1)\sin^2\theta}", r"m_p c^2(\gamma^2-1)\sin^2\theta", 1.0),
+    (r"\boxed{m_p c^2(\gamma^2+1)\sin^2\theta}", r"m_p c^2(\gamma^2-1)\sin^2\theta", 0.0),
+    (r"\boxed{(\gamma-1)(\gamma+1)}", r"\gamma^2-1", 1.0),
+    (r"\boxed{0.5772}", r"\gamma", 0.0),
+    (r"\boxed{2\Pi}", r"2\Pi", 1.0),
+    (r"\boxed{2\pi}", r"2\Pi", 0.0),
+    (r"\boxed{2\pi}", r"2\pi", 1.0),  # \pi stays pi
     # Degenerate completions.
     ("\\boxed{42} " + "\\boxed{" * 4000, "42", 1.0),
     ("So the answer is \\boxed{\\frac{1}{2} " * 3000, "0.5", 0.0),
@@ -173,6 +205,22 @@ def test_parallel_checker_processes_give_the_serial_answers():
     reward = MathAccuracy(num_workers=2)
     rewards = reward([""] * len(cases), [c for c, _, _ in cases], answer=[g for _, g, _ in cases])
     assert rewards == [expected for _, _, expected in cases]
+
+
+GREEK = "alpha beta gamma delta epsilon zeta eta theta kappa lambda mu nu xi rho sigma tau phi chi psi omega"
+GREEK = [*GREEK.split(), "Gamma", "Delta", "Theta", "Lambda", "Pi", "Sigma", "Phi", "Omega"]
+
+
+def test_every_greek_letter_in_a_gold_is_a_symbol():
+    # Right: the same expression in the letter. Wrong: the same expression in x. A letter read as a
+    # constant or a function (\gamma, \Gamma, \Pi were) makes the gold None or the wrong answer right.
+    golds = [rf"m_p c^2(\{g}^2-1)\sin^2\theta" for g in GREEK]
+    right = [rf"\boxed{{m_p c^2(\{g}^2-1)\sin^2\theta}}" for g in GREEK]
+    wrong = [r"\boxed{m_p c^2(x^2-1)\sin^2\theta}"] * len(GREEK)
+    reward = MathAccuracy()
+    rewards = reward([""] * 2 * len(GREEK), right + wrong, answer=golds + golds)
+    assert rewards == [1.0] * len(GREEK) + [0.0] * len(GREEK)
+    assert reward.unusable_golds == 0
 
 
 @pytest.mark.parametrize("gold", [r"05\!:\!00", "5:00", r"\frac{1}{0}"])

@@ -8,9 +8,10 @@ value itself (:func:`normalize_answer`):
 - dollar signs and math delimiters: ``\\$5``, ``$5$`` -> ``5``;
 - a unit in ``\\text{}``/``\\mbox{}``/``\\mathrm{}`` after a value: ``7\\text{ hours}`` -> ``7``;
 - a degree mark: ``30^\\circ``, ``30^{\\circ}``, ``30°`` -> ``30``;
+- a percent word after a value: ``28 pct``, ``28percent`` -> ``28\\%``;
 - a bare letter after a number is a variable, not a unit: ``2c`` is kept as the product ``2{c}``
   (math-verify's unit stripping reads ``2c`` as ``2``, ``2ab`` as ``2``, ``x + c`` as ``x +``).
-  Units that are words or common abbreviations (``5 cm``, ``3 hours``) are still dropped.
+  Units that are words or common abbreviations (``5 cm``, ``3 kms``, ``3 hours``) are still dropped.
 
 Pure string functions, each linear in the length of the answer; answers longer than
 ``MAX_ANSWER_CHARS`` are not answers (a degenerate completion) and normalise to None.
@@ -38,6 +39,7 @@ _UNIT_RE = re.compile(
     r"|\\mathrm\s*\{\s*[A-Za-z][A-Za-z .'-]+\})"
     r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?$"
 )
+_PERCENT_WORD_RE = re.compile(r"(?<=[\d}])\s{0,3}(?:pct|per\s?cent(?:age)?)\.?$", re.IGNORECASE)
 _DEGREES_RE = re.compile(r"(?<=[\d}])\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree)\s*$")
 # Unit abbreviations that may follow a number bare (math-verify drops them, rightly).
 _UNIT_WORDS = frozenset(
@@ -63,6 +65,12 @@ _UNIT_WORDS = frozenset(
         "deg",
         "cc",
         "ml",
+        "gm",
+        "dm",
+        "lt",
+        "mt",
+        "mtr",
+        "ohm",
         "gal",
         "yr",
         "yrs",
@@ -75,6 +83,7 @@ _UNIT_WORDS = frozenset(
         "sq",
         "rs",
         "day",
+        "man",
         "men",
     ]
 )
@@ -94,9 +103,15 @@ def _strip_trailing(text: str) -> str:
         text = stripped
 
 
+def _is_unit_word(letters: str) -> bool:
+    """A unit abbreviation (``cm``), or its plural (``kms``, ``hrs``)."""
+    word = letters.lower()
+    return word in _UNIT_WORDS or (word.endswith("s") and word[:-1] in _UNIT_WORDS)
+
+
 def _protect_variable(match: re.Match[str]) -> str:
     letters = match.group(1)
-    return letters if letters.lower() in _UNIT_WORDS else "{" + letters + "}"
+    return letters if _is_unit_word(letters) else "{" + letters + "}"
 
 
 def normalize_answer(text: str | None) -> str | None:
@@ -115,6 +130,7 @@ def normalize_answer(text: str | None) -> str | None:
     for _ in range(3):  # "7\text{ hours}." needs the full stop, then the unit, removed
         previous = text
         text = _DEGREES_RE.sub("", _UNIT_RE.sub("", _strip_trailing(text)))
+        text = _PERCENT_WORD_RE.sub("\\%", text)
         if text == previous:
             break
     if len(text) > 1:

@@ -4,6 +4,13 @@ A rollout holds P prompts sampled G times each, laid out so that rows ``g*G .. g
 G completions of prompt ``g`` (``repeat_interleave`` order). A reward may be NaN, meaning "not
 applicable": it is ignored by every statistic and its advantage is 0.
 
+The statistics are exact for any finite reward scale: they are computed in float64 on rewards
+divided by a power of two (each group's largest magnitude brought to [0.5, 1)), which changes no
+bit of the result, as a power-of-two factor commutes with every rounding, but keeps the sums of
+squares of 1e30 or 3e38 from overflowing and those of 1e-30 from underflowing. The advantages of
+``"group"`` and ``"batch"`` scaling are bounded by the group size whatever the scale; those of
+``"none"`` are reward differences and must fit the output dtype (:class:`AdvantageRangeError`).
+
 On several devices call these on the *gathered* global rewards, then slice out the local rows:
 the group statistics (and the batch std) must be the same on every rank.
 """
@@ -24,10 +31,18 @@ SCALE_REWARDS: tuple[str, ...] = get_args(ScaleRewards)
 #: Added to the std before dividing, so a group whose rewards barely differ cannot blow up.
 DEFAULT_EPS = 1e-4
 
+#: Bounds of the power-of-two exponent that rescales a group: float64 holds 2**+-1000 and the
+#: ``eps`` scaled along with it (1e-4 * 2**1000 ~ 1e297); only float64 subnormals get less than [0.5, 1).
+_MAX_EXPONENT = 1000
+
+
+class AdvantageRangeError(ValueError):
+    """Advantages of ``scale_rewards="none"`` that do not fit the output dtype."""
+
 
 @dataclass(frozen=True)
 class GroupStats:
-    """NaN-aware statistics of each prompt's G rewards (for advantages and for metrics)."""
+    """NaN-aware statistics of each prompt's G rewards (for advantages and for metrics), float64."""
 
     mean: Tensor
     """[P] mean of the valid rewards; 0 for a group without any valid reward."""
@@ -59,10 +74,27 @@ def _check_rewards(rewards: Tensor, group_size: int) -> Tensor:
     return rewards
 
 
+def _exponent(x: Tensor, dim: int | None = None) -> Tensor:
+    """``e`` with ``max |x| * 2**-e`` in [0.5, 1) (NaN ignored; 0 when all are 0 or NaN), int32.
+
+    ``dim`` None: one exponent for all of ``x`` (a 0-d tensor); otherwise kept as a size-1 dim.
+    """
+    magnitude = torch.nan_to_num(x.abs(), nan=0.0)
+    peak = magnitude.amax() if dim is None else magnitude.amax(dim=dim, keepdim=True)
+    _, exponent = torch.frexp(peak)
+    return exponent.clamp(-_MAX_EXPONENT, _MAX_EXPONENT)
+
+
+def _pow2(exponent: Tensor) -> Tensor:
+    """``2.0 ** exponent`` in float64, exact (multiplying by it changes no mantissa bit)."""
+    return torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), exponent)
+
+
 def _nan_mean_std(x: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, sample std and count of the non-NaN entries of ``x`` along ``dim``.
 
     Fewer than two valid entries give std 0; no valid entry gives mean 0. Never returns NaN.
+    The caller keeps ``x`` within float range of its squares (see :func:`_exponent`).
     """
     valid = ~torch.isnan(x)
     count = valid.sum(dim)
@@ -74,12 +106,47 @@ def _nan_mean_std(x: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     return mean, std, count
 
 
+@dataclass(frozen=True)
+class _ScaledGroups:
+    """Each group's rewards divided by ``2**exponent`` and their statistics, float64, ``[P, G]``/``[P]``."""
+
+    scaled: Tensor
+    exponent: Tensor
+    """[P, 1] int32."""
+    mean: Tensor
+    std: Tensor
+    count: Tensor
+    zero_std: Tensor
+
+
+def _scaled_groups(rewards: Tensor, group_size: int) -> _ScaledGroups:
+    groups = rewards.view(-1, group_size).double()
+    exponent = _exponent(groups, dim=1)
+    scaled = groups * _pow2(-exponent)
+    mean, std, count = _nan_mean_std(scaled, dim=1)
+    zero_std = zero_spread(rewards, group_size)
+    # Equal rewards: the mean is that value exactly and the std exactly 0, so advantages are exactly 0.
+    first_valid = torch.nan_to_num(scaled, nan=float("inf")).amin(dim=1)
+    mean = torch.where(zero_std & (count > 0), first_valid, mean)
+    std = torch.where(zero_std, torch.zeros_like(std), std)
+    return _ScaledGroups(scaled, exponent, mean, std, count, zero_std)
+
+
 def group_stats(rewards: Tensor, group_size: int) -> GroupStats:
     """Per-prompt statistics of ``rewards: [N]`` grouped ``group_size`` consecutive rows at a time.
 
-    Returns a :class:`GroupStats` whose fields have shape ``[P]`` with ``P = N // group_size``.
+    Returns a :class:`GroupStats` whose fields have shape ``[P]`` with ``P = N // group_size``, in
+    float64: finite for every finite float32 reward (a spread near float64's own limit of 1.8e308
+    can only come from float64 rewards, and gives inf).
     """
-    return _group_stats(_check_rewards(rewards, group_size), group_size)
+    g = _scaled_groups(_check_rewards(rewards, group_size), group_size)
+    exponent = g.exponent.squeeze(1)
+    return GroupStats(
+        mean=g.mean * _pow2(exponent),
+        std=g.std * _pow2(exponent),
+        count=g.count,
+        zero_std=g.zero_std,
+    )
 
 
 def zero_spread(rewards: Tensor, group_size: int) -> Tensor:
@@ -97,41 +164,52 @@ def zero_spread(rewards: Tensor, group_size: int) -> Tensor:
     return (valid.sum(dim=1) < 2) | (high == low)
 
 
-def _group_stats(rewards: Tensor, group_size: int) -> GroupStats:
-    mean, std, count = _nan_mean_std(rewards.view(-1, group_size), dim=1)
-    zero_std = zero_spread(rewards, group_size)
-    # Equal rewards: the mean is that value exactly and the std exactly 0, so advantages are exactly 0.
-    first_valid = torch.nan_to_num(rewards.view(-1, group_size), nan=float("inf")).amin(dim=1)
-    mean = torch.where(zero_std & (count > 0), first_valid, mean)
-    std = torch.where(zero_std, torch.zeros_like(std), std)
-    return GroupStats(mean=mean, std=std, count=count, zero_std=zero_std)
-
-
 def compute_advantages(
     rewards: Tensor,
     group_size: int,
     scale_rewards: ScaleRewards = "group",
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
-    """Group-relative advantages ``A: [N]`` from ``rewards: [N]`` (NaN = not applicable).
+    """Group-relative advantages ``A: [N]`` from ``rewards: [N]`` (NaN = not applicable), in the
+    rewards' floating dtype (float32 for integer rewards).
 
     ``A = r - mean_g``, divided by ``std_g + eps`` (``"group"``), by the NaN-aware sample std of
     the whole batch plus ``eps`` (``"batch"``), or not at all (``"none"``, Dr. GRPO). A group with
     fewer than two valid rewards, and every NaN reward, gets advantage 0. The result never holds NaN.
+    The values are those of the formula in float64, rounded once to the output dtype, for any finite
+    reward scale. Raises :class:`AdvantageRangeError` when a ``"none"`` advantage overflows the dtype.
     """
     check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
     rewards = _check_rewards(rewards, group_size)
-    stats = _group_stats(rewards, group_size)
-    centred = rewards - stats.mean.repeat_interleave(group_size)
+    g = _scaled_groups(rewards, group_size)
+    # Every value below is the true one times 2**-exponent: exact, as long as nothing overflows.
+    centred = torch.where(g.zero_std.unsqueeze(1), 0.0, g.scaled - g.mean.unsqueeze(1))
     if scale_rewards == "group":
-        advantages = centred / (stats.std.repeat_interleave(group_size) + eps)
+        advantages = centred / (g.std.unsqueeze(1) + eps * _pow2(-g.exponent))
     elif scale_rewards == "batch":
-        _, batch_std, _ = _nan_mean_std(rewards, dim=0)
-        advantages = centred / (batch_std + eps)
+        whole = rewards.double()
+        batch_exponent = _exponent(whole)
+        _, batch_std, _ = _nan_mean_std(whole * _pow2(-batch_exponent), dim=0)
+        shift = _pow2(g.exponent - batch_exponent)  # <= 1: a group's scale is at most the batch's
+        advantages = centred * shift / (batch_std + eps * _pow2(-batch_exponent))
     else:
-        advantages = centred
+        advantages = centred * _pow2(g.exponent)
     # Fewer than two valid rewards: no comparison is possible, so no signal (the centred value of a
     # lone reward is 0 already; this makes it exact and covers the NaN rows too).
-    informative = (stats.count >= 2).repeat_interleave(group_size)
-    advantages = torch.where(informative, advantages, torch.zeros_like(advantages))
-    return torch.nan_to_num(advantages, nan=0.0)
+    informative = (g.count >= 2).unsqueeze(1) & ~torch.isnan(g.scaled)
+    advantages = torch.where(informative, advantages, 0.0).flatten().to(rewards.dtype)
+    if scale_rewards == "none" and not bool(torch.isfinite(advantages).all()):
+        raise AdvantageRangeError(_none_overflow_message(rewards, group_size, g))
+    return advantages
+
+
+def _none_overflow_message(rewards: Tensor, group_size: int, g: _ScaledGroups) -> str:
+    spread = (torch.nan_to_num(g.scaled - g.mean.unsqueeze(1), nan=0.0).abs() * _pow2(g.exponent)).amax()
+    finite = rewards[~torch.isnan(rewards)]
+    return (
+        f"scale_rewards='none': an advantage (a reward minus its group's mean) reaches {float(spread):.3g}, "
+        f"beyond the {rewards.dtype} range (+-{torch.finfo(rewards.dtype).max:.3g}); the rewards span "
+        f"[{float(finite.min()):.3g}, {float(finite.max()):.3g}] in groups of {group_size}. Rescale the "
+        "rewards (divide them by a constant), or use scale_rewards='group' or 'batch', whose advantages do not "
+        "depend on the reward scale."
+    )

@@ -7,10 +7,14 @@ gathered, and the module logs the result.
 
 from __future__ import annotations
 
+import math
+
+import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from grpo_lightning.advantages import ScaleRewards, compute_advantages, group_stats
+from grpo_lightning.advantages import AdvantageRangeError, ScaleRewards, compute_advantages, group_stats
+from grpo_lightning.reward_scorer import reward_ranges
 from grpo_lightning.scoring import ScoredRollout
 
 #: Loss-side metrics of the update that are logged as ``train/<key>`` when present.
@@ -24,6 +28,26 @@ LOSS_METRICS = (
     "clip_ratio/region_mean",
     "kl",
 )
+
+
+#: The largest advantage whose square float32 holds (~1.8e19). The gradients scale with the
+#: advantages, and the gradient norm and AdamW's second moment square them: beyond this they turn
+#: inf and the update is lost (measured on the tiny model: advantages of ~6e23 give grad_norm inf
+#: and unchanged weights). Only ``scale_rewards="none"`` can get there; scaled advantages are O(1).
+GRADIENT_SAFE_ADVANTAGE = math.sqrt(torch.finfo(torch.float32).max)
+
+
+def check_gradient_range(advantages: Tensor) -> None:
+    """Raise :class:`AdvantageRangeError` when an advantage ``[N]`` is beyond :data:`GRADIENT_SAFE_ADVANTAGE`."""
+    peak = float(advantages.abs().amax()) if advantages.numel() else 0.0
+    if peak > GRADIENT_SAFE_ADVANTAGE:
+        raise AdvantageRangeError(
+            f"scale_rewards='none': an advantage (a reward minus its group's mean) reaches {peak:.3g}. The "
+            f"gradients scale with it and their squares overflow float32 beyond {GRADIENT_SAFE_ADVANTAGE:.2g} "
+            "(the gradient norm and AdamW's second moment turn inf and the update is lost). Rescale the rewards "
+            "(divide them by a constant), or use scale_rewards='group' or 'batch', whose advantages do not depend "
+            "on the reward scale."
+        )
 
 
 def global_advantages(
@@ -43,7 +67,14 @@ def global_advantages(
     }
     several = module.trainer.world_size > 1
     gathered = {k: v.reshape(-1, *v.shape[2:]) if several else v for k, v in module.all_gather(local).items()}
-    advantages = compute_advantages(gathered["total"], num_generations, scale_rewards)
+    try:
+        advantages = compute_advantages(gathered["total"], num_generations, scale_rewards)
+        if scale_rewards == "none":
+            check_gradient_range(advantages)
+    except AdvantageRangeError as err:
+        scorer = module.scorer
+        ranges = reward_ranges(gathered["per_func"], scorer.names, scorer.weights.tolist())
+        raise AdvantageRangeError(f"{err}\n{ranges}") from None
     gathered["advantages"] = advantages
     n, rank = len(scored.total), module.global_rank
     return advantages[rank * n : (rank + 1) * n], gathered
@@ -62,14 +93,15 @@ def rollout_metrics(
     the update's ``losses`` and the step's timings (seconds).
 
     Reward means skip NaN (a reward that does not apply); a reward function with no value in the
-    whole batch logs NaN.
+    whole batch logs NaN. Reward and advantage statistics are float64: finite for any finite float32
+    reward (a float32 sum or square of rewards near 1e38 would be inf).
     """
-    total, per_func, lengths = gathered["total"], gathered["per_func"], gathered["lengths"]
+    total, per_func, lengths = gathered["total"].double(), gathered["per_func"].double(), gathered["lengths"]
     stats = group_stats(total, num_generations)
     values: dict[str, Tensor | float] = {
         "train/reward": total.nanmean(),
         "train/reward_std": stats.std.mean(),
-        "train/advantage_abs_mean": gathered["advantages"].abs().mean(),
+        "train/advantage_abs_mean": gathered["advantages"].double().abs().mean(),
         "train/frac_zero_std_groups": stats.zero_std.float().mean(),
         "train/completions/mean_length": lengths.mean(),
         "train/completions/min_length": lengths.min(),

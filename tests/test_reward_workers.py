@@ -99,7 +99,7 @@ def test_silent_reward_problems_are_warned_once(monkeypatch):
         scorer.score(PROMPTS, ["a", "b", "c"])
     messages = [str(w.message) for w in record]
     assert any("'nothing' returned None for all 3 completions" in m for m in messages)
-    assert any("'enormous' returned 1e+30" in m and "Rescale" in m for m in messages)
+    assert not any("'enormous' returned" in m for m in messages)  # 1e30 is a finite float32: no problem
     assert any("reward_workers=4, reward_timeout" in m for m in messages)
     with pytest.warns() as again:  # once per function: the second step is quiet
         scorer.score(PROMPTS, ["a", "b", "c"])

@@ -7,7 +7,8 @@
   step began, when the step had not yet moved the weights, so only the step in progress is lost; the
   exception then propagates as usual.
 - Resuming checks the checkpoint against the run's settings (:mod:`grpo_lightning.resume`) and
-  refuses ``max_steps`` that are already reached.
+  data (:mod:`grpo_lightning.resume_data`), and refuses a ``max_steps`` or ``max_epochs`` that is
+  already reached.
 - Checkpoints are written atomically (:class:`~grpo_lightning.checkpointing.AtomicCheckpointIO`; a
   sharded FSDP2 checkpoint folder by :meth:`~grpo_lightning.strategies.FSDP2Strategy.save_checkpoint`).
 
@@ -37,6 +38,7 @@ from grpo_lightning.resume import (
     custom_optimizer_lr_change,
     describe_changes,
 )
+from grpo_lightning.resume_data import LoaderPosition, check_data_resume, loader_position
 from grpo_lightning.runs import run_directory
 
 #: Lightning warns that a manual-optimization checkpoint holds the weights *after* the optimizer
@@ -268,6 +270,9 @@ class RunGuard(Callback):
                 f"resuming would train nothing. Raise max_steps above {step} (e.g. --trainer.max_steps "
                 f"{step + max(step, 1)})."
             )
+        position = loader_position(checkpoint)
+        _refuse_reached_epochs(trainer, position)
+        data_changes, data_note = _data_changes(trainer, checkpoint, position)
         saved, current = checkpoint.get("hyper_parameters", {}), dict(pl_module.hparams)
         changes = check_resume_settings(saved, current)
         # Only the built-in AdamW takes them from these settings; a custom optimizer has its own.
@@ -285,11 +290,44 @@ class RunGuard(Callback):
                 old_weight_decay=saved.get("weight_decay"),
                 new_weight_decay=current.get("weight_decay"),
             )
+        changes.update(data_changes)
         if trainer.is_global_zero:
             text = f"Resuming from step {step}."
             if changes:
                 text += " Settings changed since the checkpoint (applied):\n" + describe_changes(changes)
+            if data_note:
+                text += "\n" + data_note
             print(text, file=sys.stderr, flush=True)
+
+
+def _refuse_reached_epochs(trainer: Trainer, position: LoaderPosition) -> None:
+    """A checkpoint whose epochs already reach ``max_epochs`` would train nothing: refused."""
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and 0 <= max_epochs <= position.epochs_done:
+        done = position.epochs_done
+        raise ValueError(
+            f"The checkpoint has finished {done} epoch(s), and max_epochs={max_epochs} is already reached: "
+            f"resuming would train nothing. Raise max_epochs above {done} (e.g. --trainer.max_epochs "
+            f"{done + 1})."
+        )
+
+
+def _data_changes(
+    trainer: Trainer, checkpoint: dict[str, Any], position: LoaderPosition
+) -> tuple[dict[str, Any], str | None]:
+    """The data module's changes since the checkpoint, ``data.``-prefixed, and how they apply
+    (:func:`~grpo_lightning.resume_data.check_data_resume`; raises for a change it refuses)."""
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        return {}, None
+    saved_state = checkpoint.get(type(datamodule).__qualname__, {})
+    return check_data_resume(
+        checkpoint.get(datamodule.CHECKPOINT_HYPER_PARAMS_KEY, {}),
+        dict(datamodule.hparams),
+        saved_state if isinstance(saved_state, dict) else {},
+        datamodule.state_dict() or {},
+        position,
+    )
 
 
 def _loader_states_before_current_batch(trainer: Trainer) -> list[dict[str, Any]] | None:

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from grpo_lightning.data.fingerprint import content_digest, questions_digest
 from grpo_lightning.data.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
     EpochRandomSampler,
@@ -156,6 +157,7 @@ class PromptDataModule(LightningDataModule):
         self._normalized: dict[str, Dataset | None] = {}
         self._splits: dict[str, Dataset | None] = {}
         self._longest: dict[str, int] = {}
+        self._train_digests: tuple[str, str] | None = None  # (questions, content) of the training split
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -210,6 +212,30 @@ class PromptDataModule(LightningDataModule):
         """The test split, or the validation split when the source has no test split."""
         data = self.get_split("test")
         return self._eval_loader(data if data is not None else self._require("val"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """What identifies the training batches, saved in checkpoints: ``{"train_batches": {"rows",
+        "questions", "batch_size", "data_seed", "world_size"}, "train_content": digest}`` (see
+        :mod:`grpo_lightning.data.fingerprint`). A resumed run compares it with its own
+        (:class:`~grpo_lightning.interrupt.RunGuard`): the saved loader position only holds for the same
+        batches. Empty before the training split is loaded."""
+        data = self._splits.get("train")
+        if data is None:
+            return {}
+        if self._train_digests is None:  # hashed once: every checkpoint asks again
+            self._train_digests = (questions_digest(data), content_digest(data))
+        batches = {
+            "rows": len(data),
+            "questions": self._train_digests[0],
+            "batch_size": self.hparams.batch_size,
+            "data_seed": self.hparams.data_seed,
+            "world_size": self.trainer.world_size if self.trainer is not None else 1,
+        }
+        return {"train_batches": batches, "train_content": self._train_digests[1]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the data are rebuilt from the settings, and RunGuard compares the saved
+        :meth:`state_dict` with the current one before the loader position is applied."""
 
     def longest_prompt(self) -> int:
         """Tokens of the longest prompt among the splits loaded so far (0 when none is)."""

@@ -36,7 +36,12 @@ from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.model_card import ModelCardInfo, run_card_info
-from grpo_lightning.model_setup import build_models, drop_frozen_reference, restore_reference
+from grpo_lightning.model_setup import (
+    build_models,
+    drop_rebuilt_weights,
+    rebuilt_keys,
+    restore_rebuilt_weights,
+)
 from grpo_lightning.models import ModelSource, eos_token_ids, load_tokenizer, push_to_hub, save_pretrained
 from grpo_lightning.optim import configure_optimizers
 from grpo_lightning.predict import predict_records
@@ -258,15 +263,17 @@ class GRPOModule(LightningModule):
         self._configured = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen reference out of the checkpoint: it is rebuilt from ``model`` on load."""
+        """Leave the weights training never changes (the frozen reference, a LoRA base) out of the
+        checkpoint: they are rebuilt from ``model`` on load."""
         synced = self.settings.ref_sync is not None  # reference sync moves it: kept
-        drop_frozen_reference(checkpoint.get("state_dict"), self.ref_model, synced)
+        drop_rebuilt_weights(checkpoint, rebuilt_keys(self.policy, self.ref_model, synced))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the rebuilt reference back into the state to load, and refuse a checkpoint of another
-        configuration with a readable message."""
+        """Put the rebuilt weights back into the state to load, and refuse a checkpoint of another
+        configuration, or other starting weights, with a readable message."""
         self.configure_model()
-        restore_reference(checkpoint.get("state_dict"), self.state_dict(), self.ref_model is not None)
+        own, has_ref = self.state_dict(), self.ref_model is not None
+        restore_rebuilt_weights(checkpoint, own, has_ref, self.hparams.get("model"))
 
     # ---- optimizer -------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from grpo_lightning.rewards._import_path import import_reward_module, reward_attribute
+
 #: ``f(prompts, completions, **columns)`` -> one float (or None) per completion, in order. A list is
 #: usual; any sequence of that length is accepted (a tuple, a 1-D tensor).
 RewardFunc = Callable[..., Sequence[float | None]]
@@ -52,7 +54,11 @@ def available_rewards() -> list[str]:
 
 
 def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
-    """Turn a registry name, an import path (``pkg.mod:fn`` or ``pkg.mod.fn``) or a callable into a callable."""
+    """Turn a registry name, an import path (``pkg.mod:fn`` or ``pkg.mod.fn``) or a callable into a callable.
+
+    An import path's module is also looked for in the current folder, as ``python -m`` does (see
+    :func:`~grpo_lightning.rewards._import_path.import_reward_module`).
+    """
     if callable(spec):
         return spec
     if not isinstance(spec, str):
@@ -69,13 +75,7 @@ def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
             f"Unknown reward {spec!r}. Registered rewards: {', '.join(available_rewards()) or '(none)'}; "
             "or give an import path such as 'my_pkg.rewards:my_reward'."
         )
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"Could not import reward {spec!r} ({err}). Registered rewards: "
-            f"{', '.join(available_rewards()) or '(none)'}."
-        ) from err
+    fn = reward_attribute(spec, import_reward_module(spec, module_name), attr)
     if not callable(fn):
         raise TypeError(f"Reward {spec!r} resolved to {fn!r}, which is not callable.")
     return fn

@@ -59,6 +59,13 @@ def find_last_boxed(text: str) -> tuple[int, str] | None:
     braces, ``\\boxed 5``, gives the following token. A box whose braces never close is skipped (an
     earlier complete one is used). Time is linear in ``len(text)`` whatever the text holds.
     """
+    found = find_last_box_span(text)
+    return None if found is None else (found[0], found[2])
+
+
+def find_last_box_span(text: str) -> tuple[int, int, str] | None:
+    """(start, end, content) of the last complete box (as :func:`find_last_boxed`): ``text[start:end]``
+    is the whole box, command and braces included."""
     window_start = len(text)
     window = _FIRST_WINDOW
     while window_start > 0:
@@ -70,7 +77,7 @@ def find_last_boxed(text: str) -> tuple[int, str] | None:
     return None
 
 
-def _last_box_from(text: str, start: int) -> tuple[int, str] | None:
+def _last_box_from(text: str, start: int) -> tuple[int, int, str] | None:
     """The last complete box that starts at or after ``start``, by one backward pass over the tokens.
 
     Walking backwards, each unescaped ``}`` is pushed and each ``{`` pops its partner: the pairing is
@@ -89,18 +96,18 @@ def _last_box_from(text: str, start: int) -> tuple[int, str] | None:
         else:
             content = _box_content(text, match.end(), next_open)
             if content is not None:
-                return match.start(), content
+                return match.start(), content[1], content[0]
     return None
 
 
-def _box_content(text: str, end: int, next_open: tuple[int, int | None] | None) -> str | None:
-    """Content of the box whose command ends at ``end``; None when its braces never close."""
+def _box_content(text: str, end: int, next_open: tuple[int, int | None] | None) -> tuple[str, int] | None:
+    """(content, end of the box) of the box whose command ends at ``end``; None when its braces never close."""
     if next_open is not None and _OPENING_RE.match(text, end):
         # Only whitespace between the command and the first "{" after it: that "{" opens the box.
         open_at, close_at = next_open
-        return None if close_at is None else text[open_at + 1 : close_at]
+        return None if close_at is None else (text[open_at + 1 : close_at], close_at + 1)
     token = _FIRST_TOKEN_RE.match(text, end)  # "\boxed 5."
-    return token.group(1).rstrip("$.,") if token is not None else None
+    return (token.group(1).rstrip("$.,"), token.end()) if token is not None else None
 
 
 def extract_last_boxed(text: str) -> str | None:

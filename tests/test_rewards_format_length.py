@@ -1,5 +1,8 @@
 """format_reward presets and custom patterns; DAPO's overlong penalty and the linear length penalty."""
 
+import pickle
+import re
+
 import pytest
 
 from grpo_lightning.rewards import (
@@ -31,6 +34,33 @@ ANSWER_TABLE = [
     ("", 0.0),
     (LONG + "#### 5", 1.0),  # long inputs stay fast (one pass)
     (LONG, 0.0),
+    # The marked place must hold a readable answer: what a policy learned to game scores 0.
+    ("Let me think.\n#### <any text>", 0.0),
+    ("Let me think.\n#### The answer is clear", 0.0),
+    ("reasoning\n##### prose", 0.0),
+    ("reasoning\n#### Step 2: multiply", 0.0),  # a markdown heading
+    ("So the answer is \\boxed{}.", 0.0),  # the prompt template's literal \boxed{}, echoed
+    ("So the answer is \\boxed{ }.", 0.0),
+    ("So the answer is \\boxed{\\text{}}.", 0.0),
+    ("So the answer is \\boxed{...}.", 0.0),
+    ("So the answer is \\boxed{answer}.", 0.0),
+    ("So the answer is \\boxed{\\text{your answer}}.", 0.0),
+    ("So the answer is \\boxed{\\square}.", 0.0),
+    ("So the answer is \\boxed{I think it is five apples}.", 0.0),  # a sentence
+    ("#### 10\n#### 10\n#### 10", 0.0),  # answer lines repeated are no reasoning
+    ("$\\boxed{5}$", 0.0),  # a dollar sign is no reasoning either
+    # Readable answers of every kind pass.
+    ("reasoning\n##### 5", 1.0),  # gsm8k_accuracy reads five hashes too
+    ("reasoning\n#### Final answer: 72", 1.0),
+    ("reasoning\n#### -(1/3)", 1.0),
+    ("reasoning\n#### $1,200.", 1.0),
+    ("Add 5 and 5.\n#### 10\n#### 10", 1.0),
+    ("Hence $\\boxed{x+1}$.", 1.0),
+    ("Hence $\\boxed{\\pi}$.", 1.0),
+    ("Hence $\\boxed{\\text{Monday}}$.", 1.0),
+    ("Hence $\\boxed{\\text{(C)}}$.", 1.0),
+    ("Hence $\\boxed{(-\\infty, 2]}$.", 1.0),
+    ("Hence \\boxed{\\text{Devon and Evelyn}}", 1.0),
 ]
 
 
@@ -49,6 +79,11 @@ THINK_TABLE = [
     ("The answer is 7.", 0.0),
     ("<think>" + LONG + "</think> 7", 1.0),
     ("<think>" + LONG, 0.0),
+    ("<think>3 + 4 = 7</think> The answer is \\boxed{}.", 0.0),  # a box must hold an answer
+    ("<think>3 + 4 = 7</think> The answer is \\boxed{7}.", 1.0),
+    ("<think>3 + 4 = 7</think> seven", 0.0),  # no number, no marked answer
+    ("<think>3 + 4 = 7</think>\n#### 7", 1.0),
+    ("<think>3 + 4 = 7</think>\n#### prose", 0.0),
 ]
 
 
@@ -60,11 +95,28 @@ def test_think_format(completion, expected):
 def test_custom_pattern_and_errors():
     reward = FormatReward(pattern=r"^Answer: -?\d+$")
     assert reward(["", ""], ["Answer: -12", "Answer: twelve"]) == [1.0, 0.0]
+    assert FormatReward(pattern="^answer", flags=re.IGNORECASE)([""], ["ANSWER"]) == [1.0]
     with pytest.raises(ValueError, match="not a valid regular expression"):
         FormatReward(pattern="(unclosed")
     with pytest.raises(ValueError, match=r"preset='xml'.*'answer', 'think'"):
         FormatReward(preset="xml")
+    # Settings that could not take effect are refused, not ignored.
+    with pytest.raises(ValueError, match=r"preset='think' or pattern=.*not both"):
+        FormatReward(preset="think", pattern="x")
+    with pytest.raises(ValueError, match=r"flags=re\.IGNORECASE apply to a pattern"):
+        FormatReward(flags=re.IGNORECASE)
     assert resolve_reward("format_reward") is format_reward
+    assert (format_reward.__name__, think_format_reward.__name__) == ("format_reward", "think_format_reward")
+    assert repr(think_format_reward) == "FormatReward(preset='think')"
+
+
+def test_format_rewards_pickle():
+    # Reward objects travel to worker processes.
+    for reward in (format_reward, think_format_reward, FormatReward(pattern="x")):
+        copy = pickle.loads(pickle.dumps(reward))
+        assert copy(["", ""], ["Add: 5\n#### 5", "<think>a</think> 5"]) == reward(
+            ["", ""], ["Add: 5\n#### 5", "<think>a</think> 5"]
+        )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +152,9 @@ def test_overlong_penalty_length_sources():
 def test_registered_length_rewards_take_the_limit_from_the_columns():
     # The registered defaults know no limit: the trainer's max_completion_length, when passed, is it.
     assert resolve_reward("overlong_penalty") is overlong_penalty
-    assert overlong_penalty([""], ["a"], completion_lengths=[90], max_completion_length=100) == pytest.approx([-0.5])
+    assert overlong_penalty([""], ["a"], completion_lengths=[90], max_completion_length=100) == pytest.approx(
+        [-0.5]
+    )
     assert length_penalty(["", ""], ["a", "b"], completion_lengths=[25, 400], max_completion_length=100) == [
         pytest.approx(-0.25),
         -1.0,

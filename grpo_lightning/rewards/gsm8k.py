@@ -59,7 +59,7 @@ def _starts_with_number(line: str) -> bool:
     return line.startswith("\\boxed", at) or read_number(line, at) is not None
 
 
-def _hash_answer(line: str, following: str) -> str | None:
+def hash_answer(line: str, following: str = "") -> str | None:
     """The answer a ``####`` line gives (``line``: what follows the marker on its line), or None if it
     is a heading. ``following`` is the text after that line, read when the line is a bare label."""
     if _starts_with_number(line):
@@ -86,10 +86,16 @@ def last_hash_answer(completion: str) -> tuple[int, str] | None:
         line_end = completion.find("\n", start, start + MAX_LINE_CHARS)
         line_end = start + MAX_LINE_CHARS if line_end < 0 else line_end
         line = completion[start:line_end].lstrip("#")  # "##### 5" has its marker at the last four
-        answer = _hash_answer(line, completion[line_end : line_end + 2 * MAX_LINE_CHARS])
+        answer = hash_answer(line, completion[line_end : line_end + 2 * MAX_LINE_CHARS])
         if answer is not None:
             return at, answer
     return None
+
+
+def answer_number(answer: str | None) -> Fraction | None:
+    """The number a marked answer (a ``####`` answer, a box's content, a gold answer) gives: digit
+    groups joined (plain spaces too: it is one answer), then its first number; None if it has none."""
+    return None if answer is None else parse_number(join_digit_groups(answer, plain_spaces=True))
 
 
 def final_answer_text(completion: str) -> str | None:
@@ -128,8 +134,7 @@ class Gsm8kAccuracy:
         """The completion's answer as a ``Fraction`` (None if it has none), per ``mode``."""
         if self.mode == "flexible":
             return last_number(join_digit_groups(completion))
-        answer = final_answer_text(completion)
-        return None if answer is None else parse_number(join_digit_groups(answer, plain_spaces=True))
+        return answer_number(final_answer_text(completion))
 
     def extract_answer(self, completion: str) -> Fraction | None:
         """The answer this completion votes for in maj@k: :meth:`predicted_number` (equal values,
@@ -138,8 +143,7 @@ class Gsm8kAccuracy:
 
     def gold_number(self, gold_text: Any) -> Fraction | None:
         """The gold answer's number (None if it has none, with one warning per reward object)."""
-        gold = extract_gold_answer(gold_text)
-        value = None if gold is None else parse_number(join_digit_groups(gold, plain_spaces=True))
+        value = answer_number(extract_gold_answer(gold_text))
         if value is None:
             self.unusable_golds += 1
             if self.unusable_golds == 1:

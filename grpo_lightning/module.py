@@ -315,7 +315,7 @@ class GRPOModule(LightningModule):
         if signal:
             losses = self._train.update(scored, advantages, step)
         else:
-            losses = skip_update(self, cadence.optimizer_steps, rounds)
+            losses = skip_update(self, cadence.optimizer_steps, gathered, rounds)
         timings = {"rollout_s": sampled - start, "update_s": time.perf_counter() - sampled}
         metrics = rollout_metrics(gathered, self.scorer.names, G, losses, **timings)
         self._log_step(metrics, skipped=not signal, batch_size=len(scored.total) // G)

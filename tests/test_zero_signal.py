@@ -27,7 +27,7 @@ def test_constant_rewards_with_beta_leave_the_weights_bit_identical(tmp_path):
     logger = CSVLogger(tmp_path)
     trainer = make_trainer(max_steps=8, logger=logger, log_every_n_steps=1)
     with pytest.warns(
-        UserWarning, match="Every group of a training step scored equal rewards: no learning signal"
+        UserWarning, match="no learning signal: every completion scored the same total reward, 1.2"
     ):
         trainer.fit(module, datamodule=PromptsDataModule(tok))
     assert trainer.global_step == 8  # the skipped steps still count

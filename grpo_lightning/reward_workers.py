@@ -301,6 +301,7 @@ class RewardWorkerPool:
         self._payload = pickle.dumps(self.funcs)
         self.num_workers = num_workers
         self.timeout = timeout
+        self.restarts = 0  # workers replaced after a call timed out or crashed them
 
     def close(self) -> None:
         for worker in self._workers:
@@ -364,6 +365,7 @@ class RewardWorkerPool:
             return
         if worker.task is None:
             return
+        gone = False
         try:
             if worker.conn.poll():
                 got, ok, value = worker.conn.recv()
@@ -371,17 +373,12 @@ class RewardWorkerPool:
                 worker.task = None
                 return
         except (EOFError, OSError):
-            pass  # the pipe closed: the process died
-        if worker.process.is_alive() and not (
-            self.timeout is not None and time.monotonic() - worker.started > self.timeout
-        ):
-            return  # still working, within its time
-        if worker.process.is_alive():
-            batch.record(worker.task, CallFailure(f"timed out after {self.timeout:g}s"), hard=True)
-            worker.stop(kill=True)
-            self._workers[i] = _Worker(self._payload)
-        else:
+            gone = True  # the pipe closed: the process died (or is dying)
+        if gone or not worker.process.is_alive():
             self._lost(i, batch)
+        elif self.timeout is not None and time.monotonic() - worker.started > self.timeout:
+            batch.record(worker.task, CallFailure(f"timed out after {self.timeout:g}s"), hard=True)
+            self._replace(i)
 
     def _lost(self, i: int, batch: _Batch) -> None:
         """Worker ``i`` died on its task: the task failed; a new worker starts in the background."""
@@ -390,8 +387,13 @@ class RewardWorkerPool:
         worker.process.join(timeout=5)
         reason = f"crashed its worker process (exit code {worker.process.exitcode})"
         batch.record(worker.task, CallFailure(reason), hard=True)
-        worker.stop(kill=True)
+        self._replace(i)
+
+    def _replace(self, i: int) -> None:
+        """Kill worker ``i`` and start another in its place; it takes calls once it is ready."""
+        self._workers[i].stop(kill=True)
         self._workers[i] = _Worker(self._payload)
+        self.restarts += 1
 
 
 def _row(columns: Mapping[str, Any], i: int, n: int) -> dict[str, Any]:

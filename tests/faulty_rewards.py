@@ -39,3 +39,9 @@ def sigterm_on_third_call(prompts, completions, **columns):
     if _calls == 3:
         os.kill(os.getpid(), signal.SIGTERM)
     return [sum(map(ord, c)) / (128 * max(len(c), 1)) for c in completions]
+
+
+# Set by a test to make this module slow to import in worker processes (not in the test's own),
+# like a reward module that imports a large library.
+if os.environ.get("GRPO_TEST_SLOW_IMPORT_S") and os.environ.get("GRPO_TEST_PARENT_PID") != str(os.getpid()):
+    time.sleep(float(os.environ["GRPO_TEST_SLOW_IMPORT_S"]))

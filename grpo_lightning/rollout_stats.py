@@ -11,9 +11,16 @@ import math
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from grpo_lightning.advantages import AdvantageRangeError, ScaleRewards, compute_advantages, group_stats
+from grpo_lightning.advantages import (
+    DEFAULT_EPS,
+    AdvantageRangeError,
+    ScaleRewards,
+    compute_advantages,
+    group_stats,
+)
 from grpo_lightning.reward_scorer import reward_ranges
 from grpo_lightning.scoring import ScoredRollout
 
@@ -50,6 +57,44 @@ def check_gradient_range(advantages: Tensor) -> None:
         )
 
 
+#: A step whose largest advantage is below this learns close to nothing, and says so: its gradients
+#: are of the same order (about 1.2x on the tiny model), which an Adam-type optimizer's eps (1e-8 by
+#: default) swamps. Measured with AdamW at lr 1e-3 on the tiny model: largest advantages of ~1e-5
+#: move the weights by a full step, ~1e-9 by 0.7% of one, ~1e-26 (rewards of 1e-30) by 5e-21 of one.
+TINY_ADVANTAGE = 1e-8
+
+
+def tiny_advantage_warning(
+    advantages: Tensor, total: Tensor, num_generations: int, scale_rewards: ScaleRewards
+) -> str | None:
+    """The warning for a step whose non-zero advantages ``[N]`` are all below :data:`TINY_ADVANTAGE`
+    (rewards ``total: [N]`` too close together for their scale), or None."""
+    peak = float(advantages.abs().amax()) if advantages.numel() else 0.0
+    if peak == 0.0 or peak >= TINY_ADVANTAGE:
+        return None
+    std = float(group_stats(total, num_generations).std.amax())
+    batch_std = float(group_stats(total, len(total)).std[0])
+    if scale_rewards == "batch" and batch_std >= DEFAULT_EPS:
+        # Scale-free: the rewards of one prompt barely differ next to how much the prompts differ.
+        why = f", next to a std of {batch_std:.2g} over the whole batch (scale_rewards='batch')"
+        fix = "Use scale_rewards='group', or a reward that tells a prompt's completions further apart."
+    else:
+        eps = scale_rewards != "none"
+        why = (
+            f", far below the eps={DEFAULT_EPS:g} that scale_rewards={scale_rewards!r} adds to it"
+            if eps
+            else ""
+        )
+        fix = "Multiply the rewards by a constant" + (
+            f" (a reward std well above {DEFAULT_EPS:g} gives advantages of order 1)." if eps else "."
+        )
+    return (
+        f"The largest advantage of a training step is {peak:.2g}: the rewards' std within a prompt is at most "
+        f"{std:.2g}{why}. Gradients this small barely move the weights (an Adam-type optimizer's eps, 1e-8 by "
+        f"default, swamps them), so the step learns close to nothing. {fix}"
+    )
+
+
 def global_advantages(
     module: LightningModule, scored: ScoredRollout, num_generations: int, scale_rewards: ScaleRewards
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -75,6 +120,9 @@ def global_advantages(
         scorer = module.scorer
         ranges = reward_ranges(gathered["per_func"], scorer.names, scorer.weights.tolist())
         raise AdvantageRangeError(f"{err}\n{ranges}") from None
+    tiny = tiny_advantage_warning(advantages, gathered["total"], num_generations, scale_rewards)
+    if tiny is not None:
+        rank_zero_warn(tiny)
     gathered["advantages"] = advantages
     n, rank = len(scored.total), module.global_rank
     return advantages[rank * n : (rank + 1) * n], gathered

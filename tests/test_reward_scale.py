@@ -206,13 +206,14 @@ def test_the_weighted_total_is_summed_in_float64() -> None:
 # ---- scale_rewards="none" names the reward; the step with huge rewards learns -----------------------
 
 
-def _fake_module(scale: float):
-    """What global_advantages reads of a GRPOModule, on one process."""
+def _fake_module(scale: float, other_weight: float = 0.5):
+    """What global_advantages reads of a GRPOModule, on one process: rewards [1, -1, -1, -1] * scale from
+    'big', plus ``other_weight`` times a reward of about 0.4 that varies a little."""
 
     def big(prompts, completions, **columns):
         return [scale, -scale, -scale, -scale]
 
-    scorer = RewardScorer([big, char_code_mean], reward_weights=[1.0, 0.5])
+    scorer = RewardScorer([big, char_code_mean], reward_weights=[1.0, other_weight])
     trainer = SimpleNamespace(world_size=1)
     module = SimpleNamespace(
         device=torch.device("cpu"), trainer=trainer, global_rank=0, scorer=scorer, all_gather=lambda x: x
@@ -235,6 +236,23 @@ def test_no_scaling_with_huge_rewards_is_an_error_naming_the_reward(scale: float
     assert "reward 'char_code_mean' (weight 0.5)" in str(info.value)
     advantages, _ = global_advantages(module, scored, 4, "group")  # the same rewards, scaled: fine
     assert torch.isfinite(advantages).all() and float(advantages.abs().max()) < 2
+
+
+@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+def test_rewards_too_close_for_their_scale_say_the_step_learns_close_to_nothing(scale_rewards: str) -> None:
+    # [1, -1, -1, -1] * 1e-30: mean -0.5e-30, squared deviations (2.25 + 3 * 0.25) 1e-60 = 3e-60, / 3:
+    # std 1e-30. "group": A = 1.5e-30 / (1e-30 + 1e-4) = 1.5e-26; "none": A = 1.5e-30. The batch is the group.
+    module, scored = _fake_module(1e-30, other_weight=0.0)
+    peak = "1.5e-30" if scale_rewards == "none" else "1.5e-26"
+    with pytest.warns(
+        UserWarning, match=rf"largest advantage of a training step is {peak}: .* at most 1e-30"
+    ) as rec:
+        global_advantages(module, scored, 4, scale_rewards)
+    assert ("eps=0.0001" in str(rec[0].message)) == (scale_rewards != "none")
+    module, scored = _fake_module(1e-3, other_weight=0.0)  # 1.5e-3 / (1e-3 + 1e-4) = 1.36: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        global_advantages(module, scored, 4, scale_rewards)
 
 
 def huge_char_code_mean(prompts, completions, **columns):

@@ -1,10 +1,11 @@
 """``grpo-lightning fit|validate|test|predict --config ...``: LightningCLI over GRPOModule and
-PromptDataModule.
+PromptDataModule; ``grpo-lightning export --ckpt_path ... --export.dir ...`` exports a checkpoint
+(:mod:`grpo_lightning.exporting`).
 
 Each run owns one folder (:func:`~grpo_lightning.runs.run_directory`): the saved ``config.yaml``,
 the logger's files (CSV, TensorBoard), ``checkpoints/``, the exported model (``hf_model/``, after
 ``fit``) and ``predictions.jsonl`` (after ``predict``). A second run gets a new folder; nothing is
-written over.
+written over, and a run that fails before its first step takes back the folder it made.
 """
 
 from __future__ import annotations
@@ -12,24 +13,30 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from jsonargparse.typing import register_type
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from grpo_lightning.checkpointing import check_checkpoint_file
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.data.sources import InMemoryDataset
-from grpo_lightning.export_dir import check_export_dir, replacing
+from grpo_lightning.export_dir import StagedExport, check_export_target, recover_leftovers
+from grpo_lightning.exporting import ExportCardFacts, export_command, export_failure, write_policy
 from grpo_lightning.interrupt import RunGuard
 from grpo_lightning.models import BuiltModel
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.predict import PredictionWriter
-from grpo_lightning.runs import run_directory
+from grpo_lightning.run_report import RunWatch, checkpoint_lines
+from grpo_lightning.runs import (
+    known_run_directory,
+    missing_folders,
+    remove_unused_run_folder,
+    run_directory,
+    run_output_folders,
+)
 
 
 def _objects_only(what: str) -> Callable[[Any], Any]:
@@ -151,33 +158,82 @@ class GRPOLightningCLI(LightningCLI):
     # LightningCLI calls before_<subcommand>; validate and test only need the checkpoint check.
     before_validate = before_test = _refuse_relative_checkpoint
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        # A run that fails before its first step takes back the run folder it made, when that holds
+        # nothing but its set-up records: otherwise every failed start leaves a version_N behind.
+        run = known_run_directory(self.trainer) if self.trainer.is_global_zero else None
+        created = missing_folders(run) if run is not None else []
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            watch = self._watch()
+            if created and watch is not None and not watch.stepped:
+                remove_unused_run_folder(created)
+            raise
+
+    def _watch(self) -> RunWatch | None:
+        return next((c for c in self.trainer.callbacks if isinstance(c, RunWatch)), None)
+
     def before_fit(self) -> None:
         self._refuse_relative_checkpoint()
         export = self.config[self.subcommand].export
-        if export.enabled and export.dir:  # checked now, not after the whole training
-            check_export_dir(export.dir, export.overwrite)
+        if not export.enabled:
+            given = [f"--export.{k}" for k in ("dir", "overwrite") if export[k]]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set, but --export.enabled is "
+                    "false: nothing is exported. Drop one of them."
+                )
+            return
+        # Checked now, not after the whole training: the folder, and that it stays clear of the run's own.
+        run = known_run_directory(self.trainer)
+        default = os.path.join(run, "hf_model") if run is not None else None
+        target = export.dir or default
+        if target is None:
+            return  # the run folder is named when the logger's run starts (wandb): checked at the export
+        if self.trainer.is_global_zero:
+            for note in recover_leftovers(target):
+                print(note, file=sys.stderr, flush=True)
+        avoid = run_output_folders(self.trainer)
+        check_export_target(target, export.overwrite, avoid=avoid, allowed=default)
 
     def after_fit(self) -> None:
         export = self.config[self.subcommand].export
-        trainer, paths = self.trainer, {}
+        trainer = self.trainer
         folder = run_directory(trainer)
-        paths["run folder"] = folder
-        # Recipes keep the best validation accuracy in one ModelCheckpoint and last.ckpt in another.
-        checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-        if checkpoints:
-            best = next((c.best_model_path for c in checkpoints if c.best_model_path), "")
-            last = next((c.last_model_path for c in checkpoints if c.last_model_path), "")
-            paths["best checkpoint"] = best or "(none: nothing monitored)"
-            paths["last checkpoint"] = last or "(none)"
+        paths = {"run folder": folder, **checkpoint_lines(trainer, self._watch())}
         if export.enabled:
             target = export.dir or os.path.join(folder, "hf_model")
-            # Every rank takes part (a sharded policy is gathered); rank 0 writes.
-            with replacing(target) if trainer.is_global_zero else nullcontext():  # never merged into
-                paths["exported model"] = self.model.save_pretrained(target, merge_lora=export.merge_lora)
+            paths["exported model"] = self._export(target, export.merge_lora)
         if export.push_to_hub:
             url = self.model.push_to_hub(export.push_to_hub, merge_lora=export.merge_lora, private=True)
             paths["pushed to the Hub"] = url or "(by rank 0)"
         self._report("GRPO run finished.", paths)
+
+    def _export(self, target: str, merge_lora: bool) -> str:
+        """Export the policy into ``target`` through a staged folder (rank 0 writes; every rank takes
+        part, as a sharded policy is gathered). On failure, raise ExportFailed saying where the
+        trained weights are and how to export them."""
+        trainer, staged, error = self.trainer, None, None
+        existed = os.path.isdir(target) and bool(os.listdir(target))
+        card = self.model.model_card_info()
+        if trainer.is_global_zero:
+            try:
+                staged = StagedExport(target)
+            except Exception as err:
+                error = err
+        if trainer.strategy.broadcast(error is None):
+            try:
+                write_policy(self.model, staged.path if staged else target, target, merge_lora, card)
+                for note in staged.commit() if staged else []:
+                    print(note, file=sys.stderr, flush=True)
+            except Exception as err:
+                error = err
+                if staged is not None:
+                    staged.discard()
+        if not trainer.strategy.broadcast(error is None):
+            raise export_failure(trainer, target, error, merge_lora, existed) from error
+        return target
 
     def _report(self, title: str, paths: dict[str, Any]) -> None:
         if self.trainer.is_global_zero:
@@ -198,7 +254,13 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
         args=args,
         run=run,
         # Saves and prints the resume command on SIGTERM/SIGINT/errors.
-        trainer_defaults={"callbacks": [RunGuard(["grpo-lightning", *argv] if argv is not None else None)]},
+        trainer_defaults={
+            "callbacks": [
+                RunGuard(["grpo-lightning", *argv] if argv is not None else None),
+                RunWatch(),  # what ran: for the end report and a failed start
+                ExportCardFacts(),  # an export from a checkpoint gets fit's model card
+            ]
+        },
         # The module builds its own optimizer from its `optimizer` / `lr_scheduler` arguments.
         auto_configure_optimizers=False,
         save_config_callback=RunConfigSaver,
@@ -206,5 +268,9 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
 
 
 def console_entry() -> None:
-    """The ``grpo-lightning`` console script: returns nothing, so the exit status is 0 on success."""
+    """The ``grpo-lightning`` console script: returns nothing, so the exit status is 0 on success.
+    ``grpo-lightning export ...`` exports a checkpoint (:func:`~grpo_lightning.exporting.export_command`)."""
+    if sys.argv[1:2] == ["export"]:
+        export_command(sys.argv[2:])
+        return
     main()

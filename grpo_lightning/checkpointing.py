@@ -1,4 +1,4 @@
-"""Checkpoint files that are either whole or absent, and clear errors for broken ones.
+"""Checkpoint files that are either whole or absent, written like any other file.
 
 Lightning's default writer stages a checkpoint in the system temp folder and then moves it over
 the target: across file systems that move is a copy, so a full disk or a kill mid-write leaves a
@@ -6,39 +6,103 @@ truncated ``last.ckpt`` behind. :class:`AtomicCheckpointIO` writes a temp file *
 folder*, flushes it to disk and renames it over the target (``os.replace``, atomic on POSIX and
 Windows): the old file stays intact until the new one is complete.
 
-Reading, it tells a checkpoint that is empty, truncated or not a checkpoint at all apart from other
-errors, and names the newest complete checkpoint in the same folder to resume from instead.
+The temp file is created the way ``open(path, "wb")`` creates a file, so the checkpoint gets the
+permissions the umask gives (those of the file it replaces, when there is one). Its name,
+``.<target>.<host>-<pid>-<token>.tmp``, says which process writes it: a write that was killed
+leaves it behind, and the next checkpoint written in that folder removes it once that process is
+gone (or the file is older than this run).
+
+Reading is :mod:`grpo_lightning.checkpoint_check`: a file that cannot be resumed from gets one clear
+error, with the newest checkpoint beside it that really loads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
-import tempfile
-import zipfile
-from collections.abc import Callable
+import re
+import secrets
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-CKPT_SUFFIX = ".ckpt"
+from grpo_lightning.checkpoint_check import (
+    CKPT_SUFFIX,
+    CheckpointFileError,
+    check_checkpoint_file,
+    is_local_path,
+    last_good_checkpoint,
+    local_path,
+    read_checkpoint,
+)
+
+__all__ = [
+    "CKPT_SUFFIX",
+    "AtomicCheckpointIO",
+    "CheckpointFileError",
+    "atomic_torch_save",
+    "check_checkpoint_file",
+    "last_good_checkpoint",
+    "read_checkpoint",
+    "remove_stale_temp_files",
+]
+
+#: When this process began writing (a temp file older than that is not one of its writes in flight).
+_STARTED = time.time()
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+# ".<target>.<host>-<pid>-<token>.tmp"; the older form ".<target>.<8 characters>.tmp" (tempfile's) too.
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:(?P<host>\w+)-(?P<pid>\d+)-[0-9a-f]+|\w{8})\.tmp$")
 
 
-class CheckpointFileError(RuntimeError):
-    """A checkpoint file is empty, truncated, or not a checkpoint."""
+def _temp_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
-def is_local_path(path: str | os.PathLike[str]) -> bool:
-    """True for a plain file-system path (no ``s3://``-style URL)."""
-    return "://" not in str(path) or str(path).startswith("file://")
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
-def _local(path: str | os.PathLike[str]) -> Path:
-    text = str(path)
-    return Path(text[len("file://") :] if text.startswith("file://") else text)
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove this writer's temp files in ``folder`` that no write in progress owns; returns them.
+
+    A temp file is stale when the process that wrote it, on this host, is gone, or when it was last
+    written before this process started (a write in progress keeps its file's time current). Only
+    names of this writer's pattern for a checkpoint (``.<name>.ckpt.<...>.tmp``) are considered.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            found = _TEMP_NAME.match(entry.name)
+            if found is None or not found["target"].endswith(CKPT_SUFFIX) or not entry.is_file():
+                continue
+            pid = int(found["pid"]) if found["pid"] else None
+            if pid == os.getpid() and found["host"] == _HOST:
+                continue  # this process's own write
+            gone = pid is not None and found["host"] == _HOST and not _process_alive(pid)
+            with contextlib.suppress(OSError):
+                if gone or entry.stat().st_mtime < _STARTED:
+                    os.remove(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _create_like_open(tmp: Path, target: Path) -> int:
+    """Create ``tmp`` as ``open(target, "wb")`` would: mode 0o666 less the umask for a new file, the
+    target's own permissions when it replaces one."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, target.stat().st_mode & 0o7777)  # no target yet: the umask's mode stays
+    return fd
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -46,11 +110,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     The bytes go to a hidden temp file next to ``path`` (same file system, so the final rename is
     atomic), are flushed with ``fsync``, and only then replace ``path``. On any error (a full disk,
-    an interrupt) the temp file is removed and ``path`` keeps its previous content.
+    an interrupt) the temp file is removed and ``path`` keeps its previous content. Stale temp files
+    of earlier writes that were killed are removed first (:func:`remove_stale_temp_files`).
     """
-    target = _local(path)
+    target = local_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temp_files(target.parent)
+    tmp = _temp_path(target)
+    fd = _create_like_open(tmp, target)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -75,77 +142,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-def looks_complete(path: str | os.PathLike[str]) -> bool:
-    """Cheap check that ``path`` is a whole ``torch.save`` file: a zip archive whose central
-    directory (written last) can be read. A truncated or empty file fails it."""
-    try:
-        with zipfile.ZipFile(_local(path)) as archive:
-            return bool(archive.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
-def last_good_checkpoint(
-    folder: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
-) -> Path | None:
-    """The most recently written complete ``*.ckpt`` in ``folder`` other than ``exclude`` (None if none)."""
-    folder, skip = Path(folder), Path(exclude).resolve() if exclude is not None else None
-    if not folder.is_dir():
-        return None
-    candidates = [p for p in folder.glob(f"*{CKPT_SUFFIX}") if p.is_file() and p.resolve() != skip]
-    for p in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
-        if looks_complete(p):
-            return p
-    return None
-
-
-def broken_checkpoint_error(path: str | os.PathLike[str], what: str) -> CheckpointFileError:
-    """The error for an unreadable checkpoint: what is wrong, and which checkpoint to use instead."""
-    path = _local(path)
-    good = last_good_checkpoint(path.parent, exclude=path)
-    hint = (
-        f"The newest complete checkpoint in that folder is {good}: resume with --ckpt_path {good}."
-        if good is not None
-        else "No complete checkpoint was found next to it: start the run again without --ckpt_path."
-    )
-    return CheckpointFileError(f"The checkpoint {path} {what}. {hint}")
-
-
-def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
-    """Raise :class:`CheckpointFileError` if the local file ``path`` is empty or truncated."""
-    if not is_local_path(path):
-        return
-    local = _local(path)
-    if local.is_file() and local.stat().st_size == 0:
-        raise broken_checkpoint_error(local, "is empty (0 bytes): its write was cut off")
-    if local.is_file() and not looks_complete(local):
-        raise broken_checkpoint_error(
-            local, "is truncated or not a checkpoint (not a complete torch.save archive)"
-        )
-
-
-def read_checkpoint(
-    path: str | os.PathLike[str], load: Callable[[], dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """Load a checkpoint with ``load`` (default: a weights-only ``torch.load`` of ``path`` on the CPU),
-    turning the errors of a broken file into one that says so and names the last good checkpoint."""
-    check_checkpoint_file(path)
-    if load is None:
-
-        def load() -> dict[str, Any]:
-            return torch.load(_local(path), map_location="cpu", weights_only=True, mmap=True)
-
-    try:
-        return load()
-    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise broken_checkpoint_error(path, f"cannot be read ({type(err).__name__})") from err
-    except RuntimeError as err:
-        text = str(err)
-        if "PytorchStreamReader" in text or "zip archive" in text or "Weights only load failed" in text:
-            raise broken_checkpoint_error(path, "is damaged (its archive cannot be read)") from err
-        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

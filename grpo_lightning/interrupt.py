@@ -31,7 +31,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from grpo_lightning.checkpointing import AtomicCheckpointIO, last_good_checkpoint
+from grpo_lightning.checkpoint_check import last_good_checkpoint
+from grpo_lightning.checkpointing import AtomicCheckpointIO
 from grpo_lightning.resume import (
     apply_optimizer_settings,
     check_resume_settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import glob
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 import yaml
 from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
+from grpo_lightning.checkpointing import CheckpointFileError
 from grpo_lightning.cli import main
 from grpo_lightning.resume import apply_optimizer_settings, changed_settings, check_resume_settings
 
@@ -170,3 +172,15 @@ def test_a_custom_optimizer_learning_rate_given_on_resume_is_applied(tmp_path):
     # Lightning restores the checkpoint's optimizer (lr 0.1) over the new one: the new rate must win.
     assert resumed.optimizers().param_groups[0]["lr"] == pytest.approx(0.01)
     assert resumed.trainer.global_step == 3
+
+
+def test_a_checkpoint_needing_weights_only_false_resumes_with_the_flag_the_error_names(tmp_path, first_run):
+    model_dir, ckpt = first_run
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["hyper_parameters"]["started"] = datetime.date(2025, 1, 1)  # not on the weights-only allow-list
+    torch.save(checkpoint, ckpt)
+    with pytest.raises(CheckpointFileError, match="add --weights_only false to the command") as info:
+        _fit(tmp_path / "second", model_dir, f"--ckpt_path={ckpt}", "--trainer.max_steps=3")
+    flag = str(info.value).split("add ")[1].split(" to the command")[0].split()
+    cli = _fit(tmp_path / "third", model_dir, f"--ckpt_path={ckpt}", *flag, "--trainer.max_steps=3")
+    assert cli.trainer.global_step == 3

@@ -8,22 +8,26 @@ differences that cost nothing in correctness:
 - each unique prompt is prefilled once and its keys/values shared by its ``G`` samples;
 - Llama-family models decode through :class:`~grpo_lightning.engines.decoders.LeanDecoder`
   (preallocated key/value buffers, no per-step mask building), on CUDA with each step replayed as a
-  CUDA graph (:mod:`~grpo_lightning.engines.graphed`); others through their own forward;
+  CUDA graph (:mod:`~grpo_lightning.engines.graphed`); others through their own forward. Before the
+  first graphed step of a new shape, one step's replay is checked against the same step run eagerly;
+  a capture that fails or disagrees warns once and the engine decodes eagerly from then on;
 - the log-prob of every sampled token under the sampling policy is returned
   (:attr:`Rollout.sampling_logp`), so the update skips the old-policy forward pass.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from grpo_lightning._checks import check_choice
 from grpo_lightning.causal_lm import decodes_in_lockstep
 from grpo_lightning.engines.decoders import CacheDecoder, LeanDecoder, lean_unsupported_reason
-from grpo_lightning.engines.graphed import StaticStepDecoder, graph_unsupported_reason
+from grpo_lightning.engines.graphed import GraphCheck, StaticStepDecoder, graph_unsupported_reason
 from grpo_lightning.engines.sampling import TokenSampler
 from grpo_lightning.models import eval_mode
 from grpo_lightning.rollout import Rollout, RolloutRequest, completion_masks, left_align
@@ -38,8 +42,9 @@ class FastRolloutEngine:
 
     Args:
         decoder: ``"auto"``: the lean decoder when the model supports it, its steps replayed as CUDA
-            graphs when the rollout runs on CUDA outside autocast, and the model's own forward for
-            other models; ``"lean"`` insists on the lean decoder without graphs, ``"graph"`` on CUDA
+            graphs when the rollout runs on CUDA outside autocast (each new recording checked against
+            the eager step first; on a failed capture or a difference, one warning and the lean
+            decoder from then on), and the model's own forward for other models; ``"lean"`` insists on the lean decoder without graphs, ``"graph"`` on CUDA
             graphs (an error says why either cannot run); ``"static"`` runs the steps a graph would
             record, eagerly (for checking them on any device); ``"cache"`` always uses the model's
             forward with a ``DynamicCache``.
@@ -71,6 +76,8 @@ class FastRolloutEngine:
         # Kept between rollouts: its buffers and captured graphs serve every rollout of the same shape
         # (on the 0.5B model at 128 x 512 tokens, about 1 GB of keys/values); release() frees them.
         self._static: StaticStepDecoder | None = None
+        # Devices where a graph failed to record or disagreed with the eager step: no graphs there again.
+        self._no_graphs: set[torch.device] = set()
 
     def _decoder(
         self, model: nn.Module, total_length: int, device: torch.device
@@ -88,6 +95,8 @@ class FastRolloutEngine:
             return LeanDecoder(model)
         if self.decoder == "static":
             return self._static_decoder(model, graphs=False)
+        if self.decoder == "auto" and device in self._no_graphs:
+            return LeanDecoder(model)
         graph_reason = graph_unsupported_reason(device, model)
         if graph_reason is None:
             return self._static_decoder(model, graphs=True)
@@ -108,6 +117,52 @@ class FastRolloutEngine:
             )
             self._static = static
         return static
+
+    def _prefill(
+        self,
+        decoder: LeanDecoder | CacheDecoder,
+        model: nn.Module,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        repeats: int,
+        max_new: int,
+    ) -> tuple[LeanDecoder | CacheDecoder, Tensor]:
+        """``decoder.prefill``; for graphs not checked yet, check the first step's recording first.
+
+        The check feeds the prefill's argmax tokens (no random draw), so a rollout that falls back to
+        the lean decoder draws exactly what a rollout with ``decoder="lean"`` draws.
+        """
+        logits = decoder.prefill(prompt_ids, prompt_mask, repeats, max_new)
+        if not isinstance(decoder, StaticStepDecoder) or not decoder.graphs or decoder.checked:
+            return decoder, logits
+        try:
+            check: GraphCheck | RuntimeError = decoder.check_first_step(logits.argmax(-1))
+        except RuntimeError as err:  # what CUDA raises for an operation it cannot record
+            check = err
+        if isinstance(check, GraphCheck):
+            rank_zero_info(check.describe())
+            if check.passed:
+                return decoder, logits
+        problem = f"failed ({check})" if isinstance(check, RuntimeError) else f"is wrong: {check.describe()}"
+        if self.decoder == "graph":
+            raise RuntimeError(
+                f"decoder='graph': recording the decoding step as a CUDA graph {problem}. "
+                "Use decoder='auto' (decodes without graphs then) or 'lean'."
+            ) from (check if isinstance(check, RuntimeError) else None)
+        warnings.warn(
+            f"Recording the decoding step as a CUDA graph {problem}; decoding without graphs on "
+            f"{prompt_ids.device} from now on. Pass FastRolloutEngine(decoder='lean') to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        self._give_up_graphs(prompt_ids.device)
+        lean = LeanDecoder(model)
+        return lean, lean.prefill(prompt_ids, prompt_mask, repeats, max_new)
+
+    def _give_up_graphs(self, device: torch.device) -> None:
+        """Decode eagerly on ``device`` from now on, and free the graphs' buffers."""
+        self._no_graphs.add(device)
+        self._static = None
 
     @torch.no_grad()
     def generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
@@ -131,7 +186,7 @@ class FastRolloutEngine:
         tokens: list[Tensor] = []
         logps: list[Tensor] = []
         with eval_mode(model), seeded(request.seed, device):
-            logits = decoder.prefill(prompt_ids, prompt_mask, num_generations, max_new)
+            decoder, logits = self._prefill(decoder, model, prompt_ids, prompt_mask, num_generations, max_new)
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
             # Ended rows are dropped from the decoder once they are half of its rows (not across ranks:
             # sharded ranks must keep identical shapes; not for graphs, whose shapes are fixed).
@@ -152,6 +207,8 @@ class FastRolloutEngine:
                     elif live.update(done, decoder):  # one host sync: how many rows are left
                         break
                 logits = decoder.step(live.select(token))
+        if isinstance(decoder, StaticStepDecoder) and decoder.requested_graphs and not decoder.graphs:
+            self._give_up_graphs(device)  # a later span failed to record (and warned): eager from now on
         completion_ids = torch.stack(tokens, dim=1)
         mask, truncated, lengths = completion_masks(
             completion_ids, eos_token_ids, max_new, request.mask_truncated

@@ -13,12 +13,19 @@ The buffers and graphs are kept between rollouts of the same shape (rows, prompt
 ``width_block``, new tokens, dtype, device, inference mode or not, the same parameter tensors, the
 same adapter settings), so a training run captures once. Optimizers update weights in place, which the graphs read on replay; a
 parameter replaced by a new tensor, or an adapter switched on or off, starts afresh.
+
+A recording can be wrong without raising (a kernel that reads a host value at capture time, an
+allocation reused under the graph): :meth:`StaticStepDecoder.check_first_step` replays the first
+step's graph once and compares its logits with the same step run eagerly (:class:`GraphCheck`), so
+the engine can fall back to eager decoding before a single token comes from an unverified graph.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +36,11 @@ from grpo_lightning.causal_lm import base_model
 from grpo_lightning.engines.decoders import LeanDecoder
 
 _GRAPH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# How far a replayed step's logits may be from the eager step's, relative to the largest eager logit.
+# The replay runs the same kernels on the same inputs, so it agrees to a few roundings of the dtype
+# (a different GEMM algorithm under capture reorders sums); a broken recording (a stale address, a
+# value read at capture time) is off by the logits' own scale.
+_GRAPH_RTOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def graph_unsupported_reason(device: torch.device, model: nn.Module) -> str | None:
@@ -73,6 +85,43 @@ def _is_tuner_layer(module: nn.Module) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class GraphCheck:
+    """One decoding step replayed from its CUDA graph against the same step run eagerly."""
+
+    device: torch.device
+    max_diff: float
+    """Largest absolute difference of the two steps' ``[N, V]`` logits (inf when one is NaN and not the other)."""
+    tolerance: float
+    """Largest difference allowed: the dtype's relative tolerance times the largest eager logit (at least 1)."""
+    seconds: float
+    """Capture, replay and eager step together."""
+
+    @property
+    def passed(self) -> bool:
+        return self.max_diff <= self.tolerance
+
+    def describe(self) -> str:
+        verdict = "agree" if self.passed else "DIFFER"
+        return (
+            f"CUDA graph check on {self.device}: one decoding step replayed from its graph and run eagerly "
+            f"{verdict} (max |logit difference| {self.max_diff:.3g}, tolerance {self.tolerance:.3g}; "
+            f"{self.seconds * 1000:.0f} ms)"
+        )
+
+
+def compare_logits(replayed: Tensor, eager: Tensor) -> tuple[float, float]:
+    """``(max_diff, tolerance)`` of two ``[N, V]`` logits of one step: NaN where both are NaN agrees,
+    NaN or inf on one side only is an infinite difference."""
+    a, b = replayed.float(), eager.float()
+    both_nan = a.isnan() & b.isnan()
+    diff = (a - b).abs().masked_fill(both_nan, 0.0).nan_to_num(nan=float("inf"))
+    scale = b.abs().masked_fill(~b.isfinite(), 0.0).max() if b.numel() else b.new_zeros(())
+    rtol = _GRAPH_RTOL.get(eager.dtype, _GRAPH_RTOL[torch.float32])
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    return max_diff, rtol * max(1.0, float(scale))
+
+
 def round_up(value: int, block: int) -> int:
     """The smallest multiple of ``block`` that is >= ``value``."""
     return -(-value // block) * block
@@ -114,6 +163,7 @@ class StaticStepDecoder(LeanDecoder):
         self._kv: list[tuple[Tensor, Tensor]] = []
         self._captured: dict[int, tuple[Any, Tensor]] = {}
         self.captures = 0  # graphs captured over this decoder's life (tests check that reuse happens)
+        self.checked = False  # check_first_step has passed: later spans' graphs are trusted
 
     def serves(self, model: nn.Module) -> bool:
         """Whether this decoder was built for ``model`` (the engine reuses it across rollouts)."""
@@ -151,12 +201,36 @@ class StaticStepDecoder(LeanDecoder):
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed ``tokens: [N]`` and return the next-token logits ``[N, V]`` (valid until the next step)."""
-        self._token.copy_(tokens)
-        self._column.fill_(self.column)
-        span = min(self.total, round_up(self.column + 1, self.span_block))
+        span = self._feed(tokens)
         logits = self._replay(span) if self.graphs else self._static_step(span)
         self.column += 1
         return logits
+
+    def check_first_step(self, tokens: Tensor) -> GraphCheck:
+        """Record the next step's graph, feeding ``tokens: [N]``, and compare one replay with the same step
+        run eagerly. Call after :meth:`prefill`, before the first :meth:`step`; raises what capture raises.
+
+        The column does not advance: the step writes its keys/values, which the first real step writes
+        over. The recording is kept (the first step replays it) whatever the verdict; the caller decides.
+        """
+        start = time.perf_counter()
+        span = self._feed(tokens)
+        entry = self._captured.get(span) or self._capture(span)
+        self._captured[span] = entry
+        graph, out = entry
+        graph.replay()
+        replayed = out.clone()
+        eager = self._static_step(span)
+        max_diff, tolerance = compare_logits(replayed, eager)  # reads the values: waits for the device
+        check = GraphCheck(eager.device, max_diff, tolerance, time.perf_counter() - start)
+        self.checked = check.passed
+        return check
+
+    def _feed(self, tokens: Tensor) -> int:
+        """Put ``tokens: [N]`` and the current column in the step's fixed inputs; the span it attends to."""
+        self._token.copy_(tokens)
+        self._column.fill_(self.column)
+        return min(self.total, round_up(self.column + 1, self.span_block))
 
     # ---- the captured step ------------------------------------------------------------------------
 
@@ -222,6 +296,7 @@ class StaticStepDecoder(LeanDecoder):
     def _reset(self, key: tuple[Any, ...]) -> None:
         self._shape_key = key
         self._held, self._kv, self._captured = {}, [], {}
+        self.checked = False  # new buffers, new recordings: check again
         device = key[4]
         self._pool = torch.cuda.graph_pool_handle() if self.graphs and device.type == "cuda" else None
 

@@ -315,10 +315,10 @@ class RewardScorer:
                         f"(use None for 'not applicable').\n  prompt: {_short(prompts[i])!r}\n"
                         f"  completion: {_short(completions[i])!r}"
                     )
-                if abs(v) > _REWARD_MAX and torch.isinf(torch.tensor(v, dtype=REWARD_DTYPE)):
+                if abs(v) > _REWARD_MAX:
                     raise RewardError(
-                        f"Reward function {name!r} returned {v:.3g} for completion {i}, beyond the float32 range "
-                        f"rewards are stored in (+-{_REWARD_MAX:.3g}). Rescale the reward (divide it by a constant: "
+                        f"Reward function {name!r} returned {v!r} for completion {i}, beyond the float32 range "
+                        f"rewards are stored in (+-{_REWARD_MAX!r}). Rescale the reward (divide it by a constant: "
                         "the advantages of scale_rewards='group' or 'batch' do not depend on its scale).\n"
                         f"  prompt: {_short(prompts[i])!r}\n  completion: {_short(completions[i])!r}"
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -169,11 +170,19 @@ PROMPTS = ["p", "p"]
 COMPLETIONS = ["a", "bb"]
 
 
-def test_a_reward_beyond_float32_is_an_error_naming_it() -> None:
-    def enormous(prompts, completions, **columns):
-        return [1.0, 1e39]
+#: The float64 right above float32's largest: it would round down to it, but is beyond the range.
+JUST_BEYOND = math.nextafter(float(torch.finfo(F32).max), math.inf)
 
-    with pytest.raises(RewardError, match=r"'enormous' returned 1e\+39 for completion 1, beyond the float32"):
+
+@pytest.mark.parametrize("value", [1e39, -1e300, JUST_BEYOND])
+@pytest.mark.parametrize("as_array", [False, True])
+def test_a_reward_beyond_float32_is_an_error_naming_it(value: float, as_array: bool) -> None:
+    def enormous(prompts, completions, **columns):
+        values = [1.0, value]
+        return torch.tensor(values, dtype=torch.float64) if as_array else values
+
+    expected = f"'enormous' returned {value!r} for completion 1, beyond the float32"
+    with pytest.raises(RewardError, match=re.escape(expected)):
         RewardScorer([enormous]).score(PROMPTS, COMPLETIONS)
 
 

@@ -264,6 +264,10 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
         # The module builds its own optimizer from its `optimizer` / `lr_scheduler` arguments.
         auto_configure_optimizers=False,
         save_config_callback=RunConfigSaver,
+        parser_kwargs={
+            "description": "GRPO training (fit) and evaluation (validate, test, predict). To export the "
+            "policy of a checkpoint: grpo-lightning export --help."
+        },
     )
 
 

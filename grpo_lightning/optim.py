@@ -3,6 +3,12 @@
 ``learning_rate``, ``weight_decay`` and ``warmup_steps`` configure the default AdamW and warmup only;
 given together with an ``optimizer`` / ``lr_scheduler`` callable they could not take effect, so
 :class:`OptimizerConfig` refuses the combination when it is built.
+
+The default AdamW runs torch's fused kernel where torch has one for every parameter (CPU and CUDA
+floating point: one pass over all tensors per step), else its multi-tensor (``foreach``) loop; torch's
+own default on CPU is the per-tensor loop, its slowest (``benchmarks/bench_adamw.py``). To choose
+another, pass the optimizer callable (YAML: ``model.optimizer: {class_path: torch.optim.AdamW,
+init_args: {lr: 1.0e-4, fused: false, foreach: true}}``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.optimizer import _default_to_fused_or_foreach
 
 #: The built-in defaults (also GRPOModule's): a value other than these is one the user chose.
 DEFAULT_LEARNING_RATE = 1e-6
@@ -103,7 +110,9 @@ def configure_optimizers(
             {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": decay, "name": "decay"},
             {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
         ]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+        opt = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=config.learning_rate, **adamw_implementation(trainable)
+        )
     if lr_scheduler is not None:
         scheduler = lr_scheduler(opt)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -115,6 +124,24 @@ def configure_optimizers(
         warmup = max(int(config.warmup_steps), 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def adamw_implementation(params: list[Tensor]) -> dict[str, bool]:
+    """AdamW's fastest implementation for ``params``, as its keyword argument: ``{"fused": True}`` where
+    torch has a fused kernel for every parameter (floating point on CPU, CUDA, MPS, XPU; sharded DTensors
+    too), else ``{"foreach": True}`` where it has a multi-tensor one, else ``{}`` (the per-tensor loop).
+
+    torch's own rule (the one its optimizers apply when asked for neither), asked to consider fused.
+    All three compute the same update up to float rounding, and the choice is saved with the
+    optimizer's state, so a resumed run keeps the kernel it started with.
+    """
+    fused, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=True)
+    if fused:
+        return {"fused": True}
+    # torch leaves CPU out of its foreach default, but the multi-tensor loop runs there too.
+    if foreach or all(type(p) in (Tensor, nn.Parameter) and p.device.type == "cpu" for p in params):
+        return {"foreach": True}
+    return {}
 
 
 def warmup_factor(step: int, warmup: int) -> float:

@@ -50,6 +50,7 @@ from grpo_lightning.rollout import RolloutEngine
 from grpo_lightning.rollout_stats import global_advantages, rollout_metrics
 from grpo_lightning.sampler import Sampler, num_prompts
 from grpo_lightning.seeds import base_seed, stream_seed
+from grpo_lightning.threads import apply_thread_policy
 from grpo_lightning.training import TrainingStep
 from grpo_lightning.zero_signal import has_signal, skip_update
 
@@ -261,6 +262,11 @@ class GRPOModule(LightningModule):
         engine, mask = self.rollout_engine, h.mask_truncated_completions
         self.sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
         self._configured = True
+
+    def setup(self, stage: str) -> None:
+        """Choose this process's CPU thread count once, the node's CPUs shared among its training
+        processes (see :mod:`grpo_lightning.threads`)."""
+        apply_thread_policy(processes=self.trainer.num_devices)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the weights training never changes (the frozen reference, a LoRA base) out of the

@@ -1,4 +1,18 @@
-"""Scoring throughput of ``math_accuracy``: serial in-process math-verify against the checker processes.
+"""Reward cost: throughput of ``math_accuracy`` (default), or every shipped reward on adversarial completions.
+
+``--adversarial``: seconds per call of every shipped reward (``format_reward``, ``think_format_reward``,
+``gsm8k_accuracy`` strict and flexible, ``math_accuracy`` with its checker processes,
+``overlong_penalty`` counting tokens with a tokenizer, ``length_penalty``) on each shape of
+``adversarial_completions.py`` (whitespace runs around markers, unclosed and nested braces, repeated
+markers, long numbers, think tags, hard box contents) at 16,000, 32,000 and 200,000 characters, with
+the ratio of the 200k time to the 16k time (12.5 where the cost is linear, 156 where quadratic).
+
+    python benchmarks/bench_rewards.py --adversarial                         # 16k, 32k, 200k
+    python benchmarks/bench_rewards.py --adversarial --chars 16000 200000 --rewards format_reward
+
+Results: benchmarks/results/rewards-adversarial-cpu-2core.txt.
+
+Throughput (the default): serial in-process math-verify against the checker processes.
 
 A rollout of ``--problems`` x ``--group`` MATH-style completions (default 128 x 8 = 1,024) is made in
 code: worked-solution-like text (a few hundred characters of LaTeX reasoning) ending in a boxed
@@ -39,6 +53,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adversarial_completions import SHAPES, shipped_rewards, time_calls
 
 from grpo_lightning.answers import extract_gold_answer, extract_last_boxed
 from grpo_lightning.rewards import _mathcheck
@@ -141,13 +157,46 @@ def time_workers(completions: list[str], golds: list[str], workers: int) -> tupl
     return time.perf_counter() - start, rewards
 
 
+def adversarial(lengths: list[int], repeats: int, names: list[str] | None) -> None:
+    """Milliseconds per call of each shipped reward on each adversarial shape, at each length."""
+    print(
+        f"{len(SHAPES)} adversarial shapes, one completion per call, best of {repeats}; {os.cpu_count()} CPUs, "
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    rewards = shipped_rewards()
+    header = f"{'shape':<50}" + "".join(f"{f'{n:,} ch':>14}" for n in lengths) + f"{'ratio':>8}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # math_accuracy names the completions past its time limit
+        for name in names or list(rewards):
+            reward = rewards[name]
+            reward(["warm-up #### 5"])  # start-up (checker process, tokenizer) is not a call's cost
+            print(f"\n{name}: ms per call (ratio: {lengths[-1]:,} against {lengths[0]:,} characters)")
+            print(header)
+            worst: tuple[float, str] = (0.0, "")
+            for shape, build in SHAPES.items():
+                times = [time_calls(reward, build(n), repeats)[0] for n in lengths]
+                ratio = times[-1] / max(times[0], 1e-6)
+                worst = max(worst, (times[-1], shape))
+                print(f"{shape:<50}" + "".join(f"{1000 * t:>14.2f}" for t in times) + f"{ratio:>8.1f}")
+            print(f"slowest at {lengths[-1]:,} characters: {1000 * worst[0]:.1f} ms ({worst[1]})")
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=128)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="measurements per system (median reported)")
+    parser.add_argument(
+        "--adversarial", action="store_true", help="every shipped reward on adversarial shapes"
+    )
+    parser.add_argument("--chars", type=int, nargs="+", default=[16_000, 32_000, 200_000])
+    parser.add_argument("--rewards", nargs="+", default=None, help="with --adversarial: these rewards only")
     args = parser.parse_args()
+    if args.adversarial:
+        adversarial(args.chars, args.repeats, args.rewards)
+        return
     n = args.problems * args.group
     print(
         f"{n} completions ({args.problems} problems x {args.group}), {os.cpu_count()} CPUs, "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from grpo_lightning.number_reader import first_value, iter_numbers
+from grpo_lightning import number_reader
 
 HASH_MARKER = "####"
 
@@ -158,7 +158,7 @@ def parse_number(text: str | None) -> Fraction | None:
     """
     if not text:
         return None
-    return first_value(iter_numbers(text))
+    return number_reader.first_number(text)
 
 
 def last_number(text: str) -> Fraction | None:
@@ -166,4 +166,4 @@ def last_number(text: str) -> Fraction | None:
 
     Only the numbers from the end back to the first one with a value are converted.
     """
-    return first_value(reversed(list(iter_numbers(text))))
+    return number_reader.last_number(text)

@@ -18,7 +18,7 @@ after its start; start positions farther than that from the next digit are skipp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from typing import Final
 
@@ -40,6 +40,9 @@ class _TooLongType:
 TOO_LONG: Final = _TooLongType()
 #: A number's value: exact, None (no value: a zero denominator) or ``TOO_LONG``.
 Value = Fraction | None | _TooLongType
+#: A number as read, before it is evaluated (most numbers of a text are never needed): a decimal's
+#: text, ``("-", node)`` or ``("/", numerator, denominator)``.
+Node = str | tuple
 
 # Thousands separators must group by three ("1,234,567"), so a list "1, 2, 3" stays three numbers.
 _DECIMAL_RE = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+")
@@ -71,30 +74,33 @@ _DIGIT_RE = re.compile(r"\d")
 MAX_PREFIX = (MAX_DEPTH + 1) * (3 * MAX_SPACES + 1 + 2 + max(len(o) for o, _ in _GROUPS) + MAX_SPACES)
 
 
-def _decimal(token: str) -> Value:
-    digits = token.replace(",", "")
-    if len(digits) > MAX_NUMBER_DIGITS + 1:  # + 1 for a decimal point
-        return TOO_LONG
-    return Fraction(digits)
-
-
-def _negate(value: Value, sign: int) -> Value:
-    return -value if sign < 0 and isinstance(value, Fraction) else value
-
-
-def _divide(num: Value, den: Value) -> Value:
+def evaluate(node: Node) -> Value:
+    """The value of a number as read."""
+    if isinstance(node, str):
+        digits = node.replace(",", "")
+        if len(digits) > MAX_NUMBER_DIGITS + 1:  # + 1 for a decimal point
+            return TOO_LONG
+        return Fraction(digits)
+    if node[0] == "-":
+        value = evaluate(node[1])
+        return -value if isinstance(value, Fraction) else value
+    num, den = evaluate(node[1]), evaluate(node[2])
     if num is TOO_LONG or den is TOO_LONG:
         return TOO_LONG
     if num is None or den is None or den == 0:
         return None
-    return num / den
+    return num / den  # type: ignore[operator]
+
+
+def _signed(node: Node, sign: int) -> Node:
+    return ("-", node) if sign < 0 else node
 
 
 def _spaces(text: str, pos: int) -> int:
     return _SPACES_RE.match(text, pos).end()  # type: ignore[union-attr]  (it always matches)
 
 
-def _value(text: str, pos: int, depth: int) -> tuple[Value, int] | None:
+def _value(text: str, pos: int, depth: int) -> tuple[Node, int] | None:
     """``[sign] [$] atom [/ [sign] atom]`` at ``pos``: (value, end) or None when no number starts there."""
     sign, seen_sign, seen_money = 1, False, False
     pos = _spaces(text, pos)
@@ -109,27 +115,27 @@ def _value(text: str, pos: int, depth: int) -> tuple[Value, int] | None:
     first = _atom(text, pos, depth)
     if first is None:
         return None
-    value, end = first
+    node, end = first
     slash = _spaces(text, end)
     if text.startswith("/", slash):
         den = _signed_atom(text, _spaces(text, slash + 1), depth)
         if den is not None:
-            value, end = _divide(value, den[0]), den[1]
-    return _negate(value, sign), end
+            node, end = ("/", node, den[0]), den[1]
+    return _signed(node, sign), end
 
 
-def _signed_atom(text: str, pos: int, depth: int) -> tuple[Value, int] | None:
+def _signed_atom(text: str, pos: int, depth: int) -> tuple[Node, int] | None:
     """A denominator: ``[sign] atom`` (``1/-3``, ``1/(-3)``)."""
     sign = _SIGNS.get(text[pos : pos + 1], 0)
     found = _atom(text, _spaces(text, pos + 1) if sign else pos, depth)
-    return None if found is None else (_negate(found[0], sign), found[1])
+    return None if found is None else (_signed(found[0], sign), found[1])
 
 
-def _atom(text: str, pos: int, depth: int) -> tuple[Value, int] | None:
+def _atom(text: str, pos: int, depth: int) -> tuple[Node, int] | None:
     """A decimal, a ``\\frac`` or a closed group at ``pos``: (value, end) or None."""
     decimal = _DECIMAL_RE.match(text, pos)
     if decimal is not None:
-        return _decimal(decimal.group()), decimal.end()
+        return decimal.group(), decimal.end()
     if depth >= MAX_DEPTH:
         return None
     frac = _FRAC_RE.match(text, pos)
@@ -140,7 +146,7 @@ def _atom(text: str, pos: int, depth: int) -> tuple[Value, int] | None:
         close = None if den is None else _FRAC_END_RE.match(text, den[1])
         if num is None or den is None or close is None:
             return None
-        return _divide(num[0], den[0]), close.end()
+        return ("/", num[0], den[0]), close.end()
     for opening, closing in _GROUPS:
         if text.startswith(opening, pos):
             inner = _value(text, pos + len(opening), depth + 1)
@@ -153,11 +159,12 @@ def _atom(text: str, pos: int, depth: int) -> tuple[Value, int] | None:
 
 def read_number(text: str, pos: int = 0) -> tuple[Value, int] | None:
     """The number starting exactly at ``pos`` (after at most ``MAX_SPACES`` spaces): (value, end), or None."""
-    return _value(text, pos, 0)
+    found = _value(text, pos, 0)
+    return None if found is None else (evaluate(found[0]), found[1])
 
 
-def iter_numbers(text: str) -> Iterator[tuple[int, int, Value]]:
-    """(start, end, value) of each number in ``text``, left to right, none overlapping.
+def _readings(text: str) -> Iterator[tuple[int, int, Node]]:
+    """(start, end, node) of each number in ``text``, left to right, none overlapping.
 
     At each possible start the longest reading is taken; a sign right after a word character or a
     closing bracket is a binary operator, so the number starts after it.
@@ -182,10 +189,27 @@ def iter_numbers(text: str) -> Iterator[tuple[int, int, Value]]:
         pos = found[1]
 
 
-def first_value(readings: Iterator[tuple[int, int, Value]]) -> Fraction | None:
-    """The value of the first reading that has one; None when none has or the first number met that is
-    readable is too long (more than ``MAX_NUMBER_DIGITS`` digits)."""
-    for _, _, value in readings:
+def iter_numbers(text: str) -> Iterator[tuple[int, int, Value]]:
+    """(start, end, value) of each number in ``text``, left to right, none overlapping."""
+    for start, end, node in _readings(text):
+        yield start, end, evaluate(node)
+
+
+def first_number(text: str) -> Fraction | None:
+    """The value of the first number in ``text`` that has one (``3/0`` has none); None when there is
+    none or when the first one met that can be read is too long (``MAX_NUMBER_DIGITS``)."""
+    return _first_value(_readings(text))
+
+
+def last_number(text: str) -> Fraction | None:
+    """As :func:`first_number`, from the end: only the numbers from the end back to the first one with
+    a value are evaluated."""
+    return _first_value(reversed(list(_readings(text))))
+
+
+def _first_value(readings: Iterable[tuple[int, int, Node]]) -> Fraction | None:
+    for _, _, node in readings:
+        value = evaluate(node)
         if value is TOO_LONG:
             return None
         if value is not None:

@@ -27,6 +27,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from grpo_lightning._lazy import instance_check_type
 from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
 from grpo_lightning.batch import PROMPT_KEYS
+from grpo_lightning.data.errors import DataSourceError
+from grpo_lightning.data.files import check_data_file
 
 if TYPE_CHECKING:  # the datasets library loads when data is first loaded, not with this module
     from datasets import Dataset, DatasetDict
@@ -77,10 +79,6 @@ def quiet_progress() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-class DataSourceError(ValueError):
-    """The data set cannot be used as given; the message names the source and the fix."""
-
-
 def describe_source(dataset: DatasetSource, config_name: str | None = None) -> str:
     """A short human description of a source, for error messages."""
     if isinstance(dataset, InMemoryDataset):  # then the datasets library is already imported
@@ -113,8 +111,10 @@ def load_source(
     if isinstance(dataset, Dataset):
         return DatasetDict({"train": dataset})
     if isinstance(dataset, Mapping):
-        files = {split: Path(path) for split, path in dataset.items()}
+        files = {split: Path(path).expanduser() for split, path in dataset.items()}
         builders = {_file_builder(path) for path in files.values()}
+        for path in files.values():
+            check_data_file(path)
         if len(builders) != 1:
             raise DataSourceError(
                 f"All files of {where} must have the same format (found {sorted(builders)})."
@@ -128,7 +128,7 @@ def load_source(
     path = Path(dataset).expanduser()
     if path.is_file():
         builder = _file_builder(path)
-        _check_file(path)
+        check_data_file(path)
         try:
             return _load(where, builder, data_files=str(path), **kwargs)
         except DataSourceError as err:
@@ -146,16 +146,6 @@ def load_source(
         raise DataSourceError(f"No such file or directory: {where}.")
     # A local repository copy or a Hub name: the datasets library resolves both.
     return _load(where, dataset, config_name, **kwargs)
-
-
-def _check_file(path: Path) -> None:
-    """An empty file is refused by name (the datasets library only says ``StopIteration``)."""
-    with path.open("rb") as f:
-        head = f.read(4096)
-    if not head.strip():
-        raise DataSourceError(
-            f"The file {str(path)!r} is empty: it holds no rows. Check the path or the export."
-        )
 
 
 def _first_bad_json_line(path: Path) -> str | None:

@@ -362,7 +362,9 @@ class GRPOModule(LightningModule):
         writes them as JSON lines."""
         seed = partial(stream_seed, self.base_seed(), self.global_rank, batch_idx)  # seed(stream)
         k = self.settings.val_num_samples
-        return predict_records(self.sampler, batch, seed, self.greedy, k, partial(correct, self))
+        return predict_records(
+            self.sampler, batch, seed, self.greedy, k, partial(correct, self), self.accuracy_scorer
+        )
 
     # ---- helpers used by the steps ---------------------------------------------------------------
 

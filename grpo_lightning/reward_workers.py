@@ -396,13 +396,32 @@ class RewardWorkerPool:
         self.restarts += 1
 
 
+class PoolView:
+    """Some of a pool's functions, numbered from 0 in the order of ``keep`` (indices into
+    ``pool.funcs``): a scorer over a subset of the rewards shares the pool's running workers."""
+
+    def __init__(self, pool: RewardWorkerPool, keep: Sequence[int]) -> None:
+        self.pool = pool
+        self.keep = list(keep)
+        self.funcs = [pool.funcs[k] for k in self.keep]
+        self.num_workers = pool.num_workers
+        self.timeout = pool.timeout
+
+    def map(self, tasks: Sequence[tuple[int, dict[str, Any]]], fail_fast: bool = False) -> list[Any]:
+        """:meth:`RewardWorkerPool.map` with this view's function numbers."""
+        return self.pool.map([(self.keep[k], kwargs) for k, kwargs in tasks], fail_fast=fail_fast)
+
+    def close(self) -> None:
+        """The workers are the pool's: its owner closes them."""
+
+
 def _row(columns: Mapping[str, Any], i: int, n: int) -> dict[str, Any]:
     """Completion ``i``'s share of the per-completion columns (lists of length ``n``); others as they are."""
     return {k: [v[i]] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in columns.items()}
 
 
 def score_in_workers(
-    pool: RewardWorkerPool,
+    pool: RewardWorkerPool | PoolView,
     names: Sequence[str],
     prompts: Sequence[str],
     completions: Sequence[str],

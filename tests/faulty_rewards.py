@@ -28,6 +28,12 @@ def picky(prompts, completions, answer, **columns):
     return [float(c == a) for c, a in zip(completions, answer, strict=True)]
 
 
+
+def completion_length(prompts, completions, **columns):
+    """The length of each completion: a reward that behaves, and imports nothing heavy in a worker."""
+    return [float(len(c)) for c in completions]
+
+
 _calls = 0
 
 

@@ -171,7 +171,7 @@ class PromptDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Load, check and tokenize the splits this stage needs; errors about the data surface here."""
         self._resolve_tokenizer()
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}.get(
             stage or "", ()
         )
         if stage is None:
@@ -209,9 +209,9 @@ class PromptDataModule(LightningDataModule):
         return self._eval_loader(self._require("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, or the validation split when the source has no test split."""
-        data = self.get_split("test")
-        return self._eval_loader(data if data is not None else self._require("val"))
+        """The test split; else the validation split the source names (or ``val_dataset``); else every
+        row of the training split: a file of prompts is predicted whole."""
+        return self._eval_loader(self._require("predict"))
 
     def state_dict(self) -> dict[str, Any]:
         """What identifies the training batches, saved in checkpoints: ``{"train_batches": {"rows",
@@ -308,6 +308,11 @@ class PromptDataModule(LightningDataModule):
     def _select_split(self, split: str) -> "Dataset | None":
         """The raw rows of one split, before column checks and tokenization."""
         hp = self.hparams
+        if split == "predict":  # nothing trains: no row is held out of training for it, none dropped
+            rows = self._select_split("test")
+            if rows is None and (self.val_source is not None or hp.val_split or "validation" in self._raw_splits()):
+                rows = self._select_split("val")
+            return rows if rows is not None else self._raw_splits()[hp.train_split]
         if split == "val" and self.val_source is not None:
             where = describe_source(self.val_source, hp.val_config_name)
             return select_val_source_split(
@@ -334,7 +339,7 @@ class PromptDataModule(LightningDataModule):
                 if raw is None
                 else normalize_columns(raw, where, self.hparams.column_map, self.hparams.require_answer)
             )
-            if data is not None and split != "train":
+            if data is not None and split not in ("train", "predict"):
                 data = self._drop_seen_in_training(data, where)
             self._normalized[split] = data
         return self._normalized[split]

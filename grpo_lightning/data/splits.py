@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 # The data module's split keys and the split names used in messages.
-SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test", "predict": "predict"}
 
 
 def cap_rows(data: Dataset, cap: int | None, seed: int) -> Dataset:

@@ -19,10 +19,11 @@ A batch's time stays bounded however badly a reward behaves:
   on every input costs about two time limits and one restart (one time limit with two workers or
   more), not one per completion, while one that hangs on a few inputs still scores the others.
 
-Workers start with the ``spawn`` method (safe with CUDA and threads): the reward functions must be
-picklable, i.e. defined at module level (registered rewards and import paths are), and a script
-that trains must keep its entry point under ``if __name__ == "__main__":``. They import the
-rewards' modules with the training process's ``sys.path``.
+Each worker is a fresh interpreter (safe with CUDA and threads) that imports the rewards' modules
+with the training process's ``sys.path``, and nothing else: the reward functions must be picklable,
+i.e. defined at module level (registered rewards and import paths are). One defined in the training
+script makes the workers import that script, as ``multiprocessing``'s spawn does, so the script
+must keep its entry point under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations

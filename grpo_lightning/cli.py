@@ -62,6 +62,16 @@ def _data_tokenizer(model: Any, tokenizer: Any) -> Any:
     return model if isinstance(model, str) else None
 
 
+def _refuse_relative_checkpoint(ckpt_path: str) -> None:
+    """Refuse ``--ckpt_path last`` (and Lightning's other names for a checkpoint of this run's folder)."""
+    if ckpt_path in ("last", "hpc", "registry"):
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} looks in this run's own folder, and every run gets a new one, so it "
+            "would find nothing and start from scratch. Give the checkpoint's path, e.g. --ckpt_path "
+            "runs/quickstart/version_0/checkpoints/last.ckpt (the end of each run prints it)."
+        )
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Saves the resolved config as ``config.yaml`` in the run folder, beside the checkpoints, and
     refuses to write over another run's config.
@@ -135,28 +145,16 @@ class GRPOLightningCLI(LightningCLI):
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if ckpt_path:
+            _refuse_relative_checkpoint(ckpt_path)  # before the file check: the cause is not a missing file
             check_checkpoint_file(ckpt_path)
 
     def before_predict(self) -> None:
-        self._refuse_relative_checkpoint()
         if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
 
     def after_predict(self) -> None:
         writers = [c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)]
         self._report("GRPO predict finished.", {"predictions": writers[0].path if writers else "(none)"})
-
-    def _refuse_relative_checkpoint(self) -> None:
-        ckpt = self.config[self.subcommand].get("ckpt_path")
-        if ckpt in ("last", "hpc", "registry"):
-            raise ValueError(
-                f"--ckpt_path {ckpt} looks in this run's own folder, and every run gets a new one, so it would "
-                "find nothing and start from scratch. Give the checkpoint's path, e.g. --ckpt_path "
-                "runs/quickstart/version_0/checkpoints/last.ckpt (the end of each run prints it)."
-            )
-
-    # LightningCLI calls before_<subcommand>; validate and test only need the checkpoint check.
-    before_validate = before_test = _refuse_relative_checkpoint
 
     def _run_subcommand(self, subcommand: str) -> None:
         # A run that fails before its first step takes back the run folder it made, when that holds
@@ -175,7 +173,6 @@ class GRPOLightningCLI(LightningCLI):
         return next((c for c in self.trainer.callbacks if isinstance(c, RunWatch)), None)
 
     def before_fit(self) -> None:
-        self._refuse_relative_checkpoint()
         export = self.config[self.subcommand].export
         if not export.enabled:
             given = [f"--export.{k}" for k in ("dir", "overwrite") if export[k]]
@@ -191,6 +188,9 @@ class GRPOLightningCLI(LightningCLI):
         target = export.dir or default
         if target is None:
             return  # the run folder is named when the logger's run starts (wandb): checked at the export
+        config_file = self.save_config_kwargs.get("config_filename", "config.yaml")
+        if export.dir is None and os.path.isfile(os.path.join(run, config_file)):
+            return  # another run's folder: RunConfigSaver refuses it, naming that cause
         if self.trainer.is_global_zero:
             for note in recover_leftovers(target):
                 print(note, file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +127,12 @@ def _records_problem(path: Path) -> str | None:
     return None
 
 
-def content_problem(checkpoint: Any, path: Path | None = None) -> str | None:
-    """Why a loaded object (read from ``path``) is not a GRPOModule's Lightning checkpoint (None when
-    it is one)."""
+def content_problem(
+    checkpoint: Any, path: Path | None = None, module_keys: Collection[str] | None = None
+) -> str | None:
+    """Why a loaded object (read from ``path``) is not a Lightning checkpoint of the module to resume
+    (None when it is one). That module's weights are named ``module_keys``; without them, a
+    GRPOModule's (under :data:`MODULE_PREFIX`)."""
     if not isinstance(checkpoint, Mapping):
         return f"holds a {type(checkpoint).__name__}, not a Lightning checkpoint"
     if "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
@@ -152,7 +155,16 @@ def content_problem(checkpoint: Any, path: Path | None = None) -> str | None:
             f"--ckpt_path takes a checkpoint a run wrote (<run folder>/checkpoints/*.ckpt); {use}"
         )
     names = list(checkpoint["state_dict"]) if isinstance(checkpoint["state_dict"], Mapping) else []
-    if names and not any(name.startswith(MODULE_PREFIX) for name in names):
+    if not names:
+        return None
+    if module_keys is not None:
+        if set(names).isdisjoint(module_keys):  # partly different weights: the module's own message
+            own = sorted(module_keys)[:3]
+            return (
+                f"was written by another LightningModule: none of its weights (e.g. {names[:3]}) is one of this "
+                f"module's (e.g. {own}). Give a checkpoint that this module's runs wrote"
+            )
+    elif not any(name.startswith(MODULE_PREFIX) for name in names):
         return (
             f"was written by another LightningModule: its weights are named e.g. {names[:3]}, and a GRPOModule's "
             f"start with {MODULE_PREFIX!r}. Give a checkpoint written by a grpo-lightning run"
@@ -274,9 +286,14 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
         raise checkpoint_error(path, problem)
 
 
-def read_checkpoint(path: str | os.PathLike[str], load: Callable[[], Any] | None = None) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    load: Callable[[], Any] | None = None,
+    module_keys: Collection[str] | None = None,
+) -> dict[str, Any]:
     """Load a checkpoint with ``load`` (default: a weights-only ``torch.load`` of ``path`` on the CPU)
-    and check that it is one to resume from; every failure becomes one :class:`CheckpointFileError`."""
+    and check that it is one to resume from (of the module whose weights are named ``module_keys``,
+    default a GRPOModule); every failure becomes one :class:`CheckpointFileError`."""
     if not is_local_path(path):
         return load() if load is not None else torch.load(path, map_location="cpu", weights_only=True)
     problem = _file_problem(local_path(path))
@@ -305,7 +322,7 @@ def read_checkpoint(path: str | os.PathLike[str], load: Callable[[], Any] | None
         if "PytorchStreamReader" in str(err) or "zip archive" in str(err):
             raise checkpoint_error(path, "is damaged: its archive cannot be read") from err
         raise
-    problem = content_problem(checkpoint, local_path(path))
+    problem = content_problem(checkpoint, local_path(path), module_keys)
     if problem is not None:
         raise checkpoint_error(path, problem)
     return checkpoint

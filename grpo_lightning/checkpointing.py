@@ -24,6 +24,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``Trainer(plugins=[AtomicCheckpointIO()])``; GRPOModule's :class:`~grpo_lightning.interrupt.RunGuard`
     installs it by itself when the strategy uses the plain Torch writer. Remote paths (``s3://``)
     keep Lightning's behaviour.
+
+    Args:
+        module_keys: the names of the weights of the module that loads the checkpoints (called at load
+            time); a checkpoint sharing none of them is refused as another module's. None: a
+            GRPOModule's (see :func:`~grpo_lightning.checkpoint_check.content_problem`).
     """
+
+    def __init__(self, module_keys: Callable[[], Collection[str]] | None = None) -> None:
+        super().__init__()
+        self.module_keys = module_keys
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
@@ -166,4 +176,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         kwargs: dict[str, Any] = {"weights_only": weights_only}
         if map_location is not None:
             kwargs["map_location"] = map_location
-        return read_checkpoint(path, lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, **kwargs))
+        keys = self.module_keys() if self.module_keys is not None else None
+        return read_checkpoint(
+            path, lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, **kwargs), keys
+        )

@@ -93,7 +93,8 @@ class RunGuard(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            # A checkpoint is checked against the weights of the module that resumes from it.
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO(lambda: pl_module.state_dict().keys())
         warnings.filterwarnings("ignore", message=_MISLEADING_WARNING)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -3,7 +3,7 @@ refuse it where it does not.
 
 A checkpoint saved part-way through an epoch records how many of that epoch's batches were trained
 on, and the resumed loader skips that many. With other batches (another file, other rows, another
-``batch_size``, ``data_seed`` or number of processes) that skip would leave some prompts out of the
+``batch_size``, order seed or number of processes) that skip would leave some prompts out of the
 epoch and repeat others, so such a resume is refused with the two ways out. At an epoch boundary
 nothing is skipped: the new data simply start the next epoch. Settings that do not change the
 training batches (the prompt wording, validation, loader workers) are applied and listed.
@@ -27,6 +27,13 @@ from grpo_lightning.resume import changed_settings
 BATCH_NEUTRAL = frozenset(
     {"val_batch_size", "val_config_name", "test_split", "max_test_samples", "num_workers", "long_prompts"}
 )
+
+
+# How the differences no setting names are listed.
+ROWS = "training rows"
+OTHER_COLUMNS = "training rows' other columns"
+PROCESSES = "processes (devices x nodes)"
+ORDER_SEED = "training order seed (the seed_everything seed, under DDP)"
 
 
 @dataclass(frozen=True)
@@ -77,12 +84,15 @@ def _batch_key_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """The differences of two ``train_batches`` keys that no setting names: the rows and the processes."""
     changes: dict[str, tuple[Any, Any]] = {}
     if (saved.get("rows"), saved.get("questions")) != (current.get("rows"), current.get("questions")):
-        changes["training rows"] = (
+        changes[ROWS] = (
             f"{saved.get('rows')} rows (questions {saved.get('questions')})",
             f"{current.get('rows')} rows (questions {current.get('questions')})",
         )
     if saved.get("world_size") != current.get("world_size"):
-        changes["processes (devices x nodes)"] = (saved.get("world_size"), current.get("world_size"))
+        changes[PROCESSES] = (saved.get("world_size"), current.get("world_size"))
+    several = max(saved.get("world_size", 1), current.get("world_size", 1)) > 1
+    if several and saved.get("order_seed") != current.get("order_seed"):  # on one, data_seed says it
+        changes[ORDER_SEED] = (saved.get("order_seed"), current.get("order_seed"))
     return changes
 
 
@@ -110,7 +120,7 @@ def check_data_resume(
         same_batches = dict(saved_key) == dict(current_key)
         changes.update(_batch_key_changes(saved_key, current_key))
         if same_batches and saved_state.get("train_content") != current_state.get("train_content"):
-            changes["training rows' other columns"] = ("as saved", "changed (same questions, same order)")
+            changes[OTHER_COLUMNS] = ("as saved", "changed (same questions, same order)")
     else:
         same_batches = all(k.removeprefix("data.") in BATCH_NEUTRAL for k in changes)
     if same_batches or not changes:
@@ -126,10 +136,12 @@ def check_data_resume(
 def _refusal(changes: Mapping[str, tuple[Any, Any]], saved_key: Any, position: LoaderPosition) -> str:
     lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
     fixes = [f"--{k} {cli_value(old)}" for k, (old, _) in changes.items() if k.startswith("data.")]
-    if "training rows" in changes:
+    if ROWS in changes:
         fixes.append(f"the training data as they were ({saved_key.get('rows')} rows)")
-    if "processes (devices x nodes)" in changes:
-        fixes.append(f"{changes['processes (devices x nodes)'][0]} processes (devices x nodes)")
+    if ORDER_SEED in changes:
+        fixes.append(f"--seed_everything {changes[ORDER_SEED][0]}")
+    if PROCESSES in changes:
+        fixes.append(f"{changes[PROCESSES][0]} processes (devices x nodes)")
     return (
         f"This checkpoint was saved part-way through epoch {position.epochs_done} ({position.batches} of its "
         "batches trained on), and the training batches changed since:\n"

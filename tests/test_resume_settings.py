@@ -151,7 +151,10 @@ def test_the_default_optimizer_names_its_groups():
 
     module = make_module(tiny_tokenizer(), weight_decay=0.1)
     optimizer = module.configure_optimizers()["optimizer"]
-    assert [(g["name"], g["weight_decay"]) for g in optimizer.param_groups] == [("decay", 0.1), ("no_decay", 0.0)]
+    assert [(g["name"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        ("decay", 0.1),
+        ("no_decay", 0.0),
+    ]
 
 
 def test_a_custom_optimizer_learning_rate_given_on_resume_is_applied(tmp_path):
@@ -177,10 +180,25 @@ def test_a_custom_optimizer_learning_rate_given_on_resume_is_applied(tmp_path):
 def test_a_checkpoint_needing_weights_only_false_resumes_with_the_flag_the_error_names(tmp_path, first_run):
     model_dir, ckpt = first_run
     checkpoint = torch.load(ckpt, weights_only=False)
-    checkpoint["hyper_parameters"]["started"] = datetime.date(2025, 1, 1)  # not on the weights-only allow-list
+    checkpoint["hyper_parameters"]["started"] = datetime.date(
+        2025, 1, 1
+    )  # not on the weights-only allow-list
     torch.save(checkpoint, ckpt)
     with pytest.raises(CheckpointFileError, match="add --weights_only false to the command") as info:
         _fit(tmp_path / "second", model_dir, f"--ckpt_path={ckpt}", "--trainer.max_steps=3")
     flag = str(info.value).split("add ")[1].split(" to the command")[0].split()
     cli = _fit(tmp_path / "third", model_dir, f"--ckpt_path={ckpt}", *flag, "--trainer.max_steps=3")
     assert cli.trainer.global_step == 3
+
+
+def test_a_changed_batch_size_mid_epoch_is_refused_from_the_command_line(tmp_path, first_run):
+    model_dir, ckpt = first_run  # step 2 of the 8 batches of epoch 0
+    with pytest.raises(ValueError, match=r"data\.batch_size: 2 -> 4") as info:
+        _fit(
+            tmp_path / "second",
+            model_dir,
+            f"--ckpt_path={ckpt}",
+            "--data.batch_size=4",
+            "--trainer.max_steps=3",
+        )
+    assert "Resume with the checkpoint's values (--data.batch_size 2)" in str(info.value)

@@ -4,6 +4,7 @@
 # is built from ``__init__``'s signature, and for postponed annotations jsonargparse runs this module's
 # ``TYPE_CHECKING`` block, which would import the datasets library just to print ``--help``.
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,7 +216,7 @@ class PromptDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """What identifies the training batches, saved in checkpoints: ``{"train_batches": {"rows",
-        "questions", "batch_size", "data_seed", "world_size"}, "train_content": digest}`` (see
+        "questions", "batch_size", "order_seed", "world_size"}, "train_content": digest}`` (see
         :mod:`grpo_lightning.data.fingerprint`). A resumed run compares it with its own
         (:class:`~grpo_lightning.interrupt.RunGuard`): the saved loader position only holds for the same
         batches. Empty before the training split is loaded."""
@@ -228,10 +229,19 @@ class PromptDataModule(LightningDataModule):
             "rows": len(data),
             "questions": self._train_digests[0],
             "batch_size": self.hparams.batch_size,
-            "data_seed": self.hparams.data_seed,
+            "order_seed": self._order_seed(),
             "world_size": self.trainer.world_size if self.trainer is not None else 1,
         }
         return {"train_batches": batches, "train_content": self._train_digests[1]}
+
+    def _order_seed(self) -> int:
+        """The seed of the training order: ``data_seed`` (EpochRandomSampler), or under DDP the seed of
+        the DistributedSampler Lightning puts in its place, which is the ``seed_everything`` seed."""
+        trainer = self.trainer
+        distributed = trainer is not None and trainer._accelerator_connector.use_distributed_sampler
+        if distributed and trainer.world_size > 1:
+            return int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return int(self.hparams.data_seed)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: the data are rebuilt from the settings, and RunGuard compares the saved

@@ -2,7 +2,7 @@
 
 A checkpoint saved part-way through an epoch records how many batches of that epoch were trained on;
 the resumed loader skips that many. That is right only when it would produce the same batches: the
-same questions in the same order (the sampler's order is a function of the row count, ``data_seed``
+same questions in the same order (the sampler's order is a function of the row count, its seed
 and the epoch), the same ``batch_size`` and the same number of processes. :func:`batches_key` holds
 exactly those; :func:`content_digest` covers every other column too (a corrected gold answer changes
 it, but not the batches).
@@ -38,7 +38,7 @@ def _digest(data: Dataset, columns: Iterable[str]) -> str:
 
 def questions_digest(data: Dataset) -> str:
     """Digest of the prompts' questions (and conversations) in row order: with the row count, the
-    ``batch_size``, ``data_seed`` and number of processes, what decides the training batches."""
+    ``batch_size``, order seed and number of processes, what decides the training batches."""
     return _digest(data, ("question", CONVERSATION_COLUMN))
 
 

@@ -122,9 +122,9 @@ def _start_of_marker_lines(body: str, line_start: int, marker: int) -> int:
     return end
 
 
-def ends_with_hash_answer(text: str, need_reasoning: bool = True) -> bool:
+def ends_with_hash_answer(text: str) -> bool:
     """Whether the last line of ``text`` (trailing whitespace aside) is ``#### <number>``, after
-    reasoning other than ``####`` lines when ``need_reasoning``."""
+    reasoning other than ``####`` lines."""
     body = text.rstrip()
     line_start = body.rfind("\n") + 1
     at = body.rfind(HASH_MARKER, line_start)
@@ -133,22 +133,23 @@ def ends_with_hash_answer(text: str, need_reasoning: bool = True) -> bool:
     first = at
     while first > line_start and body[first - 1] == "#":  # "##### 5": the run starts earlier
         first -= 1
-    if need_reasoning and not _has_reasoning(body, _start_of_marker_lines(body, line_start, first)):
+    if not _has_reasoning(body, _start_of_marker_lines(body, line_start, first)):
         return False
     start = at + len(HASH_MARKER)
     answer = hash_answer(body[start : start + MAX_LINE_CHARS])
     return answer_number(answer) is not None
 
 
-def ends_with_boxed_answer(text: str, need_reasoning: bool = True) -> bool:
-    """Whether ``text`` ends with a complete box holding a readable answer, closing punctuation aside."""
+def ends_with_boxed_answer(text: str) -> bool:
+    """Whether ``text`` ends with a complete box holding a readable answer after reasoning, closing
+    punctuation aside."""
     found = find_last_box_span(text)
     if found is None:
         return False
     start, end, content = found
     if text[end:].strip(BOX_CLOSING_CHARS):
         return False
-    return (not need_reasoning or _has_reasoning(text, start)) and readable_answer(content)
+    return _has_reasoning(text, start) and readable_answer(content)
 
 
 def answer_format(completion: str) -> bool:

@@ -144,8 +144,9 @@ class _Child:
         self.conn = Connection(ours.detach())
         prepared = spawn.get_preparation_data("reward-worker")
         wanted = _PREPARED + (_MAIN if b"__main__" in payload else ())  # a reward defined in the script
-        self.conn.send({k: v for k, v in prepared.items() if k in wanted})
-        self.conn.send_bytes(payload)
+        with contextlib.suppress(OSError):  # it died at once: reported as a failed start
+            self.conn.send({k: v for k, v in prepared.items() if k in wanted})
+            self.conn.send_bytes(payload)
 
     def is_alive(self) -> bool:
         return self.popen.poll() is None
@@ -290,14 +291,22 @@ class RewardWorkerPool:
             raise ValueError(f"reward_workers={num_workers}: a worker pool needs at least 1 process.")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"reward_timeout={timeout} must be > 0 seconds, or None for no limit.")
+        interactive = getattr(sys.modules["__main__"], "__file__", None) is None
         for fn in funcs:
+            name = getattr(fn, "__name__", fn)
             try:
-                pickle.dumps(fn)
+                pickled = pickle.dumps(fn)
             except Exception as err:
                 raise ValueError(
-                    f"The reward {getattr(fn, '__name__', fn)!r} cannot be sent to a worker process ({err}). Define "
+                    f"The reward {name!r} cannot be sent to a worker process ({err}). Define "
                     "it at module level (or register it / give its import path), or set reward_workers=0."
                 ) from err
+            if interactive and b"__main__" in pickled:
+                raise ValueError(
+                    f"The reward {name!r} is defined in an interactive session (a notebook, python -c), which a "
+                    "worker process cannot import. Put it in a .py file beside the notebook and import it from "
+                    "there (or give its import path, 'my_rewards:my_reward'), or set reward_workers=0."
+                )
         self.funcs = list(funcs)
         self._payload = pickle.dumps(self.funcs)
         self.num_workers = num_workers

@@ -119,3 +119,15 @@ def test_a_worker_that_cannot_import_a_reward_says_which_module_and_where_it_loo
     assert "could not load the reward functions" in message
     assert "ModuleNotFoundError: No module named 'vanishing_reward_module'" in message
     assert "training process's sys.path" in message and "PYTHONPATH" in message
+
+
+def test_a_reward_defined_in_an_interactive_session_is_refused_before_any_worker_starts(monkeypatch):
+    def typed_in_a_notebook(prompts, completions, **columns):
+        return [1.0] * len(completions)
+
+    typed_in_a_notebook.__module__ = "__main__"
+    typed_in_a_notebook.__qualname__ = "typed_in_a_notebook"
+    monkeypatch.setattr(sys.modules["__main__"], "typed_in_a_notebook", typed_in_a_notebook, raising=False)
+    monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)  # as in Jupyter
+    with pytest.raises(ValueError, match=r"'typed_in_a_notebook' is defined in an interactive session .* \.py file"):
+        RewardScorer([typed_in_a_notebook], workers=1)

@@ -352,6 +352,8 @@ def save_pretrained(
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     writer = not distributed or torch.distributed.get_rank() == 0
     adapter = is_peft_model(policy) and not merge_lora
+    if adapter:
+        check_adapter_base(policy)
     if is_sharded(policy):
         if merge_lora:
             raise ValueError(
@@ -376,6 +378,23 @@ def save_pretrained(
         chat = getattr(tokenizer, "chat_template", None) is not None
         write_model_card(path, card, adapter=adapter, chat=chat)
     return path
+
+
+def check_adapter_base(policy: nn.Module) -> None:
+    """Refuse to export a LoRA adapter alone when its base model came from a GGUF file: the adapter
+    names its base by ``name_or_path``, and peft loads that with plain ``from_pretrained``, which
+    needs ``config.json`` and cannot read the GGUF file."""
+    name = getattr(base_model(policy), "name_or_path", "") or ""
+    try:
+        gguf_base = bool(name) and "gguf_file" in split_gguf(name, {})[1]
+    except ValueError:  # a folder of several GGUF files
+        gguf_base = True
+    if gguf_base:
+        raise ValueError(
+            f"The LoRA policy's base model was loaded from a GGUF file ({name}), which peft cannot load as the "
+            "base of an exported adapter. Export the adapter merged into a full model: merge_lora=True "
+            "(on the command line, --export.merge_lora true)."
+        )
 
 
 @contextmanager

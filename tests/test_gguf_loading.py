@@ -16,7 +16,13 @@ from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
 from grpo_lightning import gguf
 from grpo_lightning.gguf import WheelModel, drop_quantizer
-from grpo_lightning.models import builtin_models, eos_token_ids, pretrained_source, save_pretrained
+from grpo_lightning.models import (
+    apply_lora,
+    builtin_models,
+    eos_token_ids,
+    pretrained_source,
+    save_pretrained,
+)
 from grpo_lightning.tokenizer_io import chat_turn_end_id
 
 CHATML = (
@@ -125,3 +131,16 @@ def test_the_export_stops_where_training_did(tmp_path):
     assert saved["eos_token_id"] == [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
     assert saved["pad_token_id"] == tok.pad_token_id
     assert model.generation_config.eos_token_id == tok.eos_token_id  # the policy's own config is untouched
+
+
+def test_an_adapter_on_a_gguf_base_is_exported_merged_or_refused(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "x.gguf").write_bytes(b"")
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    model.name_or_path = model.config._name_or_path = str(tmp_path / "base")  # what a GGUF load records
+    policy = apply_lora(model, {"r": 2})
+    with pytest.raises(ValueError, match=r"loaded from a GGUF file .* merge_lora=True"):
+        save_pretrained(policy, tok, tmp_path / "adapter")
+    save_pretrained(policy, tok, tmp_path / "merged", merge_lora=True)
+    assert (tmp_path / "merged" / "model.safetensors").is_file()

@@ -12,6 +12,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -238,3 +239,30 @@ def test_after_a_failed_export_the_checkpoint_at_the_final_step_is_named(finishe
     path, note = final_checkpoint(cli.trainer)
     assert path == ckpts / "last.ckpt" and "holds the trained weights (step 2)" in note
     assert sorted(p.name for p in ckpts.iterdir()) == before  # found, not written again
+
+
+def test_when_the_trained_weights_cannot_be_saved_either_the_error_says_so(tmp_path):
+    from grpo_lightning.exporting import export_failure
+
+    older = tmp_path / "checkpoints" / "step=1.ckpt"
+    older.parent.mkdir()
+    torch.save({"global_step": 1, "state_dict": {}, "pytorch-lightning_version": "2.6.0"}, older)
+
+    def save_checkpoint(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    trainer = SimpleNamespace(
+        global_step=2,
+        checkpoint_callbacks=[],
+        is_global_zero=True,
+        strategy=SimpleNamespace(broadcast=lambda obj: obj),
+        default_root_dir=str(tmp_path),
+        loggers=[],
+        save_checkpoint=save_checkpoint,
+    )
+    error = OSError(errno.ENOSPC, "No space left on device")
+    message = str(export_failure(trainer, str(tmp_path / "out"), error, merge_lora=False, existed=False))
+    assert "failed (the disk is full)" in message
+    assert f"The trained weights could not be kept: saving the trained weights to {older.parent}" in message
+    assert f"the newest checkpoint is {older}, from before the end of training" in message
+    assert "grpo-lightning export" not in message  # no command that would export something else

@@ -58,9 +58,15 @@ def read_marker(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     files = marker.get("files") if isinstance(marker, dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        return None
+    if not isinstance(files, list) or not all(isinstance(f, str) and _plain_relative(f) for f in files):
+        return None  # not one the package wrote: its list must not lead a deletion outside the folder
     return marker
+
+
+def _plain_relative(name: str) -> bool:
+    """A path below its folder: relative, without ``..`` or empty parts."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and name == str(Path(name))
 
 
 def unlisted_entries(folder: Path, marker: dict) -> list[str]:
@@ -292,9 +298,13 @@ def remove_export(folder: Path) -> list[str]:
     marker = read_marker(folder)
     if marker is None:
         return sorted(p.name for p in folder.iterdir())
+    real = os.path.realpath(folder)
     for name in marker["files"]:
-        with contextlib.suppress(FileNotFoundError):
-            (folder / name).unlink()
+        path = folder / name
+        # Through a folder link the file would lie elsewhere: not one the export wrote there.
+        inside = os.path.realpath(path.parent) == os.path.join(real, os.path.dirname(name)).rstrip(os.sep)
+        if inside and (path.is_file() or path.is_symlink()):
+            path.unlink()
     (folder / MARKER).unlink()
     dirs = sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True)
     for d in [*dirs, folder]:

@@ -57,7 +57,7 @@ def write_policy(
     """
     module.save_pretrained(str(folder), merge_lora=merge_lora, card=card)
     readme = Path(folder) / CARD_FILE
-    if readme.is_file():
+    if Path(folder) != Path(location) and readme.is_file():  # (other ranks write nothing: folder is location)
         readme.write_text(readme.read_text().replace(repr(str(folder)), repr(str(location))))
 
 

@@ -20,6 +20,7 @@ from grpo_lightning.export_dir import (
     _exchange,
     check_export_target,
     recover_leftovers,
+    remove_export,
     staged_export,
 )
 
@@ -241,3 +242,24 @@ def test_leftovers_of_killed_exports_are_repaired_or_reported(tmp_path):
     assert recover_leftovers(target) == [
         f"Left {running}: process {os.getpid()}, which is writing it, is still running."
     ]
+
+
+def test_a_marker_never_leads_a_deletion_outside_its_folder(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's")
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / MARKER).write_text(json.dumps({"files": ["../outside.txt"]}))
+    with pytest.raises(ExportTargetError, match="no export wrote"):
+        check_export_target(forged, overwrite=True)
+    # A listed file reached through a folder link lies elsewhere: it is kept.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "weights.bin").write_text("the user's")
+    export = tmp_path / "export"
+    make_export(export, {"sub/weights.bin": "exported"})
+    (export / "sub" / "weights.bin").unlink()
+    (export / "sub").rmdir()
+    (export / "sub").symlink_to(elsewhere)
+    assert remove_export(export) == ["sub"]
+    assert outside.read_text() == (elsewhere / "weights.bin").read_text() == "the user's"

@@ -28,6 +28,7 @@ must keep its entry point under ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import multiprocessing as mp
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 import traceback
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,7 +90,10 @@ def _serve(conn: Connection, payload: bytes) -> None:
         return
     conn.send("ready")  # time limits start counting from the first call, not from the process start
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except EOFError:  # the training process ended without closing the pool: so does the worker
+            return
         if message is None:
             return
         task, k, kwargs = message
@@ -312,6 +317,7 @@ class RewardWorkerPool:
         self.num_workers = num_workers
         self.timeout = timeout
         self.restarts = 0  # workers replaced after a call timed out or crashed them
+        _live_pools.add(self)
 
     def close(self) -> None:
         for worker in self._workers:
@@ -319,7 +325,8 @@ class RewardWorkerPool:
         self._workers = []
 
     def __del__(self) -> None:
-        self.close()
+        if not sys.is_finalizing():  # at exit, _close_pools already did (the pipes' modules are gone now)
+            self.close()
 
     def map(self, tasks: Sequence[tuple[int, dict[str, Any]]], fail_fast: bool = False) -> list[Any]:
         """Run ``funcs[k](**kwargs)`` for every ``(k, kwargs)``; one result per task, in order: the
@@ -404,6 +411,16 @@ class RewardWorkerPool:
         self._workers[i].stop(kill=True)
         self._workers[i] = _Worker(self._payload)
         self.restarts += 1
+
+
+_live_pools: weakref.WeakSet[RewardWorkerPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_pools() -> None:
+    """Stop the workers of the pools nobody closed, while the interpreter can still talk to them."""
+    for pool in list(_live_pools):
+        pool.close()
 
 
 class PoolView:

@@ -50,7 +50,12 @@ class ModelCardInfo:
         steps: optimizer steps trained.
         settings: a short summary of the training settings, ``{name: value}`` (see :func:`settings_summary`).
         metrics: final metrics, ``{name: value}`` (e.g. ``{"val/accuracy": 0.85}``).
-        example_prompt: a prompt in the format the model was trained on, for the loading snippet.
+        example_prompt: a prompt for the loading snippet: the text the model continues, or with a chat
+            template the user's question (sent as a user message).
+        example_messages: a conversation for the loading snippet, sent as it is (the chat template renders
+            it once); takes the place of ``example_prompt``.
+        raw_prompt: ``example_prompt`` is the very text the model was trained to continue: sent as text
+            even when the tokenizer has a chat template (the run did not use it).
     """
 
     base_model: str | None = None
@@ -61,6 +66,8 @@ class ModelCardInfo:
     settings: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
     example_prompt: str | None = None
+    example_messages: Sequence[Mapping[str, str]] | None = None
+    raw_prompt: bool = False
 
 
 def settings_summary(hparams: Mapping[str, Any], keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, Any]:
@@ -71,11 +78,13 @@ def settings_summary(hparams: Mapping[str, Any], keys: Sequence[str] = SUMMARY_K
 def run_card_info(hparams: Mapping[str, Any], reward_names: Sequence[str], trainer: Any | None) -> ModelCardInfo:
     """A card's facts from a GRPOModule's ``hparams`` and reward names and, when a Trainer ran it,
     the optimizer steps, the last ``val/*`` and ``train/reward`` values, the data module's source
-    and its first validation prompt (a prompt in the trained format, for the loading snippet)."""
+    and its first validation prompt (for the loading snippet: see :func:`snippet_example`)."""
     data = getattr(trainer, "datamodule", None)
     val = getattr(data, "val_dataset", None)
     metrics = trainer.callback_metrics if trainer is not None else {}
     model = hparams.get("model")
+    first = val[0] if val is not None and len(val) and "prompt" in val.column_names else None
+    prompt, messages = snippet_example(data, first) if first is not None else (None, None)
     return ModelCardInfo(
         base_model=model if isinstance(model, str) else None,
         dataset=getattr(data, "where", None),
@@ -83,8 +92,41 @@ def run_card_info(hparams: Mapping[str, Any], reward_names: Sequence[str], train
         steps=trainer.global_step if trainer is not None else None,
         settings=settings_summary(hparams),
         metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/") or k == "train/reward"},
-        example_prompt=val[0]["prompt"] if val is not None and len(val) and "prompt" in val.column_names else None,
+        example_prompt=prompt,
+        example_messages=messages,
+        raw_prompt=prompt is not None,
     )
+
+
+def snippet_example(data: Any, row: Mapping[str, Any]) -> tuple[str | None, list[dict[str, str]] | None]:
+    """``(prompt, messages)``: how the loading snippet sends a data module's prompt ``row``.
+
+    A prompt rendered by the chat template goes back as the conversation it was rendered from
+    (pipelines apply the template themselves: sending the rendered text as a user message would
+    apply it twice); that conversation is used only when the template renders it to the very
+    prompt trained on, else there is no example. A prompt without a template is sent as its text.
+    """
+    from grpo_lightning.data.prompts import PromptFormatter
+    from grpo_lightning.data.sources import CONVERSATION_COLUMN
+
+    tokenizer = getattr(data, "tokenizer", None)
+    settings = getattr(data, "hparams", {})
+    if getattr(tokenizer, "chat_template", None) is None or settings.get("use_chat_template") is False:
+        return row["prompt"], None
+    messages = [dict(m) for m in row.get(CONVERSATION_COLUMN) or []]
+    if not messages:
+        template = settings.get("prompt_template")
+        fill = PromptFormatter(tokenizer, template, use_chat_template=False).fill if template else None
+        messages = [{"role": "user", "content": fill(row) if fill else row.get("question", "")}]
+    system = settings.get("system_prompt")
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    kwargs = settings.get("chat_template_kwargs") or {}
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception:  # a template that refuses the conversation: no example rather than a wrong one
+        return None, None
+    return (None, messages) if rendered == row["prompt"] else (None, None)
 
 
 def hub_model_id(name: str | None) -> str | None:
@@ -132,7 +174,7 @@ def render_model_card(
         *_table("Final metrics", {k: _number(v) for k, v in info.metrics.items()}),
         "## How to load",
         "",
-        *_loading_snippet(info.repo_id or location, info.example_prompt, adapter=adapter, chat=chat),
+        *_loading_snippet(info.repo_id or location, _messages(info, chat) or info.example_prompt, adapter=adapter),
     ]
     return "\n".join(lines) + "\n"
 
@@ -180,9 +222,26 @@ def _value(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _loading_snippet(where: str, example: str | None, *, adapter: bool, chat: bool) -> list[str]:
-    prompt = example if example is not None else (DEFAULT_QUESTION if chat else DEFAULT_EXAMPLE_PROMPT)
+def _messages(info: ModelCardInfo, chat: bool) -> list[dict[str, str]] | None:
+    """The conversation the snippet sends when the tokenizer has a chat template (``chat``), else None."""
+    if info.example_messages is not None:
+        return [dict(m) for m in info.example_messages]
+    if not chat or info.raw_prompt:
+        return None
+    question = info.example_prompt if info.example_prompt is not None else DEFAULT_QUESTION
+    return [{"role": "user", "content": question}]
+
+
+def _loading_snippet(where: str, example: str | list[dict[str, str]] | None, *, adapter: bool) -> list[str]:
+    """``example``: a conversation (sent through the chat template), a text, or None (the default text)."""
+    prompt = example if example is not None else DEFAULT_EXAMPLE_PROMPT
     if adapter:
+        encode = (
+            f"tokenizer.apply_chat_template({prompt!r}, add_generation_prompt=True, return_tensors='pt', "
+            "return_dict=True)"
+            if isinstance(prompt, list)
+            else f"tokenizer({prompt!r}, return_tensors='pt')"
+        )
         return [
             "```python",
             "from peft import AutoPeftModelForCausalLM",
@@ -190,18 +249,17 @@ def _loading_snippet(where: str, example: str | None, *, adapter: bool, chat: bo
             "",
             f"model = AutoPeftModelForCausalLM.from_pretrained({where!r})",
             f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
-            f"inputs = tokenizer({prompt!r}, return_tensors='pt')",
+            f"inputs = {encode}",
             "output = model.generate(**inputs, max_new_tokens=256, do_sample=False)",
             "print(tokenizer.decode(output[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))",
             "```",
         ]
-    query = f"[{{'role': 'user', 'content': {prompt!r}}}]" if chat else repr(prompt)
     return [
         "```python",
         "from transformers import pipeline",
         "",
         f"generator = pipeline('text-generation', model={where!r})",
-        f"output = generator({query}, max_new_tokens=256, do_sample=False, return_full_text=False)",
+        f"output = generator({prompt!r}, max_new_tokens=256, do_sample=False, return_full_text=False)",
         "print(output[0]['generated_text'])",
         "```",
     ]

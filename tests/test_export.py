@@ -8,15 +8,24 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
+from datasets import Dataset
 from helpers import answer_reward, one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
-from grpo_lightning.model_card import ModelCardInfo, hub_model_id, render_model_card, settings_summary
+from grpo_lightning.data.datamodule import PromptDataModule
+from grpo_lightning.model_card import (
+    ModelCardInfo,
+    hub_model_id,
+    render_model_card,
+    run_card_info,
+    settings_summary,
+)
 from grpo_lightning.models import load_tokenizer, resolve_model_path, save_pretrained
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.tiny import CHARACTERS, SPECIAL_TOKENS, UNK_TOKEN, build_char_tokenizer
@@ -228,3 +237,44 @@ def test_push_to_hub_uploads_the_export(tmp_path, monkeypatch):
     card = (uploaded / "README.md").read_text()
     assert "# tiny-grpo" in card and "model='me/tiny-grpo'" in card and "- Optimizer steps: 3" in card
     assert_loads_the_standard_way(uploaded, SHIPPED_ANSWER)
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+
+
+def card_of_a_run(tokenizer, **data_settings):
+    """What a run's card says about its first validation prompt (a Trainer that ran no step)."""
+    rows = [{"question": f"What is {a} + 4?", "answer": str(a + 4)} for a in range(4)]
+    data = PromptDataModule(
+        Dataset.from_list(rows), tokenizer=tokenizer, prompt_template="{question}", system_prompt="Be brief.",
+        val_fraction=0.5, **data_settings,
+    )  # fmt: skip
+    data.setup("fit")
+    trainer = SimpleNamespace(datamodule=data, callback_metrics={}, global_step=0)
+    return run_card_info({"model": "builtin:tiny-math"}, ["answer_reward"], trainer), data.val_dataset[0]
+
+
+def test_a_runs_card_chats_through_the_template_once(tmp_path, capsys):
+    tok = tiny_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    info, row = card_of_a_run(tok)
+    assert info.example_messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": row["question"]},
+    ]
+    model = tiny_model(tok)
+    save_pretrained(model, tok, tmp_path, card=info)
+    snippet = re.search(r"```python\n(.*?)```", (tmp_path / "README.md").read_text(), re.DOTALL).group(1)
+    exec(snippet.replace("max_new_tokens=256", "max_new_tokens=12"), {})
+    # The prompt trained on, rendered once: "<system>Be brief.\n<user>What is ...?\n<assistant>".
+    assert row["prompt"] == f"<system>Be brief.\n<user>{row['question']}\n<assistant>"
+    assert capsys.readouterr().out == project_greedy(model, row["prompt"], 12) + "\n"
+
+
+def test_a_runs_card_sends_a_prompt_trained_without_the_template_as_text(tmp_path):
+    tok = tiny_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    info, row = card_of_a_run(tok, use_chat_template=False)
+    assert info.example_messages is None and info.example_prompt == row["prompt"] == f"Be brief.\n\n{row['question']}"
+    text = render_model_card(info, "out", chat=True)
+    assert f"generator({row['prompt']!r}, max_new_tokens" in text

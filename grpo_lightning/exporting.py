@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 
 #: The command that exports a checkpoint (``python -m grpo_lightning export`` is the same).
 EXPORT_COMMAND = "grpo-lightning export"
+#: What to do with a sharded checkpoint (a folder, as FSDP2 writes), which only its strategy reads.
+SHARDED = (
+    f"a sharded checkpoint, which {EXPORT_COMMAND} cannot read (it reads single-file checkpoints). Export it "
+    "under the strategy and number of processes that wrote it: in Python, trainer.validate(module, "
+    "datamodule, ckpt_path=<it>), then module.save_pretrained(<folder>) on every process."
+)
 
 
 class ExportFailed(RuntimeError):
@@ -117,11 +123,7 @@ def export_checkpoint(
 
     path = Path(ckpt_path)
     if path.is_dir():
-        raise ValueError(
-            f"--ckpt_path {path} is a folder (a sharded checkpoint): {EXPORT_COMMAND} reads a single-file "
-            "checkpoint. Export with the run's own strategy instead: trainer.fit from it with max_steps "
-            "one above its step, and the export at the end of fit gathers the shards."
-        )
+        raise ValueError(f"--ckpt_path {path} is a folder: {SHARDED}")
     if not path.is_file():
         raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file.")
     check_checkpoint_file(path)
@@ -222,7 +224,9 @@ def export_failure(
         f"failed{' (the disk is full)' if full else ''}: {cause}.",
         f"The export was written beside the folder and never swapped in: {state}.",
     ]
-    if ckpt is not None:
+    if ckpt is not None and ckpt.is_dir():
+        lines.append(f"The weights are safe: {note}. It is a folder: {SHARDED}")
+    elif ckpt is not None:
         lines.append(f"The weights are safe: {note}. Once the cause is fixed, export them with:")
         lines.append(f"  {recovery_command(ckpt, target, merge_lora, existed)}")
     else:

@@ -266,3 +266,25 @@ def test_when_the_trained_weights_cannot_be_saved_either_the_error_says_so(tmp_p
     assert f"The trained weights could not be kept: saving the trained weights to {older.parent}" in message
     assert f"the newest checkpoint is {older}, from before the end of training" in message
     assert "grpo-lightning export" not in message  # no command that would export something else
+
+
+def test_the_export_command_names_what_it_cannot_read(tmp_path, monkeypatch):
+    (tmp_path / "sharded.ckpt").mkdir()
+    (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 cut off")
+    for ckpt, why in [
+        ("sharded.ckpt", "is a folder: a sharded checkpoint"),
+        ("missing.ckpt", "no such checkpoint file"),
+        ("cut.ckpt", "cut.ckpt"),
+    ]:
+        argv = [
+            "grpo-lightning",
+            "export",
+            "--ckpt_path",
+            str(tmp_path / ckpt),
+            "--export.dir",
+            str(tmp_path / "m"),
+        ]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises((ValueError, OSError, RuntimeError), match=why):
+            console_entry()
+    assert not (tmp_path / "m").exists()

@@ -158,11 +158,14 @@ def content_problem(
     if not names:
         return None
     if module_keys is not None:
-        if set(names).isdisjoint(module_keys):  # partly different weights: the module's own message
-            own = sorted(module_keys)[:3]
+        # Compared by submodule (``policy`` of ``policy.model.norm.weight``): another configuration of
+        # the same module (LoRA or not) shares them, and its loading names the differing weights.
+        own = {key.split(".")[0] for key in module_keys}
+        if own and own.isdisjoint(name.split(".")[0] for name in names):
             return (
-                f"was written by another LightningModule: none of its weights (e.g. {names[:3]}) is one of this "
-                f"module's (e.g. {own}). Give a checkpoint that this module's runs wrote"
+                f"was written by another LightningModule: its weights (e.g. {names[:3]}) belong to submodules "
+                f"this module does not have (it has {sorted(own)}). Give a checkpoint that this module's runs "
+                "wrote"
             )
     elif not any(name.startswith(MODULE_PREFIX) for name in names):
         return (

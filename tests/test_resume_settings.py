@@ -191,14 +191,31 @@ def test_a_checkpoint_needing_weights_only_false_resumes_with_the_flag_the_error
     assert cli.trainer.global_step == 3
 
 
-def test_a_changed_batch_size_mid_epoch_is_refused_from_the_command_line(tmp_path, first_run):
-    model_dir, ckpt = first_run  # step 2 of the 8 batches of epoch 0
+def test_a_changed_batch_size_mid_epoch_is_refused_from_the_command_line(tmp_path):
+    model_dir = _policy(tmp_path / "policy")
+    every_step = [
+        "--trainer.callbacks+=ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
+        "--trainer.callbacks.every_n_train_steps=1",
+        "--trainer.callbacks.save_top_k=-1",
+    ]
+    _fit(tmp_path / "first", model_dir, *every_step)
+    ckpt = tmp_path / "ckpt" / "epoch=0-step=1.ckpt"  # after batch 1 of the 8 of epoch 0
     with pytest.raises(ValueError, match=r"data\.batch_size: 2 -> 4") as info:
-        _fit(
-            tmp_path / "second",
-            model_dir,
-            f"--ckpt_path={ckpt}",
-            "--data.batch_size=4",
-            "--trainer.max_steps=3",
-        )
+        _fit(tmp_path / "second", model_dir, f"--ckpt_path={ckpt}", "--data.batch_size=4")
     assert "Resume with the checkpoint's values (--data.batch_size 2)" in str(info.value)
+
+
+def test_a_changed_batch_size_at_an_epoch_boundary_is_applied_and_said(tmp_path, first_run, capsys):
+    # Stopped by max_steps, a run's checkpoint is written at the end of its epoch: Lightning resumes
+    # with the next one, which then runs on the new batches.
+    model_dir, ckpt = first_run
+    cli = _fit(
+        tmp_path / "second", model_dir, f"--ckpt_path={ckpt}", "--data.batch_size=4", "--trainer.max_steps=3"
+    )
+    err = capsys.readouterr().err
+    assert (
+        "data.batch_size: 2 -> 4" in err
+        and "at the start of epoch 1, so that epoch runs on the new ones" in err
+    )
+    assert cli.trainer.global_step == 3

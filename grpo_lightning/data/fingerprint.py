@@ -14,25 +14,56 @@ import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pyarrow as pa
+
 from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.data.sources import CONVERSATION_COLUMN
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-_CHUNK = 4096  # rows read at a time: the hash never holds a whole large column in memory
+
+def _rows(data: Dataset, columns: list[str]) -> pa.Table:
+    """``columns`` of every row, in the order the data set presents them, as one Arrow table."""
+    table = data.data.table.select(columns)
+    # A select()/shuffle() keeps the rows where they are and adds an index; datasets reads such rows
+    # one by one (seconds for 10^5 rows), one vectorized take is a fraction of that.
+    indices = getattr(data, "_indices", None)
+    return table.take(indices.column(0)) if indices is not None else table
+
+
+def _hash_array(digest: hashlib._Hash, array: pa.Array) -> None:
+    """Add an array's type, nulls and values to ``digest``, independently of how Arrow lays them out
+    (slices, chunks): lists by their lengths and then their items, records field by field."""
+    kind = array.type
+    digest.update(str(kind).encode())
+    digest.update(array.is_null().to_numpy(zero_copy_only=False).tobytes())
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        digest.update(np.diff(array.offsets.to_numpy()).astype(np.int64).tobytes())
+        _hash_array(digest, array.flatten())
+    elif pa.types.is_struct(kind):
+        for field in array.flatten():
+            _hash_array(digest, field)
+    else:
+        try:
+            text = array.cast(pa.large_string())  # text, numbers, booleans
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # anything else, the slow way
+            digest.update(repr(array.to_pylist()).encode())
+            return
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + len(text) + 1]
+        digest.update(np.diff(offsets).tobytes())  # each value's length, then all the bytes
+        if len(text):
+            digest.update(memoryview(text.buffers()[2])[offsets[0] : offsets[-1]])
 
 
 def _digest(data: Dataset, columns: Iterable[str]) -> str:
     """sha256 (first 16 hex digits) of ``columns`` of every row, in row order."""
     columns = [c for c in columns if c in data.column_names]
     digest = hashlib.sha256("\x1f".join(columns).encode())
-    for batch in data.select_columns(columns).iter(batch_size=_CHUNK):
-        for row in zip(*(batch[c] for c in columns), strict=True):
-            for value in row:
-                # Text hashed as it is (fast); anything else (numbers, message lists) by its repr.
-                digest.update(value.encode() if isinstance(value, str) else repr(value).encode())
-                digest.update(b"\x1e")
+    table = _rows(data, columns)
+    for name in columns:
+        _hash_array(digest, table.column(name).combine_chunks())
     return digest.hexdigest()[:16]
 
 

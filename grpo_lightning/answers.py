@@ -84,19 +84,22 @@ def _last_box_from(text: str, start: int) -> tuple[int, int, str] | None:
     the usual one (it depends only on the text after the ``{``), and a ``{`` that finds the stack
     empty never closes. A box command is complete when the brace right after it has a partner.
     """
-    tokens = list(_BOX_TOKEN_RE.finditer(text, start))
+    # Positions only (ints): a list of hundreds of thousands of match objects kept alive makes the
+    # garbage collector scan a large heap again and again (5x slower inside a training process).
+    positions = [match.start() for match in _BOX_TOKEN_RE.finditer(text, start)]
     closes: list[int] = []
     next_open: tuple[int, int | None] | None = None  # (position, partner) of the last "{" seen
-    for match in reversed(tokens):
-        token = match.group()
-        if token == "}":
-            closes.append(match.start())
-        elif token == "{":
-            next_open = (match.start(), closes.pop() if closes else None)
+    for pos in reversed(positions):
+        char = text[pos]
+        if char == "}":
+            closes.append(pos)
+        elif char == "{":
+            next_open = (pos, closes.pop() if closes else None)
         else:
-            content = _box_content(text, match.end(), next_open)
+            command_end = pos + (len("\\boxed") if text.startswith("\\boxed", pos) else len("\\fbox"))
+            content = _box_content(text, command_end, next_open)
             if content is not None:
-                return match.start(), content[1], content[0]
+                return pos, content[1], content[0]
     return None
 
 

@@ -198,17 +198,19 @@ def iter_numbers(text: str) -> Iterator[tuple[int, int, Value]]:
 def first_number(text: str) -> Fraction | None:
     """The value of the first number in ``text`` that has one (``3/0`` has none); None when there is
     none or when the first one met that can be read is too long (``MAX_NUMBER_DIGITS``)."""
-    return _first_value(_readings(text))
+    return _first_value(node for _, _, node in _readings(text))
 
 
 def last_number(text: str) -> Fraction | None:
     """As :func:`first_number`, from the end: only the numbers from the end back to the first one with
     a value are evaluated."""
-    return _first_value(reversed(list(_readings(text))))
+    # Nodes only (mostly strings): a list of tuples for every number of a long text would make the
+    # garbage collector rescan the heap as it grows.
+    return _first_value(reversed([node for _, _, node in _readings(text)]))
 
 
-def _first_value(readings: Iterable[tuple[int, int, Node]]) -> Fraction | None:
-    for _, _, node in readings:
+def _first_value(nodes: Iterable[Node]) -> Fraction | None:
+    for node in nodes:
         value = evaluate(node)
         if value is TOO_LONG:
             return None

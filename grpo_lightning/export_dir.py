@@ -29,6 +29,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,9 @@ from pathlib import Path
 #: The file in each export that lists what the export wrote (paths relative to the folder).
 MARKER = ".grpo-lightning-export.json"
 _LEFTOVER = r"\.{name}\.grpo-export-(?P<pid>\d+)-(?P<id>[0-9a-f]+)(?P<old>\.old)?"
+# Where grpo-lightning before the staged export moved the previous export while it wrote the new
+# one into the target itself: a kill left that folder, and a target without weights.
+_LEGACY_ASIDE = r"\.{name}\.previous-(?P<pid>\d+)"
 
 
 class ExportTargetError(ValueError):
@@ -235,10 +239,22 @@ def recover_leftovers(path: str | os.PathLike[str]) -> list[str]:
       (killed between the two renames), else left and reported (the target holds the old export);
     - an old export that was swapped out: moved back when the target is missing, else its listed
       files are deleted (:func:`remove_export`).
+    - the previous export that grpo-lightning before the staged export moved aside
+      (``.<name>.previous-<pid>``): reported, with the command that puts it back.
     Folders of a process that is still running are left alone.
     """
     target = resolve(path)
     notes = []
+    legacy = re.compile(_LEGACY_ASIDE.format(name=re.escape(target.name)))
+    parent = target.parent if target.parent.is_dir() else None
+    for folder in sorted(parent.iterdir()) if parent is not None else []:
+        match = legacy.fullmatch(folder.name)
+        if match is not None and folder.is_dir() and not _alive(int(match["pid"])):
+            notes.append(
+                f"Left {folder}: the previous export, moved aside by an older grpo-lightning whose export "
+                f"into {target} was stopped, so {target} may be incomplete. To get the previous export back: "
+                f"rm -r {shlex.quote(str(target))} && mv {shlex.quote(str(folder))} {shlex.quote(str(target))}"
+            )
     for folder, match in _leftovers(target):
         pid = int(match["pid"])
         if _alive(pid):

@@ -237,6 +237,13 @@ def test_leftovers_of_killed_exports_are_repaired_or_reported(tmp_path):
     assert [n.split(":")[0].split(" ")[0] for n in notes] == ["Removed", "Moved"]
     assert complete_export(target) == {"config.json": "old"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    legacy = tmp_path / f".export.previous-{dead}"  # what grpo-lightning before the staged export left
+    legacy.mkdir()
+    (legacy / "model.safetensors").write_text("old")
+    (note,) = recover_leftovers(target)
+    assert note.startswith(f"Left {legacy}: the previous export, moved aside by an older grpo-lightning")
+    assert note.endswith(f"rm -r {target} && mv {legacy} {target}") and legacy.is_dir()
+    legacy.rename(tmp_path / "kept")
     running = tmp_path / f".export.grpo-export-{os.getpid()}-cc"
     running.mkdir()
     assert recover_leftovers(target) == [

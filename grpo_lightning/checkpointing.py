@@ -64,6 +64,8 @@ def _temp_path(target: Path) -> Path:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: only the age rule applies
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -329,6 +329,7 @@ def _data_changes(
         saved_state if isinstance(saved_state, dict) else {},
         datamodule.state_dict() or {},
         position,
+        str(trainer.ckpt_path) if trainer.ckpt_path else None,
     )
 
 

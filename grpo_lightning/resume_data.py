@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grpo_lightning.resume import changed_settings
+from grpo_lightning.exporting import EXPORT_COMMAND
+from grpo_lightning.resume import changed_settings, describe_changes
 
 #: Data-module settings that never change the training batches (judged by name when no key is saved).
 BATCH_NEUTRAL = frozenset(
@@ -102,6 +103,7 @@ def check_data_resume(
     saved_state: Mapping[str, Any],
     current_state: Mapping[str, Any],
     position: LoaderPosition,
+    checkpoint: str | None = None,
 ) -> tuple[dict[str, tuple[Any, Any]], str | None]:
     """The data changes since a checkpoint and a line on how they apply; raises ``ValueError`` when the
     batches changed part-way through an epoch.
@@ -110,6 +112,7 @@ def check_data_resume(
         saved_settings, current_settings: the data module's hyperparameters then and now.
         saved_state, current_state: its ``state_dict()`` then and now (may be empty).
         position: the checkpoint's :func:`loader_position`.
+        checkpoint: its path, for the command that exports its weights.
 
     Returns:
         ``({"data.<setting>" or a description: (then, now)}, note or None)``.
@@ -130,11 +133,12 @@ def check_data_resume(
             f"The training batches changed; the checkpoint is at the start of epoch {position.epochs_done}, "
             "so that epoch runs on the new ones."
         )
-    raise ValueError(_refusal(changes, saved_key, position))
+    raise ValueError(_refusal(changes, saved_key, position, checkpoint or "<checkpoint>"))
 
 
-def _refusal(changes: Mapping[str, tuple[Any, Any]], saved_key: Any, position: LoaderPosition) -> str:
-    lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+def _refusal(
+    changes: Mapping[str, tuple[Any, Any]], saved_key: Any, position: LoaderPosition, checkpoint: str
+) -> str:
     fixes = [f"--{k} {cli_value(old)}" for k, (old, _) in changes.items() if k.startswith("data.")]
     if ROWS in changes:
         fixes.append(f"the training data as they were ({saved_key.get('rows')} rows)")
@@ -145,10 +149,10 @@ def _refusal(changes: Mapping[str, tuple[Any, Any]], saved_key: Any, position: L
     return (
         f"This checkpoint was saved part-way through epoch {position.epochs_done} ({position.batches} of its "
         "batches trained on), and the training batches changed since:\n"
-        f"{lines}\n"
+        f"{describe_changes(changes)}\n"
         f"Resuming would skip the first {position.batches} batches of the new data: some prompts would be left "
         "out of the epoch and others repeated. Resume with the checkpoint's values ("
         + "; ".join(fixes)
-        + "), or start a new run without --ckpt_path from its weights: export them with "
-        "GRPOModule.load_from_checkpoint(<checkpoint>).save_pretrained(<folder>) and pass --model.model <folder>."
+        + "), or start a new run without --ckpt_path from its weights: "
+        f"{EXPORT_COMMAND} --ckpt_path {shlex.quote(checkpoint)} --export.dir <folder>, then --model.model <folder>."
     )

@@ -45,7 +45,7 @@ def fit(root, data, *, max_steps=-1, max_epochs=None, ckpt_path=None, every=None
     """Train on ``data`` (8 rows, batch_size 2: 4 batches an epoch); checkpoints every ``every`` steps."""
     dm = PromptDataModule(
         str(data), batch_size=settings.pop("batch_size", 2), prompt_template=settings.pop("template", "{question}"),
-        val_fraction=0.0, **settings,
+        **{"val_fraction": 0.0, **settings},
     )  # fmt: skip
     callbacks = [RunGuard()]
     if every:
@@ -83,6 +83,7 @@ def test_the_checkpoint_records_the_training_batches(mid_epoch):
         ("batch_size", "data.batch_size: 2 -> 4"),
         ("data_seed", "data.data_seed: 0 -> 1"),
         ("cap", "data.max_train_samples: None -> 6"),
+        ("split", "data.val_fraction: 0.0 -> 0.25"),  # 2 of the 8 rows held out for validation
         ("other file", "data.dataset"),
     ],
 )
@@ -97,13 +98,19 @@ def test_other_batches_mid_epoch_are_refused_with_the_fix(tmp_path, mid_epoch, c
         settings["data_seed"] = 1
     elif change == "cap":
         settings["max_train_samples"] = 6
+    elif change == "split":
+        settings["val_fraction"] = 0.25
     else:
         data = write_csv(tmp_path / "other.csv", ROWS[::-1])
     with pytest.raises(ValueError, match="part-way through epoch 0 \\(2 of its batches") as info:
         fit(tmp_path / "second", data, max_steps=6, ckpt_path=ckpt, **settings)
     message = str(info.value)
     assert named in message
-    assert "Resume with the checkpoint's values (" in message and "--model.model <folder>" in message
+    assert "Resume with the checkpoint's values (" in message
+    assert (
+        f"grpo-lightning export --ckpt_path {ckpt} --export.dir <folder>, then --model.model <folder>"
+        in message
+    )
     if change == "batch_size":
         assert "--data.batch_size 2" in message
     if change == "content":
@@ -153,3 +160,18 @@ def test_a_reached_max_epochs_is_refused(tmp_path):
         fit(tmp_path / "second", data, max_epochs=1, ckpt_path=ckpt)
     module, trainer = fit(tmp_path / "third", data, max_epochs=2, ckpt_path=ckpt)
     assert len(module.seen) == 4 and trainer.current_epoch == 2
+
+
+def test_other_synthetic_problems_mid_epoch_are_refused(tmp_path):
+    sizes = {"train_size": 8, "val_size": 0, "test_size": 0}
+    fit(tmp_path / "first", "synthetic", max_steps=2, every=2, synthetic=sizes)
+    ckpt = str(tmp_path / "first" / "ckpt" / "epoch=0-step=2.ckpt")
+    with pytest.raises(ValueError, match=r"(?s)data\.synthetic: .*training rows: '8 rows") as info:
+        fit(
+            tmp_path / "second",
+            "synthetic",
+            max_steps=4,
+            ckpt_path=ckpt,
+            synthetic={**sizes, "max_operand": 7},
+        )
+    assert '--data.synthetic \'{"train_size": 8, "val_size": 0, "test_size": 0}\'' in str(info.value)

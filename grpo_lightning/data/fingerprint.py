@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.data.sources import CONVERSATION_COLUMN
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the data stack loads when data is first loaded (as in sources.py)
+    import pyarrow as pa
     from datasets import Dataset
 
 
@@ -36,6 +36,8 @@ def _rows(data: Dataset, columns: list[str]) -> pa.Table:
 def _hash_array(digest: hashlib._Hash, array: pa.Array) -> None:
     """Add an array's type, nulls and values to ``digest``, independently of how Arrow lays them out
     (slices, chunks): lists by their lengths and then their items, records field by field."""
+    import pyarrow as pa  # here, not at the top: --help must not load the data stack
+
     kind = array.type
     digest.update(str(kind).encode())
     digest.update(array.is_null().to_numpy(zero_copy_only=False).tobytes())

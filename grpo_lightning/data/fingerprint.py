@@ -14,8 +14,6 @@ import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.data.sources import CONVERSATION_COLUMN
 
@@ -33,16 +31,25 @@ def _rows(data: Dataset, columns: list[str]) -> pa.Table:
     return table.take(indices.column(0)) if indices is not None else table
 
 
+def _int64_bytes(values: pa.Array) -> memoryview:
+    """The bytes of an integer array's values as int64 (nulls as -1)."""
+    import pyarrow as pa
+
+    values = values.cast(pa.int64()).fill_null(-1)
+    return memoryview(values.buffers()[1])[values.offset * 8 : (values.offset + len(values)) * 8]
+
+
 def _hash_array(digest: hashlib._Hash, array: pa.Array) -> None:
     """Add an array's type, nulls and values to ``digest``, independently of how Arrow lays them out
     (slices, chunks): lists by their lengths and then their items, records field by field."""
     import pyarrow as pa  # here, not at the top: --help must not load the data stack
+    import pyarrow.compute as pc
 
     kind = array.type
     digest.update(str(kind).encode())
-    digest.update(array.is_null().to_numpy(zero_copy_only=False).tobytes())
+    digest.update(_int64_bytes(array.is_null()))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        digest.update(np.diff(array.offsets.to_numpy()).astype(np.int64).tobytes())
+        digest.update(_int64_bytes(pc.list_value_length(array)))
         _hash_array(digest, array.flatten())
     elif pa.types.is_struct(kind):
         for field in array.flatten():
@@ -53,10 +60,12 @@ def _hash_array(digest: hashlib._Hash, array: pa.Array) -> None:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # anything else, the slow way
             digest.update(repr(array.to_pylist()).encode())
             return
-        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + len(text) + 1]
-        digest.update(np.diff(offsets).tobytes())  # each value's length, then all the bytes
+        digest.update(_int64_bytes(pc.binary_length(text)))  # each value's length, then all the bytes
         if len(text):
-            digest.update(memoryview(text.buffers()[2])[offsets[0] : offsets[-1]])
+            offsets = pa.Array.from_buffers(
+                pa.int64(), len(text) + 1, [None, text.buffers()[1]], offset=text.offset
+            )
+            digest.update(memoryview(text.buffers()[2])[offsets[0].as_py() : offsets[-1].as_py()])
 
 
 def _digest(data: Dataset, columns: Iterable[str]) -> str:

@@ -300,6 +300,11 @@ def read_checkpoint(
     if not is_local_path(path):
         return load() if load is not None else torch.load(path, map_location="cpu", weights_only=True)
     problem = _file_problem(local_path(path))
+    if problem is None and local_path(path).is_dir():  # sharded, but this strategy reads single files
+        problem = (
+            "is a sharded checkpoint folder, which only the strategy that wrote it reads: resume with the "
+            "same --trainer.strategy (the FSDP2 preset) and number of devices"
+        )
     if problem is not None:
         raise checkpoint_error(path, problem)
     if load is None:

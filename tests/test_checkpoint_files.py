@@ -172,3 +172,12 @@ def test_the_suggested_checkpoint_really_loads(tmp_path, trained):
     with pytest.raises(CheckpointFileError, match=f"resume with --ckpt_path {older}\\."):
         check_checkpoint_file(last)
     assert last_good_checkpoint(tmp_path) == older
+
+
+def test_a_sharded_checkpoint_folder_under_a_single_file_strategy_says_which_strategy_reads_it(tmp_path):
+    folder = tmp_path / "last.ckpt"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(b"index")
+    check_checkpoint_file(folder)  # the command line cannot tell which strategy the run uses
+    with pytest.raises(CheckpointFileError, match=r"is a sharded checkpoint folder.*--trainer\.strategy"):
+        _resume(folder)

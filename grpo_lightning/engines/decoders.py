@@ -50,11 +50,27 @@ def lean_unsupported_reason(model: nn.Module, total_length: int) -> str | None:
     return None
 
 
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """``allowed`` (bool) as the additive attention mask SDPA would build from it in every layer: 0 where
+    allowed, -inf elsewhere, in ``dtype``. Built once per step and shared by the layers (same values)."""
+    return torch.full(allowed.shape, float("-inf"), dtype=dtype, device=allowed.device).masked_fill_(
+        allowed, 0.0
+    )
+
+
+def signed_sin(sin: Tensor) -> Tensor:
+    """``sin: [..., d]`` with its first half negated: what :func:`_rope` multiplies the swapped halves by."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding of ``x: [B, heads, S, d]`` with ``cos, sin: [B, 1, S, d]`` (Llama's rotate-half form)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """Rotary embedding of ``x: [B, heads, S, d]`` with ``cos, sin: [B, 1, S, d]``, ``sin`` from :func:`signed_sin`.
+
+    Llama's rotate-half form ``x * cos + cat(-x2, x1) * sin`` with the sign moved into the table
+    (``-x2 * s1 == x2 * -s1`` exactly): the halves are swapped by one ``roll``, per step.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class LeanDecoder:
@@ -91,6 +107,8 @@ class LeanDecoder:
         positions = position_ids_from_mask(prompt_mask)
         x = self.inner.embed_tokens(prompt_ids)
         cos, sin = self.inner.rotary_emb(x, positions)
+        sin = signed_sin(sin)
+        mask = additive_mask(mask, x.dtype)
         total = width + max_new_tokens
         for i, layer in enumerate(self.inner.layers):
             x, k, v = self._layer(layer, x, cos[:, None], sin[:, None], None, mask)
@@ -104,7 +122,8 @@ class LeanDecoder:
         self.key_valid[:, :width] = valid.repeat_interleave(repeats, dim=0)
         start = prompt_mask.long().sum(-1, keepdim=True).repeat_interleave(repeats, dim=0)
         new_positions = start + torch.arange(max_new_tokens, device=start.device)
-        self.cos, self.sin = self.inner.rotary_emb(x, new_positions)  # [N, max_new_tokens, d]
+        self.cos, sin = self.inner.rotary_emb(x, new_positions)  # [N, max_new_tokens, d]
+        self.sin = signed_sin(sin)
         return self._logits(x[:, -1]).repeat_interleave(repeats, dim=0)
 
     def step(self, tokens: Tensor) -> Tensor:
@@ -112,7 +131,7 @@ class LeanDecoder:
         t = self.column - self.width
         x = self.inner.embed_tokens(tokens[:, None])
         cos, sin = self.cos[:, None, t : t + 1], self.sin[:, None, t : t + 1]
-        mask = self.key_valid[:, None, None, : self.column + 1]
+        mask = additive_mask(self.key_valid[:, None, None, : self.column + 1], x.dtype)
         for i, layer in enumerate(self.inner.layers):
             x, _, _ = self._layer(layer, x, cos, sin, i, mask)
         self.column += 1
@@ -121,7 +140,8 @@ class LeanDecoder:
     def _layer(
         self, layer: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, index: int | None, mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One decoder layer on ``x: [B, S, H]``; ``index`` None = prefill (returns the new keys/values)."""
+        """One decoder layer on ``x: [B, S, H]``; ``index`` None = prefill (returns the new keys/values).
+        ``mask``: additive, broadcastable to ``[B, heads, S, keys]``."""
         attn = layer.self_attn
         b, s, _ = x.shape
         h = layer.input_layernorm(x)
@@ -130,7 +150,9 @@ class LeanDecoder:
         v = attn.v_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
+        # Queries and keys rotated together: one set of elementwise ops instead of two (same values).
+        qk = _rope(torch.cat((q, k), dim=2).transpose(1, 2), cos, sin)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         keys, values = (k, v) if index is None else self._cache(index, k, v)
         if _SDPA_GQA:
             o = F.scaled_dot_product_attention(

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from grpo_lightning.causal_lm import base_model
-from grpo_lightning.engines.decoders import LeanDecoder
+from grpo_lightning.engines.decoders import LeanDecoder, additive_mask
 
 _GRAPH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # How far a replayed step's logits may be from the eager step's, relative to the largest eager logit.
@@ -241,7 +241,8 @@ class StaticStepDecoder(LeanDecoder):
         t = (column - self.width).view(1)
         cos, sin = self.cos.index_select(1, t)[:, None], self.sin.index_select(1, t)[:, None]  # [N, 1, 1, d]
         # Keys written so far and not prompt padding; columns past this step's one hold stale values.
-        mask = (self.key_valid[:, :span] & (self._columns[:span] <= column))[:, None, None]
+        allowed = (self.key_valid[:, :span] & (self._columns[:span] <= column))[:, None, None]
+        mask = additive_mask(allowed, x.dtype)
         self._span = span
         for i, layer in enumerate(self.inner.layers):
             x, _, _ = self._layer(layer, x, cos, sin, i, mask)

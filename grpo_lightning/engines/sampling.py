@@ -142,6 +142,14 @@ def sample_categorical(probs: Tensor, block: int = 1024) -> Tensor:
     """
     n, vocab = probs.shape
     wide = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS has no float64
+    if vocab <= block:  # one block: its cumulative sum is the whole distribution (half the operations)
+        cdf = probs.to(wide).cumsum(-1)  # [N, V]
+        total = cdf[:, -1:]
+        u = torch.rand(n, 1, dtype=wide, device=probs.device) * total
+        r = torch.minimum(
+            u, torch.nextafter(total, torch.zeros_like(total))
+        )  # rounding must not reach the end
+        return torch.searchsorted(cdf, r, right=True).squeeze(1).clamp_(max=vocab - 1)
     pad = -vocab % block
     blocks = nn.functional.pad(probs, (0, pad)).view(n, -1, block)  # [N, B, block]
     block_cdf = blocks.sum(-1).to(wide).cumsum(-1)  # [N, B]

@@ -2,12 +2,22 @@
 
     python benchmarks/bench_vs_trl.py --workload all            # every model, the full settings grid
     python benchmarks/bench_vs_trl.py --workload 3m --pairs 3   # one model
+    python benchmarks/bench_vs_trl.py --workload 3m --grid main --busy 2   # idle, then beside 2 busy processes
 
 Each (model, beta, num_iterations) case runs as alternating pairs of subprocesses (TRL first in even
 pairs, grpo_lightning first in odd ones), so peaks of resident memory do not mix and slow phases of
 the machine hit both systems alike. Per system it prints the median over pairs of seconds per
 optimizer step, steps/s, completion tokens/s, peak RSS and the phase split; then the ratio, and each
 system's time over the step's matmul floor (see floor.py), measured in the same run.
+
+``--busy N`` measures every case twice: on the machine as it is, then with N processes that each keep
+a core busy (started and killed by this script), the same load for both systems; the summary gives
+both ratios, by wall-clock and by CPU time. Each system runs with its defaults: grpo_lightning's
+worker sets the OpenMP wait policy before torch loads, as the ``grpo-lightning`` command does
+(run_ours.py).
+
+Real models (the SmolLM2 workload) plug in as another entry of ``workloads.MODELS`` built by
+``workloads.build_model``; nothing here is specific to the models built in code.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from floor import step_floor  # noqa: E402
 from run_trl import TRL_SETTINGS  # noqa: E402
-from workloads import MODELS, Case, build_tokenizer, make_prompts, set_threads  # noqa: E402
+from workloads import MODELS, Case, build_tokenizer, busy_processes, make_prompts, set_threads  # noqa: E402
 
 GRID = [(0.04, 1), (0.0, 1), (0.04, 2), (0.0, 2)]
 # The real-vocabulary model is slow (a minute per step): both betas and both mu, in two cases.
@@ -86,9 +96,12 @@ def prompt_length(case: Case) -> int:
     return round(statistics.mean(max(len(tok(p).input_ids) for p in b) for b in batches))
 
 
-def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, float]) -> None:
+def print_case(
+    case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, float], load: str = ""
+) -> dict[str, tuple[float, float]]:
+    """Print one case's table; returns each grpo_lightning system's (wall-clock, CPU time) speed-up over TRL."""
     print(f"\n=== {case.name}: {case.prompts_per_step} prompts x {case.num_generations} generations x "
-          f"{case.completion_length} tokens ===")  # fmt: skip
+          f"{case.completion_length} tokens{load} ===")  # fmt: skip
     head = (
         f"{'system':<30}{'s/step':>8}{'cpu s':>8}{'steps/s':>9}{'tok/s':>8}{'RSS MB':>8}{'x floor':>9}"
         "   split (s/step)"
@@ -109,6 +122,7 @@ def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, 
           f"{floor['rate_decode_gflops']:.0f}, forward {floor['rate_forward_gflops']:.0f}, "
           f"backward {floor['rate_backward_gflops']:.0f}")  # fmt: skip
     names = list(systems)
+    ratios: dict[str, tuple[float, float]] = {}
     if "trl" in systems and len(names) > 1:
         for ours in names:
             if ours == "trl":
@@ -121,6 +135,8 @@ def print_case(case: Case, systems: dict[str, dict[str, Any]], floor: dict[str, 
             print(f"{ours} vs trl: {median(per_pair):.2f}x faster (median of per-pair ratios: "
                   f"{', '.join(f'{x:.2f}' for x in per_pair)}; by CPU time {median(cpu):.2f}x: "
                   f"{', '.join(f'{x:.2f}' for x in cpu)}), peak RSS {memory:.2f}x of TRL's")  # fmt: skip
+            ratios[ours] = (median(per_pair), median(cpu))
+    return ratios
 
 
 def main() -> None:
@@ -140,6 +156,12 @@ def main() -> None:
         "--ours-settings",
         default="",
         help="extra GRPOModule arguments as JSON, e.g. '{\"logprob_chunk_size\": 128}'",
+    )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="also measure every case beside this many busy processes (one core each), after the idle run",
     )
     parser.add_argument(
         "--systems",
@@ -174,25 +196,38 @@ def main() -> None:
                 rollouts_measured=rollouts,
                 module_settings=settings,
             )
-            results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
-            start = time.perf_counter()
-            for pair in range(args.pairs):
-                order = systems if pair % 2 == 0 else systems[::-1]
-                for system in order:
-                    results[system].append(run_worker(system, case))
             spec = MODELS[model]
             vocab = spec.vocab_size or len(build_tokenizer(spec))
             floor = step_floor(spec, vocab, prompts=case.prompts_per_step, generations=case.num_generations,
                                prompt_length=prompt_length(case), completion_length=case.completion_length,
                                beta=beta, num_iterations=mu)  # fmt: skip
-            named = {
-                ("trl" if s == "trl" else f"grpo_lightning[{s}]"): summarize(results[s]) for s in systems
-            }
-            print_case(case, named, floor)
-            print(
-                f"({args.pairs} pairs in {time.perf_counter() - start:.0f} s; load average {os.getloadavg()})"
-            )
-            sys.stdout.flush()
+            by_load = {}
+            for busy in [0, args.busy] if args.busy else [0]:
+                label = f", beside {busy} busy processes" if busy else ""
+                with busy_processes(busy):
+                    results, seconds = run_pairs(case, systems, args.pairs)
+                named = {
+                    ("trl" if s == "trl" else f"grpo_lightning[{s}]"): summarize(results[s]) for s in systems
+                }
+                by_load[busy] = print_case(case, named, floor, label)
+                print(f"({args.pairs} pairs in {seconds:.0f} s; load average {os.getloadavg()})")
+                sys.stdout.flush()
+            if args.busy:
+                for name in by_load[0]:
+                    (idle_wall, idle_cpu), (busy_wall, busy_cpu) = by_load[0][name], by_load[args.busy][name]
+                    print(f"{name} vs trl, {case.name}: idle {idle_wall:.2f}x (CPU time {idle_cpu:.2f}x), beside "
+                          f"{args.busy} busy processes {busy_wall:.2f}x (CPU time {busy_cpu:.2f}x)")  # fmt: skip
+
+
+def run_pairs(case: Case, systems: list[str], pairs: int) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """``pairs`` alternating runs of every system (reversed order in odd pairs); the results and seconds taken."""
+    results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    start = time.perf_counter()
+    for pair in range(pairs):
+        order = systems if pair % 2 == 0 else systems[::-1]
+        for system in order:
+            results[system].append(run_worker(system, case))
+    return results, time.perf_counter() - start
 
 
 if __name__ == "__main__":

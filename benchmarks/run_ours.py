@@ -12,10 +12,14 @@ import sys
 import time
 from typing import Any
 
-import torch
+from grpo_lightning.openmp import prepare_openmp
+
+prepare_openmp()  # as the grpo-lightning command does, before torch loads: idle OpenMP threads sleep
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import (
+from workloads import (  # noqa: E402
     MODELS,
     Case,
     PhaseTimer,
@@ -78,8 +82,8 @@ def main(case: Case, variant: str) -> None:
         max_grad_norm=1.0,
         loss_type="dapo",
         scale_rewards="group",
-        # The same optimizer as TRL's default: the fused AdamW kernel.
-        optimizer=lambda params: torch.optim.AdamW(params, lr=case.learning_rate, fused=True),
+        # The default optimizer (fused AdamW, as TRL's default), constant after warmup_steps=0.
+        learning_rate=case.learning_rate,
         seed=case.seed,
         **{**VARIANTS[variant], **(case.module_settings or {})},
     )

@@ -12,6 +12,8 @@ import json
 import os
 import random
 import resource
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -212,6 +214,20 @@ class PhaseTimer:
 
         threading.Thread(target=sample, daemon=True).start()
         return peaks
+
+
+@contextlib.contextmanager
+def busy_processes(n: int) -> Iterator[list[int]]:
+    """``n`` processes that each keep a core busy (``while True: pass``) while the block runs, then are
+    killed: the same background load for every system measured inside. Yields their pids."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(1.0 if n else 0.0)  # let the scheduler see them before the first measurement
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def set_threads() -> int:

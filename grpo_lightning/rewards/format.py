@@ -34,9 +34,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.answers import HASH_MARKER, find_last_box_span, last_number
+from grpo_lightning.answers import (
+    HASH_MARKER,
+    MAX_LINE_CHARS,
+    answer_number,
+    find_last_box_span,
+    hash_answer,
+    last_number,
+)
 from grpo_lightning.rewards._normalize import normalize_answer
-from grpo_lightning.rewards.gsm8k import MAX_LINE_CHARS, answer_number, hash_answer
 from grpo_lightning.rewards.registry import register_reward
 
 FormatPreset = Literal["answer", "think"]

@@ -14,7 +14,6 @@ complete ``\\boxed{}`` wins.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from fractions import Fraction
@@ -22,81 +21,17 @@ from typing import Any, Literal
 
 from grpo_lightning._checks import check_choice
 from grpo_lightning.answers import (
-    HASH_MARKER,
+    answer_number,
     extract_gold_answer,
     find_last_boxed,
     join_digit_groups,
+    last_hash_answer,
     last_number,
-    parse_number,
 )
-from grpo_lightning.number_reader import read_number
 from grpo_lightning.rewards._columns import gold_column, short
 from grpo_lightning.rewards.registry import register_reward
 
 Gsm8kMode = Literal["strict", "flexible"]
-
-#: Characters of a ``####`` line (or of the line after a bare "Final Answer" heading) that are read.
-MAX_LINE_CHARS = 300
-# Markdown emphasis and math delimiters that may wrap the answer: "**72**", "$72$", "\(72\)".
-_WRAPPING = r"(?:[*_\s]|\\\(|\$)*"
-_WRAPPING_RE = re.compile(_WRAPPING)
-# A numbered markdown heading: "#### 2. Multiply the eggs", "#### 3) Add", "#### (1) Add".
-_NUMBERED_HEADING_RE = re.compile(r"\s*\(?\d{1,2}[.)]\s+[A-Za-z]")
-# "Answer", "Final Answer:", "**The final answer is**", followed by the answer or by nothing.
-_ANSWER_LABEL_RE = re.compile(
-    _WRAPPING
-    + r"(?:the\s+)?(?:final\s+)?answer\b[*_]*(?:\s*(?:is\b|[:=])|\s*$)"
-    + _WRAPPING
-    + r"(?P<rest>.*)$",
-    re.IGNORECASE,
-)
-
-
-def _starts_with_number(line: str) -> bool:
-    """Whether ``line`` begins, after markdown emphasis and math delimiters, with a number (``-(1/3)``,
-    ``$1,200``, ``\\frac{3}{4}``) or a box."""
-    at = _WRAPPING_RE.match(line).end()  # type: ignore[union-attr]  (it always matches)
-    return line.startswith("\\boxed", at) or read_number(line, at) is not None
-
-
-def hash_answer(line: str, following: str = "") -> str | None:
-    """The answer a ``####`` line gives (``line``: what follows the marker on its line), or None if it
-    is a heading. ``following`` is the text after that line, read when the line is a bare label."""
-    if _starts_with_number(line):
-        return None if _NUMBERED_HEADING_RE.match(line) else line
-    label = _ANSWER_LABEL_RE.match(line)
-    if label is None and line.strip():
-        return None  # a heading
-    if label is not None and label.group("rest").strip():
-        return label.group("rest")
-    # A bare label, or "####" alone on its line: the answer is on the next non-empty line.
-    for next_line in following[:MAX_LINE_CHARS].splitlines():
-        if next_line.strip():
-            return next_line
-    return None
-
-
-def last_hash_answer(completion: str) -> tuple[int, str] | None:
-    """(marker position, answer text) of the last ``####`` line that gives an answer (see the module
-    docstring); None when there is none. Each marker costs at most ``2 * MAX_LINE_CHARS``."""
-    end = len(completion)
-    while (at := completion.rfind(HASH_MARKER, 0, end)) >= 0:
-        end = at
-        start = at + len(HASH_MARKER)
-        line_end = completion.find("\n", start, start + MAX_LINE_CHARS)
-        line_end = start + MAX_LINE_CHARS if line_end < 0 else line_end
-        line = completion[start:line_end].lstrip("#")  # "##### 5" has its marker at the last four
-        answer = hash_answer(line, completion[line_end : line_end + 2 * MAX_LINE_CHARS])
-        if answer is not None:
-            return at, answer
-    return None
-
-
-def answer_number(answer: str | None) -> Fraction | None:
-    """The number a marked answer (a ``####`` answer, a box's content, a gold answer) gives: digit
-    groups joined (plain spaces too: it is one answer), then its first number; None if it has none."""
-    return None if answer is None else parse_number(join_digit_groups(answer, plain_spaces=True))
-
 
 def final_answer_text(completion: str) -> str | None:
     """The completion's explicitly marked final answer: the answer of the last ``####`` answer line,

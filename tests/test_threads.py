@@ -10,8 +10,9 @@ import sys
 
 import pytest
 import torch
-from helpers import child_env
+from helpers import PromptsDataModule, child_env, make_module, make_trainer, tiny_tokenizer
 
+import grpo_lightning.module as module_file
 import grpo_lightning.threads as threads
 from grpo_lightning.openmp import prepare_openmp, wait_policy_note
 from grpo_lightning.threads import (
@@ -176,3 +177,20 @@ def test_the_runtime_gets_the_passive_policy_only_when_set_before_torch_loads():
     assert spin_count(before) == "0"
     assert spin_count(after) == "300000"
     assert spin_count(before, GOMP_SPINCOUNT="1000") == "1000"  # the user's setting wins
+
+
+def test_the_module_entry_point_sets_the_policy_before_torch_loads():
+    """``python -m grpo_lightning`` (and ``grpo_lightning.__main__:main``) start with idle threads asleep;
+    importing the entry point's module loads no torch."""
+    assert spin_count("import runpy, sys; sys.argv = ['grpo_lightning', '--help']; "
+                      "runpy.run_module('grpo_lightning', run_name='__main__')") == "0"  # fmt: skip
+    probe = "import sys, grpo_lightning.__main__; assert 'torch' not in sys.modules, 'torch loaded'"
+    subprocess.run([sys.executable, "-c", probe], check=True, env=child_env())
+
+
+def test_fitting_applies_the_policy_with_the_nodes_process_count(monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(module_file, "apply_thread_policy", lambda processes: calls.append(processes))
+    tok = tiny_tokenizer()
+    make_trainer(max_steps=1).fit(make_module(tok), datamodule=PromptsDataModule(tok))
+    assert calls == [1]  # one CPU process on this node

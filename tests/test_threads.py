@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,6 +187,11 @@ def test_the_module_entry_point_sets_the_policy_before_torch_loads():
                       "runpy.run_module('grpo_lightning', run_name='__main__')") == "0"  # fmt: skip
     probe = "import sys, grpo_lightning.__main__; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", probe], check=True, env=child_env())
+
+
+def test_the_console_script_is_that_entry_point():
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()  # tomllib: Python >= 3.11 only
+    assert '\ngrpo-lightning = "grpo_lightning.__main__:main"\n' in pyproject
 
 
 def test_fitting_applies_the_policy_with_the_nodes_process_count(monkeypatch):

@@ -262,6 +262,14 @@ def test_sample_categorical_draws_from_the_given_probabilities(block):
     assert chisquare(counts[seen].numpy(), expected.numpy()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("vocab", [50, 2000])  # one block (one cumulative sum), and two levels
+def test_sample_categorical_keeps_ids_valid_on_rows_of_nan_or_inf(vocab):
+    probs = torch.rand(3, vocab)
+    probs[1], probs[2] = float("nan"), float("inf")
+    ids = sample_categorical(probs)
+    assert ids.min() >= 0 and ids.max() < vocab
+
+
 def _fsdp2_worker(rank: int, world: int, port: int, out: str, eos: list[int]) -> None:
     """One rank: shard a tiny Qwen2 per layer (FSDP2, gloo) and decode its own prompt greedily."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

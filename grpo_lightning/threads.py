@@ -122,14 +122,20 @@ def choose_threads(
     given = env_thread_count(environ)
     if given is not None:
         name, value = given
-        return ThreadChoice(None, f"{current} threads ({name}={value})")
+        return ThreadChoice(None, f"{_count(current, 'thread')} ({name}={value})")
     if torch_default is not None and current != torch_default:
-        return ThreadChoice(None, f"{current} threads (set by torch.set_num_threads before training)")
+        return ThreadChoice(
+            None, f"{_count(current, 'thread')} (set by torch.set_num_threads before training)"
+        )
     share = max(1, cpus // processes)
     ceiling = torch_default if torch_default is not None else current
     threads = max(1, min(ceiling, share))
-    why = f"{cpus} usable CPUs" + (f" shared by {processes} processes" if processes > 1 else "")
-    return ThreadChoice(threads, f"{threads} threads ({why}; torch's default {ceiling})")
+    why = _count(cpus, "usable CPU") + (f" shared by {processes} processes" if processes > 1 else "")
+    return ThreadChoice(threads, f"{_count(threads, 'thread')} ({why}; torch's default {ceiling})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def torch_default_threads(environ: Mapping[str, str]) -> int | None:

@@ -46,7 +46,7 @@ def test_the_count_is_the_usable_cpus_shared_by_the_processes_at_most_torchs_def
         current=default, torch_default=default, environ={}, cpus=cpus, processes=processes
     )
     assert choice.threads == expected
-    assert f"{expected} threads ({cpus} usable CPUs" in choice.reason
+    assert choice.reason.startswith(f"{expected} thread{'s' if expected > 1 else ''} ({cpus} usable CPUs")
 
 
 def test_a_count_the_user_chose_is_kept():
@@ -131,7 +131,7 @@ def test_the_policy_sets_the_count_once_per_process_and_logs_it(fresh_policy, mo
     assert first.threads == 1 and second is first
     assert torch.get_num_threads() == 2
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CPU: ")]
-    assert len(logged) == 1 and logged[0].startswith("CPU: 1 threads (1 usable CPUs; torch's default")
+    assert len(logged) == 1 and logged[0].startswith("CPU: 1 thread (1 usable CPU; torch's default")
 
 
 # ---- the wait policy ----------------------------------------------------------------------------------

@@ -192,4 +192,32 @@ def test_compare_logits_tolerance_by_dtype_and_nan_rules():
     assert compare_logits(both, both)[0] == 0.0
     assert math.isinf(compare_logits(torch.tensor([[float("nan"), 1.0]]), torch.tensor([[0.0, 1.0]]))[0])
     check = GraphCheck(torch.device("cpu"), max_diff=0.05, tolerance=0.04, seconds=0.012)
-    assert not check.passed and "DIFFER (max |logit difference| 0.05, tolerance 0.04; 12 ms)" in check.describe()
+    assert (
+        not check.passed and "DIFFER (max |logit difference| 0.05, tolerance 0.04; 12 ms)" in check.describe()
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_on_cuda_the_real_recording_passes_its_check(tokenizer, caplog, dtype):
+    """Where a GPU exists: the default engine records real CUDA graphs, their check passes (logged, no
+    warning), and the rollout is the static steps' one run eagerly on the same device."""
+    model = build_tiny_model(tokenizer, arch="qwen2").to("cuda", dtype)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True).to("cuda")
+    greedy = SamplingConfig(max_completion_length=12, do_sample=False)
+
+    def rollout(engine):
+        request = RolloutRequest(enc.input_ids, enc.attention_mask, num_generations=2, sampling=greedy,
+                                 eos_token_ids=[1], pad_token_id=0, seed=0)  # fmt: skip
+        return engine.generate(model, request)
+
+    engine = FastRolloutEngine()
+    with caplog.at_level(logging.INFO, logger=CHECK_LOG), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        graphed = rollout(engine)
+    assert graph_warnings(record) == []
+    assert any(
+        "CUDA graph check on cuda" in r.getMessage() and " agree " in r.getMessage() for r in caplog.records
+    )
+    assert engine._static is not None and engine._static.graphs and engine._static.captures >= 1
+    torch.testing.assert_close(graphed.completion_ids, rollout(FastRolloutEngine("static")).completion_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -262,3 +263,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def count_executed_lines(files: set[str], fn, *args) -> int:
+    """Python lines executed in ``files`` while running ``fn(*args)``: a deterministic measure of work,
+    for tests that an algorithm is linear (a wall-clock time would depend on the machine's load)."""
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename not in files:
+            return None
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(None)
+    return count

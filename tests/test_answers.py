@@ -2,11 +2,11 @@
 in linear time on adversarial inputs."""
 
 import contextlib
-import sys
 import time
 from fractions import Fraction
 
 import pytest
+from helpers import count_executed_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,24 +188,9 @@ def test_degenerate_inputs_that_used_to_hang():
 TRACED_FILES = {answers.__file__, number_reader.__file__, gsm8k.__file__, _normalize.__file__}
 
 
-def count_lines(fn, *args):
-    """Python lines executed in the extraction modules while running ``fn(*args)`` (deterministic)."""
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if frame.f_code.co_filename not in TRACED_FILES:
-            return None
-        if event == "line":
-            count += 1
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        fn(*args)
-    finally:
-        sys.settrace(None)
-    return count
+def count_lines(fn, *args) -> int:
+    """Python lines executed in the traced modules while running ``fn(*args)``."""
+    return count_executed_lines(TRACED_FILES, fn, *args)
 
 
 STRICT, FLEXIBLE = gsm8k.Gsm8kAccuracy("strict"), gsm8k.Gsm8kAccuracy("flexible")

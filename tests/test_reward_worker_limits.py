@@ -4,6 +4,7 @@ next call's time limit nor repeated once per completion; a worker that cannot im
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
@@ -105,7 +106,7 @@ def test_a_worker_that_cannot_import_a_reward_says_which_module_and_where_it_loo
     )
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     monkeypatch.delitem(sys.modules, "vanishing_reward_module", raising=False)
-    from vanishing_reward_module import reward
+    reward = importlib.import_module("vanishing_reward_module").reward  # the file written above
 
     scorer = RewardScorer([reward], workers=1)
     sys.path.remove(str(tmp_path))  # the workers start with this sys.path: they cannot find the module

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import count_executed_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,24 +108,9 @@ def small_first_window(size: int = 64):
         answers._FIRST_WINDOW = saved
 
 
-def count_lines(fn, text: str) -> int:
-    """Python lines executed in the reward modules while running ``fn(text)``."""
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if frame.f_code.co_filename not in TRACED_FILES:
-            return None
-        if event == "line":
-            count += 1
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        fn(text)
-    finally:
-        sys.settrace(None)
-    return count
+def count_lines(fn, *args) -> int:
+    """Python lines executed in the traced modules while running ``fn(*args)``."""
+    return count_executed_lines(TRACED_FILES, fn, *args)
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -3,7 +3,9 @@ culprit (the function and the sample).
 
 A reward function is ``f(prompts, completions, **columns) -> list[float | None]``: one value per
 completion, ``None`` (or NaN) meaning "not applicable". The total reward is the weighted sum of the
-applicable terms; it is NaN (ignored by the statistics) only when no term applies.
+applicable terms; it is NaN (ignored by the statistics) only when no term applies. As in TRL, the
+prompts and completions are strings, or message lists for conversational prompts
+(:func:`grpo_lightning.conversation.reward_inputs`); errors quote the texts.
 
 Each call gets its own copy of the prompts, the completions and every column
 (:func:`fresh_copy`), so a reward that edits its inputs cannot change what the next reward, the
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning._checks import check_choice
+from grpo_lightning.conversation import reward_inputs
 from grpo_lightning.reward_workers import CallFailure, RewardWorkerPool, score_in_workers
 from grpo_lightning.rewards.registry import RewardFunc, resolve_reward
 
@@ -177,17 +180,22 @@ class RewardScorer:
     def score(
         self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Any] | None = None
     ) -> Tensor:
-        """Rewards ``[N, K]`` (float32, CPU; NaN = not applicable) for N completions and K functions."""
+        """Rewards ``[N, K]`` (float32, CPU; NaN = not applicable) for N completions and K functions.
+
+        ``prompts`` and ``completions`` are the N texts; a conversational batch (its ``columns`` hold the
+        rows' messages) calls the rewards with messages instead, as TRL does.
+        """
         columns = dict(columns or {})
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(
                 f"Got {len(prompts)} prompts for {n} completions; pass one prompt per completion."
             )
+        given = reward_inputs(prompts, completions, columns)
         out = torch.empty(n, len(self.funcs), dtype=REWARD_DTYPE)
         if self.pool is not None:
             per_func, failures = score_in_workers(
-                self.pool, self.names, prompts, completions, columns, fail_fast=self.errors == "raise"
+                self.pool, self.names, *given, columns, fail_fast=self.errors == "raise"
             )
             self._failed(failures, prompts, completions)
             for k, name in enumerate(self.names):
@@ -197,12 +205,12 @@ class RewardScorer:
             start = time.monotonic()
             try:
                 values = fn(
-                    prompts=fresh_copy(prompts), completions=fresh_copy(completions), **fresh_copy(columns)
+                    prompts=fresh_copy(given[0]), completions=fresh_copy(given[1]), **fresh_copy(columns)
                 )
             except Exception as err:
                 if self.errors == "raise":
-                    raise self._explain_failure(fn, name, prompts, completions, columns, err) from err
-                values = self._one_by_one(k, prompts, completions, columns)
+                    raise self._explain_failure(fn, name, given, prompts, completions, columns, err) from err
+                values = self._one_by_one(k, given, prompts, completions, columns)
             self._warn_once(
                 name,
                 "slow",
@@ -215,16 +223,23 @@ class RewardScorer:
         return out
 
     def _one_by_one(
-        self, k: int, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Any]
+        self,
+        k: int,
+        given: tuple[list[Any], list[Any]],
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        columns: Mapping[str, Any],
     ) -> list[Any]:
-        """``errors="none"``: score completion by completion; those that raise score None (warned)."""
+        """``errors="none"``: score completion by completion (``given``: the reward's inputs, from
+        :func:`reward_inputs`; ``prompts``, ``completions``: their texts, for the warning); those that
+        raise score None (warned)."""
         values: list[Any] = []
         failures = []
         for i in range(len(completions)):
             row = {c: [v[i]] if _is_per_sample(v, len(completions)) else v for c, v in columns.items()}
             try:
                 (value,) = self.funcs[k](
-                    prompts=[prompts[i]], completions=[completions[i]], **fresh_copy(row)
+                    prompts=fresh_copy([given[0][i]]), completions=fresh_copy([given[1][i]]), **fresh_copy(row)
                 )
             except Exception as err:
                 value = None
@@ -342,16 +357,18 @@ class RewardScorer:
     def _explain_failure(
         fn: RewardFunc,
         name: str,
+        given: tuple[list[Any], list[Any]],
         prompts: Sequence[str],
         completions: Sequence[str],
         columns: Mapping[str, Any],
         err: Exception,
     ) -> RewardError:
-        """Find the first sample that makes ``fn`` raise on its own, to show it in the error."""
+        """Find the first sample that makes ``fn`` raise on its own (called with ``given``, the reward's
+        inputs), to show its texts in the error."""
         for i in range(len(completions)):
             row = {k: [v[i]] if _is_per_sample(v, len(completions)) else v for k, v in columns.items()}
             try:
-                fn(prompts=[prompts[i]], completions=[completions[i]], **fresh_copy(row))
+                fn(prompts=fresh_copy([given[0][i]]), completions=fresh_copy([given[1][i]]), **fresh_copy(row))
             except Exception as single:
                 return RewardError(
                     f"Reward function {name!r} raised {type(single).__name__}: {single}\n"

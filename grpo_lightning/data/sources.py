@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from grpo_lightning._lazy import instance_check_type
 from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
 from grpo_lightning.batch import PROMPT_KEYS
+from grpo_lightning.conversation import CONVERSATION_COLUMN  # rendered by the chat template
 from grpo_lightning.data.errors import DataSourceError
 from grpo_lightning.data.files import check_data_file
 
@@ -38,8 +39,6 @@ CANONICAL_COLUMNS = ("question", "answer", "solution")
 QUESTION_ALIASES = ("question", "problem", "prompt", "query")
 ANSWER_ALIASES = ("answer", "final_answer", "gold", "target")
 SOLUTION_ALIASES = ("solution", "response", "rationale")
-# The conversation of a conversational source, rendered by the chat template.
-CONVERSATION_COLUMN = "prompt_messages"
 # Keys the data module itself puts in a batch: a source column of that name would be overwritten.
 RESERVED_COLUMNS = (*PROMPT_KEYS, CONVERSATION_COLUMN)
 

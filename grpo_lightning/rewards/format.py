@@ -42,6 +42,7 @@ from grpo_lightning.answers import (
     hash_answer,
     last_number,
 )
+from grpo_lightning.conversation import completion_texts
 from grpo_lightning.rewards._normalize import normalize_answer
 from grpo_lightning.rewards.registry import register_reward
 
@@ -231,7 +232,7 @@ class FormatReward:
     def __call__(
         self, prompts: Sequence[str], completions: Sequence[str], **columns: Any
     ) -> list[float | None]:
-        return [1.0 if self.matches(completion) else 0.0 for completion in completions]
+        return [1.0 if self.matches(completion) else 0.0 for completion in completion_texts(completions)]
 
     def __repr__(self) -> str:
         if self.pattern is not None:

@@ -28,6 +28,7 @@ from grpo_lightning.answers import (
     last_hash_answer,
     last_number,
 )
+from grpo_lightning.conversation import completion_texts
 from grpo_lightning.rewards._columns import gold_column, short
 from grpo_lightning.rewards.registry import register_reward
 
@@ -96,7 +97,7 @@ class Gsm8kAccuracy:
     ) -> list[float | None]:
         golds = gold_column(columns, self.answer_column, len(completions), self.__name__)
         rewards: list[float | None] = []
-        for completion, gold_text in zip(completions, golds, strict=True):
+        for completion, gold_text in zip(completion_texts(completions), golds, strict=True):
             gold = self.gold_number(gold_text)
             if gold is None:
                 rewards.append(None)

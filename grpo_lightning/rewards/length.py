@@ -20,6 +20,7 @@ from numbers import Integral
 from typing import Any, Literal
 
 from grpo_lightning._checks import check_choice
+from grpo_lightning.conversation import completion_texts
 from grpo_lightning.rewards.registry import register_reward
 
 LengthUnit = Literal["tokens", "chars"]
@@ -42,7 +43,7 @@ class _LengthReward:
 
     def lengths(self, completions: Sequence[str], columns: dict[str, Any]) -> list[int]:
         """Length of each completion in ``self.unit``."""
-        lengths = self._lengths(completions, columns)
+        lengths = self._lengths(completion_texts(completions), columns)
         if len(lengths) != len(completions):
             raise ValueError(
                 f"{self.__name__}: got {len(completions)} completions but {len(lengths)} lengths."

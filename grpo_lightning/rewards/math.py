@@ -29,6 +29,7 @@ from typing import Any
 
 import grpo_lightning.rewards._mathcheck as _mathcheck
 from grpo_lightning.answers import extract_gold_answer, extract_last_boxed
+from grpo_lightning.conversation import completion_texts
 from grpo_lightning.rewards._checker_pool import Failed, shared_pool
 from grpo_lightning.rewards._columns import gold_column, short
 from grpo_lightning.rewards._normalize import normalize_answer
@@ -169,7 +170,7 @@ class MathAccuracy:
         self, prompts: Sequence[str], completions: Sequence[str], **columns: Any
     ) -> list[float | None]:
         golds = gold_column(columns, self.answer_column, len(completions), self.__name__)
-        return self.score_many(completions, golds)
+        return self.score_many(completion_texts(completions), golds)
 
     def __repr__(self) -> str:
         return (

@@ -17,6 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from grpo_lightning.conversation import is_conversation
+
 
 def _concatenate(prompt: str, completion: str) -> str:
     return prompt + completion
@@ -33,8 +35,9 @@ class RewardModel:
         max_length: longest input in tokens; longer texts are cut from the left so that the final
             answer, at the end, is always seen.
         label_index: which logit is the score; None works for single-output models (``num_labels=1``).
-        format_fn: builds the scored text from (prompt, completion); default ``prompt + completion``.
-            Use it to apply the reward model's own chat format.
+        format_fn: builds the scored text from (prompt, completion); default ``prompt + completion``, and
+            for conversational prompts (message lists) the reward tokenizer's chat template applied to
+            the prompt's and the completion's messages. Use it to apply the reward model's own format.
         device: where to run; None keeps the model where it is. ``to(device)`` moves it later.
         dtype: dtype when loading from a name/path (e.g. ``"bfloat16"``); ignored for a built model.
         name: the name metrics use (``train/rewards/<name>/mean``).
@@ -139,8 +142,23 @@ class RewardModel:
             raise ValueError(
                 f"{self.__name__}: got {len(prompts)} prompts but {len(completions)} completions."
             )
-        texts = [self.format_fn(p, c) for p, c in zip(prompts, completions, strict=True)]
+        if self.format_fn is _concatenate and prompts and is_conversation(prompts[0]):
+            texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        else:
+            texts = [self.format_fn(p, c) for p, c in zip(prompts, completions, strict=True)]
         return self.score(texts).tolist()
+
+    def render(self, prompt: list[dict[str, Any]], completion: list[dict[str, Any]]) -> str:
+        """A conversation (conversational prompts, as TRL passes them) as the reward model reads it: its
+        tokenizer's chat template applied to the prompt's and the completion's messages, as TRL does."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"{self.__name__}: the prompts are conversations (lists of messages), which the reward model "
+                f"reads through its tokenizer's chat template, but its tokenizer ({type(self.tokenizer).__name__}) "
+                "has none. Give RewardModel a tokenizer with a chat template, or format_fn=<a function of "
+                "(prompt messages, completion messages) returning the text to score>."
+            )
+        return self.tokenizer.apply_chat_template([*prompt, *completion], tokenize=False)
 
     def __repr__(self) -> str:
         return f"RewardModel({type(self.model).__name__}, batch_size={self.batch_size}, device={self.device})"

@@ -19,7 +19,7 @@ from torch import Tensor
 from grpo_lightning.config import RefSync, Settings, check_context_length, context_length
 from grpo_lightning.interrupt import RunGuard
 from grpo_lightning.models import mix_reference
-from grpo_lightning.progress import step_progress_bar
+from grpo_lightning.progress import module_progress
 
 
 def _crossed(trainer: Trainer, module: LightningModule, every: int) -> bool:
@@ -204,12 +204,18 @@ def module_callbacks(
     trainer: Trainer, settings: Settings, log_completions_every_n_steps: int, num_completions_to_log: int
 ) -> list[Callback]:
     """What GRPOModule adds to ``trainer``'s callbacks: its :class:`StartChecks`; Lightning's default
-    progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does; reference
+    progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does, or for
+    progress lines when the output is not a terminal (:mod:`grpo_lightning.log_progress`); reference
     sync and completion logging when the settings ask for them; a RunGuard (checkpoints on
     SIGTERM/SIGINT/errors, atomic writes, resume checks) unless the Trainer has one, which then wins."""
     callbacks: list[Callback] = [StartChecks(settings.sampling.max_completion_length)]
-    bar = step_progress_bar(trainer.progress_bar_callback)
+    default = trainer.progress_bar_callback
+    bar = module_progress(default)
     if bar is not None:
+        if not isinstance(bar, type(default)):
+            # Lightning replaces a Trainer callback only by one of its own type: take the bar out here,
+            # or both would report.
+            trainer.callbacks.remove(default)
         callbacks.append(bar)
     if (ref_sync := settings.ref_sync) is not None:
         callbacks.append(RefModelSync(ref_sync.ref_model_mixup_alpha, ref_sync.ref_model_sync_steps))

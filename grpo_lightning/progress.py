@@ -2,7 +2,9 @@
 
 A GRPO training step (one rollout) makes ``num_iterations * steps_per_rollout`` optimizer steps,
 but Lightning's bars count training steps: a finished run would end at ``1/2``. GRPOModule swaps
-Lightning's default bar for its twin here (``configure_callbacks``); a custom bar is left alone.
+Lightning's default bar for its twin here (``configure_callbacks``), or, when standard output is
+not a terminal (a log file, ``nohup``, SLURM), for the line report of
+:mod:`grpo_lightning.log_progress`; a custom bar is left alone, and no bar stays no bar.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+from grpo_lightning.log_progress import LogProgress, interactive_output
 
 
 class StepProgressBarMixin:
@@ -66,6 +70,17 @@ class StepTQDMProgressBar(StepProgressBarMixin, TQDMProgressBar):
 
 class StepRichProgressBar(StepProgressBarMixin, RichProgressBar):
     """:class:`RichProgressBar` counting optimizer steps (see :class:`StepProgressBarMixin`)."""
+
+
+def module_progress(bar: Callback | None, interactive: bool | None = None) -> Callback | None:
+    """What replaces Lightning's default progress bar ``bar``: its optimizer-step twin on a terminal
+    or in a notebook, :class:`LogProgress` lines when the output is not interactive (``interactive``,
+    default: :func:`interactive_output`); None when ``bar`` is absent (``enable_progress_bar=False``),
+    disabled (``refresh_rate=0``) or a custom class: then it stays as the user made it."""
+    twin = step_progress_bar(bar)
+    if twin is None or getattr(bar, "is_disabled", False):
+        return twin
+    return twin if (interactive_output() if interactive is None else interactive) else LogProgress()
 
 
 def step_progress_bar(bar: Callback | None) -> Callback | None:

@@ -92,7 +92,8 @@ def test_a_grpo_step_on_conversational_data_gives_rewards_messages():
     module = make_module(
         tokenizer, reward_funcs=[recorder, reward_len, reward_question_len, "gsm8k_accuracy"]
     )
-    make_trainer(max_steps=1).fit(module, datamodule=dm)
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(module, datamodule=dm)
 
     (prompts, completions, columns), *_ = recorder.calls
     assert len(prompts) == len(completions) == 2 * 4  # 2 prompts x num_generations=4
@@ -102,6 +103,14 @@ def test_a_grpo_step_on_conversational_data_gives_rewards_messages():
         assert len(completion) == 1 and completion[0]["role"] == "assistant"
         assert isinstance(completion[0]["content"], str)
     assert columns["completion_ids"] and len(columns["completion_ids"]) == 8  # the extras still come
+    # The logged means are those of TRL's formulas on the texts the rewards saw: every question
+    # "What is i + i?" is 14 characters long.
+    metrics = trainer.callback_metrics
+    lengths = [len(c[0]["content"]) for c in completions]
+    assert float(metrics["train/rewards/reward_len/mean"]) == pytest.approx(
+        sum(-abs(20 - n) for n in lengths) / 8
+    )
+    assert float(metrics["train/rewards/reward_question_len/mean"]) == 14.0
 
 
 def test_rewards_get_strings_for_text_prompts_even_through_a_chat_template():

@@ -13,7 +13,7 @@ then. When standard output is not a terminal (and not a notebook), GRPOModule in
   ``train/completions/mean_length``; seconds per optimizer step and the ETA leave validation out);
 - each validation, test result as one line when it is computed: ``val step 25: accuracy 0.470 | ...``;
 - during a long validation, test or prediction loop, a line after ``every_seconds`` without one:
-  ``val batch 12/50 | 3.10 s/batch | ETA 1m55s``.
+  ``val batch 12/50 | 3.10 s/batch | ETA 1m58s``.
 
 Cadence: ``every_n_steps`` defaults to 5% of the run's optimizer steps and ``every_seconds`` to 30,
 so a fast run prints about 20 lines and a slow one a line every 30 s. The environment variables
@@ -146,7 +146,7 @@ def eval_line(stage: str, step: int | None, metrics: Mapping[str, float], num_sa
 
 
 def batch_line(label: str, done: int, total: float, seconds_per_batch: float) -> str:
-    """``val batch 12/50 | 3.10 s/batch | ETA 1m55s`` (no total nor ETA for an endless loader)."""
+    """``val batch 12/50 | 3.10 s/batch | ETA 1m58s`` (no total nor ETA for an endless loader)."""
     known = math.isfinite(total) and total > 0
     parts = [f"{label} batch {done}/{int(total)}" if known else f"{label} batch {done}"]
     parts.append(f"{format_value(seconds_per_batch)} s/batch")

@@ -67,7 +67,8 @@ def test_every_logger_sees_optimizer_steps_with_two_steps_per_rollout(tmp_path):
 
 
 @pytest.mark.parametrize("bar", [TQDMProgressBar(), RichProgressBar()], ids=["tqdm", "rich"])
-def test_the_progress_bar_counts_optimizer_steps_and_ends_full(bar):
+def test_the_progress_bar_counts_optimizer_steps_and_ends_full(bar, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)  # a terminal: the live bar
     tok = tiny_tokenizer()
     module = make_module(tok, steps_per_rollout=2)
     trainer = make_trainer(max_steps=4, enable_progress_bar=True, callbacks=[bar])

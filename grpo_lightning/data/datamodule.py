@@ -64,7 +64,9 @@ class PromptDataModule(LightningDataModule):
             datamodule=dm)`` just works.
         batch_size: prompts per training step per device (each is sampled G times by the module).
         val_batch_size: prompts per validation/test batch (default ``batch_size``).
-        prompt_template: text with ``{question}`` (and optionally other ``{column}`` placeholders).
+        prompt_template: text with ``{question}`` (and optionally other ``{column}`` placeholders), for
+            text questions. None (``--data.prompt_template null``, to clear one a config sets) is the
+            default wording; conversational prompts are rendered as they are and take no template.
         system_prompt: optional system message.
         use_chat_template: None = use the tokenizer's chat template when it has one.
         chat_template_kwargs: extra ``apply_chat_template`` arguments (e.g. ``{"enable_thinking": False}``).
@@ -98,7 +100,7 @@ class PromptDataModule(LightningDataModule):
         tokenizer: str | PreTrainedTokenizerBase | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
         system_prompt: str | None = None,
         use_chat_template: bool | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
@@ -119,6 +121,8 @@ class PromptDataModule(LightningDataModule):
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # A cleared template is the default one: to checkpoints, resume checks and the model card too.
+        prompt_template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else prompt_template
         check_template(prompt_template)
         warn_typed_newlines("prompt_template", prompt_template)
         warn_typed_newlines("system_prompt", system_prompt)
@@ -143,6 +147,8 @@ class PromptDataModule(LightningDataModule):
             if isinstance(value, InMemoryDataset)
         ]
         self.save_hyperparameters(ignore=[*objects, "tokenizer"])
+        # LightningCLI hands save_hyperparameters the parsed values (a null template), not these locals.
+        self.hparams.prompt_template = prompt_template
         if val_dataset is not None and val_dataset == SYNTHETIC:
             raise ValueError(
                 "val_dataset='synthetic' is not supported: the synthetic source has its own val_size."

@@ -42,7 +42,7 @@ class PromptFormatter:
 
     Args:
         tokenizer: provides the chat template.
-        template: must contain ``{question}``.
+        template: must contain ``{question}``; None is :data:`DEFAULT_PROMPT_TEMPLATE`.
         system_prompt: optional system message.
         use_chat_template: None = use the tokenizer's chat template when it has one.
         chat_template_kwargs: extra arguments for ``apply_chat_template`` (e.g. ``{"enable_thinking": False}``).
@@ -51,11 +51,12 @@ class PromptFormatter:
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        template: str = DEFAULT_PROMPT_TEMPLATE,
+        template: str | None = DEFAULT_PROMPT_TEMPLATE,
         system_prompt: str | None = None,
         use_chat_template: bool | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
+        template = DEFAULT_PROMPT_TEMPLATE if template is None else template
         check_template(template)
         has_chat_template = getattr(tokenizer, "chat_template", None) is not None
         if use_chat_template and not has_chat_template:
@@ -111,8 +112,9 @@ class PromptFormatter:
         if self.template != DEFAULT_PROMPT_TEMPLATE:
             raise ValueError(
                 f"prompt_template is set, but the prompts of {where} are conversations, rendered as they are: the "
-                "template fills a text question only. Leave prompt_template at its default, or put the wording "
-                "into the messages."
+                "template fills a text question only. Leave prompt_template at its default (to clear one a config "
+                "sets: --data.prompt_template null on the command line, prompt_template: null in YAML), or put "
+                "the wording into the messages."
             )
 
     def _with_system_prompt(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -21,6 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from grpo_lightning.checkpointing import check_checkpoint_file
+from grpo_lightning.cli_parser import GRPOArgumentParser, program_name
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.data.sources import InMemoryDataset
 from grpo_lightning.export_dir import StagedExport, check_export_target, recover_leftovers
@@ -105,6 +106,22 @@ class RunConfigSaver(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(True)
 
 
+SUBCOMMANDS = {
+    "fit": "Train the policy with GRPO; at the end export it (Hugging Face format) into the run folder.",
+    "validate": "Sample completions for the validation prompts and report their rewards and accuracy "
+    "(val/*).",
+    "test": "Sample completions for the test prompts and report their rewards and accuracy (test/*).",
+    "predict": "Write the completions for the test prompts, with their rewards, to "
+    "<run folder>/predictions.jsonl.",
+}
+DESCRIPTION = (
+    "GRPO (group relative policy optimization) for language models, on PyTorch Lightning: train a "
+    "policy on prompts scored by reward functions (fit), evaluate it (validate, test), write its "
+    "completions (predict). To export the policy of a checkpoint: {prog} export --help."
+)
+TRACEBACK_ENV = "GRPO_LIGHTNING_TRACEBACK"
+
+
 class GRPOLightningCLI(LightningCLI):
     """LightningCLI with the values the model and the data share linked, so they are set once.
 
@@ -113,6 +130,17 @@ class GRPOLightningCLI(LightningCLI):
     folder, the checkpoints and the export are printed. ``predict`` writes
     ``<run folder>/predictions.jsonl``.
     """
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        # Lightning's version describes each subcommand with the Trainer method's docstring ("will call
+        # the model forward function"): these say what each does here.
+        self._subcommand_parsers = {}
+        subcommands = parser.add_subcommands()
+        for subcommand in self.subcommands():
+            options = {"description": SUBCOMMANDS[subcommand], **kwargs.get(subcommand, {})}
+            subparser = self._prepare_subcommand_parser(self.trainer_class, subcommand, **options)
+            self._subcommand_parsers[subcommand] = subparser
+            subcommands.add_subcommand(subcommand, subparser, help=SUBCOMMANDS[subcommand])
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -248,6 +276,7 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
     ``run=False`` only parses and builds the model, data module and trainer (no subcommand).
     """
     argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else None
+    prog = program_name(sys.argv[0] if sys.argv else "")
     return GRPOLightningCLI(
         GRPOModule,
         PromptDataModule,
@@ -264,17 +293,43 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
         # The module builds its own optimizer from its `optimizer` / `lr_scheduler` arguments.
         auto_configure_optimizers=False,
         save_config_callback=RunConfigSaver,
-        parser_kwargs={
-            "description": "GRPO training (fit) and evaluation (validate, test, predict). To export the "
-            "policy of a checkpoint: grpo-lightning export --help."
-        },
+        parser_class=GRPOArgumentParser,
+        parser_kwargs={"description": DESCRIPTION.format(prog=prog), "prog": prog},
     )
+
+
+def raised_by_this_package(error: BaseException) -> bool:
+    """Whether ``error`` was raised by this package's own code (one of its checks), not by a library
+    it called (whose traceback is what a bug report needs)."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def console_entry() -> None:
     """The ``grpo-lightning`` console script: returns nothing, so the exit status is 0 on success.
-    ``grpo-lightning export ...`` exports a checkpoint (:func:`~grpo_lightning.exporting.export_command`)."""
-    if sys.argv[1:2] == ["export"]:
-        export_command(sys.argv[2:])
-        return
-    main()
+    ``grpo-lightning export ...`` exports a checkpoint (:func:`~grpo_lightning.exporting.export_command`).
+
+    A ValueError or RuntimeError from one of this package's checks (a setting, a file, a folder) is
+    printed as one paragraph, exit status 1; ``GRPO_LIGHTNING_TRACEBACK=1`` shows the traceback instead.
+    """
+    try:
+        if sys.argv[1:2] == ["export"]:
+            export_command(sys.argv[2:])
+        else:
+            main()
+    except (ValueError, RuntimeError) as error:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or not raised_by_this_package(error):
+            raise
+        print(
+            f"error: {error}\n(This is the cause; for the full traceback, run again with {TRACEBACK_ENV}=1.)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1) from None

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from grpo_lightning.checkpointing import check_checkpoint_file, last_good_checkpoint, read_checkpoint
 from grpo_lightning.export_dir import check_export_target, recover_leftovers, staged_export
-from grpo_lightning.model_card import CARD_FILE, ModelCardInfo, run_card_info
+from grpo_lightning.model_card import CARD_FILE, ModelCardInfo, folder_name, run_card_info
 from grpo_lightning.runs import run_directory
 
 if TYPE_CHECKING:
@@ -58,13 +58,14 @@ def write_policy(
     """Write ``module``'s policy, tokenizer and model card into ``folder`` (a staging folder) as the
     export that will sit at ``location``. Call it on every rank: a sharded policy is gathered.
 
-    The card's loading snippet names the folder it is written to: it is made to name
-    ``location``, where the export ends up.
+    The card names the folder it is written to by its name (:func:`folder_name`): the staging
+    folder's unique name is made the name of ``location``, where the export ends up.
     """
     module.save_pretrained(str(folder), merge_lora=merge_lora, card=card)
     readme = Path(folder) / CARD_FILE
-    if Path(folder) != Path(location) and readme.is_file():  # (other ranks write nothing: folder is location)
-        readme.write_text(readme.read_text().replace(repr(str(folder)), repr(str(location))))
+    staged, final = folder_name(folder), folder_name(location)
+    if staged != final and readme.is_file():  # (other ranks write nothing: folder is location)
+        readme.write_text(readme.read_text().replace(staged, final))
 
 
 class ExportCardFacts(Callback):

@@ -138,18 +138,34 @@ def hub_model_id(name: str | None) -> str | None:
     return name if _HUB_ID.match(name) else None
 
 
+def folder_name(folder: str | Path) -> str:
+    """How a card names the folder it sits in: the folder's own name (``hf_model``), which is right
+    wherever the folder is moved to, unlike the path it had from where training ran."""
+    return Path(folder).resolve().name or str(Path(folder).resolve())
+
+
 def render_model_card(
-    info: ModelCardInfo, location: str, *, adapter: bool = False, chat: bool = False
+    info: ModelCardInfo,
+    location: str,
+    *,
+    adapter: bool = False,
+    chat: bool = False,
+    adapter_base: str | None = None,
 ) -> str:
     """The card's text: YAML front matter and a Markdown body.
 
-    ``location`` is what the loading snippet passes to ``from_pretrained`` when ``info.repo_id`` is
-    unset; ``adapter`` = the folder holds a LoRA adapter (loaded with peft); ``chat`` = the tokenizer
-    has a chat template (the snippet sends messages).
+    ``location`` is the name of the card's own folder (:func:`folder_name`), which the loading snippet
+    passes to ``from_pretrained`` when ``info.repo_id`` is unset; ``adapter`` = the folder holds a LoRA
+    adapter (loaded with peft); ``adapter_base`` = the base model its config names (a ``builtin:`` alias
+    is loaded through grpo-lightning, which peft cannot do); ``chat`` = the tokenizer has a chat
+    template (the snippet sends messages).
     """
     from huggingface_hub import ModelCardData
 
+    from grpo_lightning.models import BUILTIN_PREFIX  # models imports this module
+
     base_id = hub_model_id(info.base_model)
+    builtin_base = adapter_base if adapter and adapter_base and adapter_base.startswith(BUILTIN_PREFIX) else None
     metadata = ModelCardData(
         library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
@@ -174,18 +190,52 @@ def render_model_card(
         *_table("Final metrics", {k: _number(v) for k, v in info.metrics.items()}),
         "## How to load",
         "",
-        *_loading_snippet(info.repo_id or location, _messages(info, chat) or info.example_prompt, adapter=adapter),
+        *_where_lines(info.repo_id, location, builtin_base),
+        *_loading_snippet(
+            info.repo_id or location,
+            _messages(info, chat) or info.example_prompt,
+            adapter=adapter,
+            builtin_base=builtin_base,
+        ),
     ]
     return "\n".join(lines) + "\n"
 
 
 def write_model_card(
-    folder: str | Path, info: ModelCardInfo | None = None, *, adapter: bool = False, chat: bool = False
+    folder: str | Path,
+    info: ModelCardInfo | None = None,
+    *,
+    adapter: bool = False,
+    chat: bool = False,
+    adapter_base: str | None = None,
 ) -> Path:
     """Write ``README.md`` into ``folder`` (an empty ``ModelCardInfo`` when None); returns its path."""
     path = Path(folder) / CARD_FILE
-    path.write_text(render_model_card(info or ModelCardInfo(), str(folder), adapter=adapter, chat=chat))
+    text = render_model_card(
+        info or ModelCardInfo(), folder_name(folder), adapter=adapter, chat=chat, adapter_base=adapter_base
+    )
+    path.write_text(text)
     return path
+
+
+def _where_lines(repo_id: str | None, location: str, builtin_base: str | None) -> list[str]:
+    """The words before the snippet: where it loads from, and what an adapter's built-in base
+    (``builtin_base``, a ``builtin:`` alias) needs."""
+    if repo_id:
+        lines = [f"From the Hub repository `{repo_id}`:"]
+    else:
+        lines = [
+            f"From this folder (`{location}`, the one holding this README): run the code from the folder that "
+            f"holds it, or replace {location!r} with its path."
+        ]
+    if builtin_base:
+        lines += [
+            "",
+            f"The adapter's base model is `{builtin_base}`, a model shipped inside the grpo-lightning package "
+            f"(`pip install grpo-lightning`; `python -m grpo_lightning.models {builtin_base}` prints its folder). "
+            "peft cannot resolve that name itself, so the base is loaded first:",
+        ]
+    return [*lines, ""]
 
 
 def _training_lines(info: ModelCardInfo) -> list[str]:
@@ -232,8 +282,11 @@ def _messages(info: ModelCardInfo, chat: bool) -> list[dict[str, str]] | None:
     return [{"role": "user", "content": question}]
 
 
-def _loading_snippet(where: str, example: str | list[dict[str, str]] | None, *, adapter: bool) -> list[str]:
-    """``example``: a conversation (sent through the chat template), a text, or None (the default text)."""
+def _loading_snippet(
+    where: str, example: str | list[dict[str, str]] | None, *, adapter: bool, builtin_base: str | None = None
+) -> list[str]:
+    """``example``: a conversation (sent through the chat template), a text, or None (the default text).
+    ``builtin_base``: the ``builtin:`` alias of an adapter's base, loaded through grpo-lightning."""
     prompt = example if example is not None else DEFAULT_EXAMPLE_PROMPT
     if adapter:
         encode = (
@@ -242,12 +295,27 @@ def _loading_snippet(where: str, example: str | list[dict[str, str]] | None, *, 
             if isinstance(prompt, list)
             else f"tokenizer({prompt!r}, return_tensors='pt')"
         )
+        load = (
+            [
+                "from peft import PeftModel",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "",
+                "from grpo_lightning.models import resolve_model_path",
+                "",
+                f"base = AutoModelForCausalLM.from_pretrained(resolve_model_path({builtin_base!r}))",
+                f"model = PeftModel.from_pretrained(base, {where!r})",
+            ]
+            if builtin_base
+            else [
+                "from peft import AutoPeftModelForCausalLM",
+                "from transformers import AutoTokenizer",
+                "",
+                f"model = AutoPeftModelForCausalLM.from_pretrained({where!r})",
+            ]
+        )
         return [
             "```python",
-            "from peft import AutoPeftModelForCausalLM",
-            "from transformers import AutoTokenizer",
-            "",
-            f"model = AutoPeftModelForCausalLM.from_pretrained({where!r})",
+            *load,
             f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
             f"inputs = {encode}",
             "output = model.generate(**inputs, max_new_tokens=256, do_sample=False)",

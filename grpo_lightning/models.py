@@ -13,8 +13,9 @@ import copy
 import dataclasses
 import importlib.resources
 import os
+import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -102,6 +103,39 @@ def resolve_model_path(name: str) -> str:
             "or pass a Hub id, a local path, or a built PreTrainedModel."
         )
     return str(folder)
+
+
+def builtin_alias(path: str | os.PathLike[str]) -> str | None:
+    """``"builtin:<name>"`` when ``path`` is the folder of a model shipped inside this package, else None.
+
+    A built-in model's folder lies inside this installation (site-packages): files that name it, such
+    as an exported adapter's base, name the alias instead, which any installation resolves.
+    """
+    assets = Path(str(importlib.resources.files("grpo_lightning") / "assets")).resolve()
+    try:
+        where = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # not a path at all
+        return None
+    return BUILTIN_PREFIX + where.name if where.parent == assets and where.is_dir() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m grpo_lightning.models builtin:tiny-math``: print the folder (or GGUF file) each
+    named model loads from; with no name, list the built-in aliases."""
+    names = list(sys.argv[1:] if argv is None else argv)
+    if not names or names[0] in ("-h", "--help"):
+        print(
+            "usage: python -m grpo_lightning.models NAME [NAME ...]\n"
+            "Prints where each model loads from. Built-in models: " + ", ".join(builtin_models())
+        )
+        return 0
+    try:
+        for name in names:
+            print(resolve_model_path(name))
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def pretrained_source(name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
@@ -366,17 +400,18 @@ def save_pretrained(
         state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if writer:
             path.mkdir(parents=True, exist_ok=True)
-            with stopping_as_trained(policy, tokenizer):
+            with stopping_as_trained(policy, tokenizer), naming_the_base(policy):
                 policy.save_pretrained(path, state_dict=state)
     elif writer:  # under DDP every rank holds the same weights
         path.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(policy).merge_and_unload() if is_peft_model(policy) and merge_lora else policy
-        with stopping_as_trained(model, tokenizer):
+        with stopping_as_trained(model, tokenizer), naming_the_base(model):
             model.save_pretrained(path)
     if writer:
         save_tokenizer(tokenizer, path)
         chat = getattr(tokenizer, "chat_template", None) is not None
-        write_model_card(path, card, adapter=adapter, chat=chat)
+        base = next(iter(adapter_bases(policy)), None) if adapter else None
+        write_model_card(path, card, adapter=adapter, chat=chat, adapter_base=base)
     return path
 
 
@@ -395,6 +430,30 @@ def check_adapter_base(policy: nn.Module) -> None:
             "base of an exported adapter. Export the adapter merged into a full model: merge_lora=True "
             "(on the command line, --export.merge_lora true)."
         )
+
+
+def adapter_bases(policy: nn.Module) -> list[str]:
+    """The base model each adapter of a PEFT ``policy`` names in its ``adapter_config.json``: the
+    name it was loaded by, a built-in model's folder given as its alias (:func:`builtin_alias`)."""
+    configs = getattr(policy, "peft_config", None) or {}
+    names = [getattr(c, "base_model_name_or_path", None) or "" for c in configs.values()]
+    return [(builtin_alias(name) if name else None) or name for name in names]
+
+
+@contextmanager
+def naming_the_base(model: nn.Module) -> Iterator[None]:
+    """While a PEFT ``model`` is saved, its adapters name their base as :func:`adapter_bases` says:
+    ``builtin:tiny-math``, not a folder inside this installation that no other machine has. Restored
+    after; a model without adapters is left alone."""
+    configs = list((getattr(model, "peft_config", None) or {}).values())
+    before = [c.base_model_name_or_path for c in configs]
+    for config, name in zip(configs, adapter_bases(model), strict=True):
+        config.base_model_name_or_path = name or config.base_model_name_or_path
+    try:
+        yield
+    finally:
+        for config, name in zip(configs, before, strict=True):
+            config.base_model_name_or_path = name
 
 
 @contextmanager
@@ -470,3 +529,7 @@ def shard_fsdp2(model: nn.Module, mesh: Any) -> None:
         if type(module).__name__ in layer_classes:
             fully_shard(module, mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

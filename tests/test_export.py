@@ -158,10 +158,13 @@ def test_the_model_card_says_what_how_and_how_to_load(tmp_path):
     assert "- Optimizer steps: 150" in text
     assert "| num_generations | 8 |" in text and "| learning_rate | 1e-06 |" in text
     assert "| val/accuracy | 0.8531 |" in text and "| train/reward | 0.5 |" in text
-    assert f"pipeline('text-generation', model={str(folder)!r})" in text
+    # It loads from the folder it sits in, by that folder's name: not a path from where training ran.
+    assert "pipeline('text-generation', model='export')" in text and str(tmp_path) not in text
+    assert "From this folder (`export`, the one holding this README)" in text
 
 
-def test_the_cards_loading_snippet_runs_and_answers(tmp_path, capsys):
+def test_the_cards_loading_snippet_runs_and_answers(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the folder that holds the export, as the card says
     module = GRPOModule("builtin:tiny-math", reward_funcs=[answer_reward])
     info = ModelCardInfo(base_model="builtin:tiny-math", settings=settings_summary(module.hparams))
     folder = Path(module.save_pretrained(str(tmp_path / "export"), card=info))
@@ -183,14 +186,15 @@ def test_an_adapter_export_has_a_peft_card(tmp_path):
     assert "AutoPeftModelForCausalLM.from_pretrained" in card.text
 
 
-def test_chat_tokenizers_get_a_messages_snippet_that_runs(tmp_path, capsys):
+def test_chat_tokenizers_get_a_messages_snippet_that_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     text = render_model_card(ModelCardInfo(example_prompt="What is 2 + 3?"), "out", chat=True)
     assert "generator([{'role': 'user', 'content': 'What is 2 + 3?'}]" in text
     tok = tiny_tokenizer()
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
     model = tiny_model(tok)
-    save_pretrained(model, tok, tmp_path)
-    snippet = re.search(r"```python\n(.*?)```", (tmp_path / "README.md").read_text(), re.DOTALL).group(1)
+    save_pretrained(model, tok, tmp_path / "out")
+    snippet = re.search(r"```python\n(.*?)```", (tmp_path / "out" / "README.md").read_text(), re.DOTALL).group(1)
     exec(snippet.replace("max_new_tokens=256", "max_new_tokens=12"), {})
     expected = project_greedy(model, "<user>What is 4 + 4 + 2 + 2?\n<assistant>", 12)
     assert capsys.readouterr().out == expected + "\n"
@@ -254,7 +258,7 @@ def card_of_a_run(tokenizer, **data_settings):
     return run_card_info({"model": "builtin:tiny-math"}, ["answer_reward"], trainer), data.val_dataset[0]
 
 
-def test_a_runs_card_chats_through_the_template_once(tmp_path, capsys):
+def test_a_runs_card_chats_through_the_template_once(tmp_path, capsys, monkeypatch):
     tok = tiny_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     info, row = card_of_a_run(tok)
@@ -263,8 +267,9 @@ def test_a_runs_card_chats_through_the_template_once(tmp_path, capsys):
         {"role": "user", "content": row["question"]},
     ]
     model = tiny_model(tok)
-    save_pretrained(model, tok, tmp_path, card=info)
-    snippet = re.search(r"```python\n(.*?)```", (tmp_path / "README.md").read_text(), re.DOTALL).group(1)
+    save_pretrained(model, tok, tmp_path / "out", card=info)
+    snippet = re.search(r"```python\n(.*?)```", (tmp_path / "out" / "README.md").read_text(), re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)  # the folder that holds the export, as the card says
     exec(snippet.replace("max_new_tokens=256", "max_new_tokens=12"), {})
     # The prompt trained on, rendered once: "<system>Be brief.\n<user>What is ...?\n<assistant>".
     assert row["prompt"] == f"<system>Be brief.\n<user>{row['question']}\n<assistant>"

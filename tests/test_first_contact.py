@@ -311,3 +311,87 @@ def test_predict_from_a_finished_run_and_ckpt_path_last_refused(tmp_path, capsys
     for subcommand in ("fit", "validate", "test"):
         with pytest.raises(ValueError, match="every run gets a new one"):
             main([subcommand, *args, "--ckpt_path=last"])
+
+
+QUICKSTART_SHAPED = """\
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  max_steps: 2
+  val_check_interval: 1
+  check_val_every_n_epoch: null
+  num_sanity_val_steps: -1
+  log_every_n_steps: 1
+  enable_model_summary: false
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {save_dir: runs, name: quickstart}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {every_n_train_steps: 1, save_top_k: 0, save_last: true}
+model:
+  model: builtin:tiny-math
+  reward_funcs: [gsm8k_accuracy]
+  num_generations: 2
+  max_completion_length: 8
+  beta: 0.0
+  log_completions_every_n_steps: 1
+  num_completions_to_log: 1
+data:
+  dataset: synthetic
+  synthetic: {train_size: 16, val_size: 4, test_size: 4, min_steps: 3, max_steps: 3, max_operand: 10}
+  prompt_template: "Q: {question}\\nA: "
+  batch_size: 2
+  val_batch_size: 4
+"""
+
+# How every line a quickstart-shaped run, its resume, validate, test and predict print may begin: what
+# the run does and found, its results, and where it saved them.
+ALLOWED = re.compile(
+    "|".join(
+        [
+            r"Seed set to 0",
+            r"(GPU|TPU) available: ",
+            r"`Trainer\(val_check_interval=1\)` was configured so validation will run after every batch\.",
+            r"the synthetic problems, (train|validation|test|predict) split: \d+ prompts\.",
+            r"CPU: \d+ threads ",
+            r"Validation before training \(step 0\): val/accuracy=",
+            r".*zero_signal\.py:\d+: A training step had no learning signal: ",
+            r"step \d+/\d+ \(\d+%\) \| ",
+            r"---- sample completions at step \d+ ----",
+            r"\[reward=.*\]",
+            r"  (prompt|completion): ",
+            r"(val|test)( step \d+)?: accuracy ",
+            r"`Trainer\.fit` stopped: `max_steps=\d+` reached\.",
+            r"GRPO (run|predict) finished\.",
+            r"  (run folder|last checkpoint|best checkpoint|exported model|predictions) ",
+            r"Restoring states from the checkpoint path at ",
+            r"Resuming from step \d+\.",
+            r"Restored all states from the checkpoint at ",
+            r"Loaded model weights from the checkpoint at ",
+            r"[┏┃┡│└]",  # the table of validate's and test's results
+        ]
+    )
+)
+
+
+@pytest.mark.slow
+def test_the_cli_quickstart_resume_and_evaluation_print_only_what_the_user_can_use(tmp_path):
+    (tmp_path / "q.yaml").write_text(QUICKSTART_SHAPED)
+    last = "runs/quickstart/version_0/checkpoints/last.ckpt"
+    runs = [
+        ["fit", "--config", "q.yaml"],
+        ["fit", "--config", "q.yaml", "--trainer.max_steps=3", f"--ckpt_path={last}"],
+        *([sub, "--config", "q.yaml", f"--ckpt_path={last}"] for sub in ("validate", "test", "predict")),
+    ]
+    script = (
+        "import runpy, sys\n"  # python -m grpo_lightning, five times in one process (one import of torch)
+        f"for argv in {runs!r}:\n    sys.argv = ['grpo-lightning', *argv]\n"
+        "    runpy.run_module('grpo_lightning', run_name='__main__')\n    print('RUN DONE')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("RUN DONE") == 5 and "predictions.jsonl" in done.stdout
+    lines = (done.stdout + done.stderr).replace("\r", "\n").splitlines()
+    unexpected = [line for line in lines if line.strip() not in ("", "RUN DONE") and not ALLOWED.match(line)]
+    assert unexpected == []

@@ -27,6 +27,7 @@ from grpo_lightning.data.sources import InMemoryDataset
 from grpo_lightning.export_dir import StagedExport, check_export_target, recover_leftovers
 from grpo_lightning.exporting import ExportCardFacts, export_command, export_failure, write_policy
 from grpo_lightning.interrupt import RunGuard
+from grpo_lightning.model_summary import swap_default_summary
 from grpo_lightning.models import BuiltModel
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.predict import PredictionWriter
@@ -175,6 +176,11 @@ class GRPOLightningCLI(LightningCLI):
         if ckpt_path:
             _refuse_relative_checkpoint(ckpt_path)  # before the file check: the cause is not a missing file
             check_checkpoint_file(ckpt_path)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        swap_default_summary(trainer)  # its FLOPs are always 0 for a GRPO module
+        return trainer
 
     def before_predict(self) -> None:
         if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):

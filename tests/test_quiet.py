@@ -96,3 +96,18 @@ def test_other_transformers_bars_still_show(capfd):
     for _ in hf_logging.tqdm(range(3), desc="Downloading shards"):
         pass
     assert "Downloading shards" in capfd.readouterr().err
+
+
+def test_the_cli_model_summary_has_no_flops_column_or_total(records_of, capsys):
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from grpo_lightning.cli import main
+
+    seen = records_of("lightning.pytorch.callbacks.model_summary")
+    args = ["--model.model=builtin:tiny-math", "--model.reward_funcs=[gsm8k_accuracy]", "--trainer.accelerator=cpu"]
+    trainer = main(args, run=False).trainer
+    (summary,) = [c for c in trainer.callbacks if isinstance(c, ModelSummary)]
+    summary.on_fit_start(trainer, make_module(tiny_tokenizer()))
+    table = "\n".join(seen) + capsys.readouterr().out  # Lightning's rich summary prints, the plain one logs
+    assert "Total params" in table and "Trainable params" in table
+    assert "FLOPs" not in table and "Flops" not in table  # a GRPO module's FLOPs are never counted

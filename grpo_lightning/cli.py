@@ -120,7 +120,6 @@ DESCRIPTION = (
     "policy on prompts scored by reward functions (fit), evaluate it (validate, test), write its "
     "completions (predict). To export the policy of a checkpoint: {prog} export --help."
 )
-TRACEBACK_ENV = "GRPO_LIGHTNING_TRACEBACK"
 
 
 class GRPOLightningCLI(LightningCLI):
@@ -304,38 +303,11 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
     )
 
 
-def raised_by_this_package(error: BaseException) -> bool:
-    """Whether ``error`` was raised by this package's own code (one of its checks), not by a library
-    it called (whose traceback is what a bug report needs)."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
 def console_entry() -> None:
-    """The ``grpo-lightning`` console script: returns nothing, so the exit status is 0 on success.
+    """The ``grpo-lightning`` command line: returns nothing, so the exit status is 0 on success.
     ``grpo-lightning export ...`` exports a checkpoint (:func:`~grpo_lightning.exporting.export_command`).
-
-    A ValueError or RuntimeError from one of this package's checks (a setting, a file, a folder) is
-    printed as one paragraph, exit status 1; ``GRPO_LIGHTNING_TRACEBACK=1`` shows the traceback instead.
-    """
-    try:
-        if sys.argv[1:2] == ["export"]:
-            export_command(sys.argv[2:])
-        else:
-            main()
-    except (ValueError, RuntimeError) as error:
-        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or not raised_by_this_package(error):
-            raise
-        print(
-            f"error: {error}\n(This is the cause; for the full traceback, run again with {TRACEBACK_ENV}=1.)",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(1) from None
+    Errors are raised; :func:`grpo_lightning.__main__.main` prints those of this package's checks."""
+    if sys.argv[1:2] == ["export"]:
+        export_command(sys.argv[2:])
+        return
+    main()

@@ -8,15 +8,16 @@ import sys
 
 import pytest
 
+from grpo_lightning import __main__ as entry
 from grpo_lightning import cli
 from grpo_lightning.cli import main
 
 
 def run_console(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the console script in this process: (exit status, stderr)."""
+    """Run the console script (grpo_lightning.__main__:main) in this process: (exit status, stderr)."""
     monkeypatch.setattr(sys, "argv", ["grpo-lightning", *args])
     try:
-        cli.console_entry()
+        entry.main()
         code = 0
     except SystemExit as exit_info:
         code = exit_info.code
@@ -78,13 +79,13 @@ def test_a_bad_value_gets_the_message_without_the_usage_dump(capsys, monkeypatch
 
 
 def test_an_error_from_a_check_is_one_paragraph_and_the_traceback_is_behind_a_switch(capsys, monkeypatch):
-    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    monkeypatch.delenv(entry.TRACEBACK_ENV, raising=False)
     args = ["fit", "--model.model=builtin:tiny-math", "--model.reward_funcs=[gsm8k_accuracy]", "--ckpt_path=last"]
     code, err = run_console(monkeypatch, capsys, *args)
     assert code == 1
     assert err.startswith("error: --ckpt_path last looks in this run's own folder")
-    assert "Traceback" not in err and f"{cli.TRACEBACK_ENV}=1" in err
-    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    assert "Traceback" not in err and f"{entry.TRACEBACK_ENV}=1" in err
+    monkeypatch.setenv(entry.TRACEBACK_ENV, "1")
     with pytest.raises(ValueError, match="every run gets a new one"):
         run_console(monkeypatch, capsys, *args)
 
@@ -93,8 +94,8 @@ def test_only_the_package_own_errors_are_shortened():
     try:
         int("x")  # a library's (here Python's) error: a bug report needs its traceback
     except ValueError as error:
-        assert not cli.raised_by_this_package(error)
+        assert not entry.raised_by_this_package(error)
     try:
         cli._refuse_relative_checkpoint("last")
     except ValueError as error:
-        assert cli.raised_by_this_package(error)
+        assert entry.raised_by_this_package(error)

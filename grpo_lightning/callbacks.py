@@ -18,6 +18,7 @@ from torch import Tensor
 
 from grpo_lightning.config import RefSync, Settings, check_context_length, context_length
 from grpo_lightning.interrupt import RunGuard
+from grpo_lightning.model_summary import swap_default_summary
 from grpo_lightning.models import mix_reference
 from grpo_lightning.progress import module_progress
 
@@ -209,6 +210,7 @@ def module_callbacks(
     sync and completion logging when the settings ask for them; a RunGuard (checkpoints on
     SIGTERM/SIGINT/errors, atomic writes, resume checks) unless the Trainer has one, which then wins."""
     callbacks: list[Callback] = [StartChecks(settings.sampling.max_completion_length)]
+    swap_default_summary(trainer)  # a GRPO module's FLOPs are never counted: no column of zeros
     default = trainer.progress_bar_callback
     bar = module_progress(default)
     if bar is not None:

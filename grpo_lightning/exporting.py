@@ -142,9 +142,9 @@ def export_checkpoint(
 def export_command(argv: Sequence[str]) -> Path:
     """``grpo-lightning export --ckpt_path CKPT --export.dir DIR [--export.merge_lora true]
     [--export.overwrite true]``: the command line of :func:`export_checkpoint`."""
-    from jsonargparse import ArgumentParser
+    from grpo_lightning.cli_parser import GRPOArgumentParser  # short errors, as the other subcommands
 
-    parser = ArgumentParser(
+    parser = GRPOArgumentParser(
         prog=EXPORT_COMMAND,
         description="Export the policy of a grpo-lightning checkpoint as fit exports it (Hugging Face format).",
     )

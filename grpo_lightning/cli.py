@@ -187,7 +187,16 @@ class GRPOLightningCLI(LightningCLI):
 
     def after_predict(self) -> None:
         writers = [c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)]
-        self._report("GRPO predict finished.", {"predictions": writers[0].path if writers else "(none)"})
+        self._report(
+            "GRPO predict finished.",
+            {"run folder": run_directory(self.trainer), "predictions": writers[0].path if writers else "(none)"},
+        )
+
+    def _after_evaluation(self) -> None:
+        # validate and test get a run folder of their own (config.yaml, the logger's metrics): say which.
+        self._report(f"GRPO {self.subcommand} finished.", {"run folder": run_directory(self.trainer)})
+
+    after_validate = after_test = _after_evaluation
 
     def _run_subcommand(self, subcommand: str) -> None:
         # A run that fails before its first step takes back the run folder it made, when that holds
@@ -234,7 +243,7 @@ class GRPOLightningCLI(LightningCLI):
         export = self.config[self.subcommand].export
         trainer = self.trainer
         folder = run_directory(trainer)
-        paths = {"run folder": folder, **checkpoint_lines(trainer, self._watch())}
+        paths = {"run folder": folder, **checkpoint_lines(trainer, self._watch(), folder)}
         if export.enabled:
             target = export.dir or os.path.join(folder, "hf_model")
             paths["exported model"] = self._export(target, export.merge_lora)

@@ -8,6 +8,7 @@ step can take its empty run folder back (:func:`~grpo_lightning.runs.remove_unus
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from typing import Any
@@ -73,13 +74,22 @@ class RunWatch(Callback):
         self.validated = self.validated or not trainer.sanity_checking
 
 
-def checkpoint_lines(trainer: Trainer, watch: RunWatch | None) -> dict[str, str]:
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+
+
+def checkpoint_lines(trainer: Trainer, watch: RunWatch | None, run_folder: str | None = None) -> dict[str, str]:
     """The end report's ``best checkpoint`` and ``last checkpoint`` entries (none without a
-    ModelCheckpoint), each a path or ``(none: <the reason>)``."""
+    ModelCheckpoint), each a path or ``(none: <the reason>)``.
+
+    A resumed run restores the best path of the run it resumed; until this run validates better, that
+    file (outside ``run_folder``) is still the best, and the line says where it came from."""
     callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
     if not callbacks:
         return {}
     best = next((c.best_model_path for c in callbacks if c.best_model_path), "")
+    if best and run_folder is not None and not _inside(best, run_folder):
+        best = f"{best} (from the run this one resumed: this run saved no better one)"
     last = next((c.last_model_path for c in callbacks if c.last_model_path), "")
     if not best:
         monitored = _monitoring(trainer)

@@ -363,7 +363,7 @@ ALLOWED = re.compile(
             r"  (prompt|completion): ",
             r"(val|test)( step \d+)?: accuracy ",
             r"`Trainer\.fit` stopped: `max_steps=\d+` reached\.",
-            r"GRPO (run|predict) finished\.",
+            r"GRPO (run|predict|validate|test) finished\.",
             r"  (run folder|last checkpoint|best checkpoint|exported model|predictions) ",
             r"Restoring states from the checkpoint path at ",
             r"Resuming from step \d+\.",
@@ -392,6 +392,9 @@ def test_the_cli_quickstart_resume_and_evaluation_print_only_what_the_user_can_u
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("RUN DONE") == 5 and "predictions.jsonl" in done.stdout
+    # Every subcommand says where it wrote.
+    for sub, folder in (("validate", 2), ("test", 3), ("predict", 4)):
+        assert re.search(rf"GRPO {sub} finished\.\n  run folder\s+runs/quickstart/version_{folder}\n", done.stdout)
     lines = (done.stdout + done.stderr).replace("\r", "\n").splitlines()
     unexpected = [line for line in lines if line.strip() not in ("", "RUN DONE") and not ALLOWED.match(line)]
     assert unexpected == []

@@ -3,10 +3,13 @@ own set-up records; a folder with anything else, or one that existed before, is 
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from grpo_lightning.cli import main
+from grpo_lightning.run_report import checkpoint_lines
 
 
 def fit_args(tmp, logger: str, *extra: str) -> list[str]:
@@ -53,3 +56,14 @@ def test_a_run_folder_that_existed_or_holds_more_is_kept(tmp_path):
     with pytest.raises(ValueError, match="micro_batch_size=3 does not divide"):
         main(fit_args(tmp_path, "CSVLogger", "--model.max_completion_length=6", "--model.micro_batch_size=3"))
     assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "config.yaml").is_file()
+
+
+def test_a_best_checkpoint_kept_from_the_resumed_run_says_so(tmp_path):
+    """A resumed run restores the old run's best path; the end report must not pass it off as this run's."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "new" / "checkpoints", monitor="val/accuracy", mode="max")
+    trainer = pl.Trainer(callbacks=[checkpoint], logger=False, enable_progress_bar=False)
+    checkpoint.best_model_path = str(tmp_path / "old" / "checkpoints" / "epoch=0-step=4.ckpt")
+    best = checkpoint_lines(trainer, None, str(tmp_path / "new"))["best checkpoint"]
+    assert best == f"{checkpoint.best_model_path} (from the run this one resumed: this run saved no better one)"
+    checkpoint.best_model_path = str(tmp_path / "new" / "checkpoints" / "epoch=0-step=8.ckpt")
+    assert checkpoint_lines(trainer, None, str(tmp_path / "new"))["best checkpoint"] == checkpoint.best_model_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -14,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from grpo_lightning import answers
 from grpo_lightning.data.prompts import ResumableDataLoader
 from grpo_lightning.models import eos_token_ids
 from grpo_lightning.module import GRPOModule
@@ -284,3 +286,21 @@ def count_executed_lines(files: set[str], fn, *args) -> int:
     finally:
         sys.settrace(None)
     return count
+
+
+def assert_same_fields(a: Any, b: Any, fields: Sequence[str]) -> None:
+    """``a`` and ``b`` (two rollouts) hold bit-identical tensors in each of ``fields``."""
+    for name in fields:
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0, msg=name)
+
+
+@contextlib.contextmanager
+def answers_first_window(size: int):
+    """Start the scan for the last box from the end with a window of ``size`` characters (it grows 4x
+    at a time): a small window makes it grow within short test inputs too."""
+    saved = answers._FIRST_WINDOW
+    answers._FIRST_WINDOW = size
+    try:
+        yield
+    finally:
+        answers._FIRST_WINDOW = saved

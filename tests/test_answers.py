@@ -1,12 +1,11 @@
 """Final-answer extraction: markers, boxes with nested braces, digit groups, exact number parsing; all
 in linear time on adversarial inputs."""
 
-import contextlib
 import time
 from fractions import Fraction
 
 import pytest
-from helpers import count_executed_lines
+from helpers import answers_first_window, count_executed_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,22 +157,11 @@ def _reference_box_content(text, pos):
 PIECES = ["\\boxed", "\\fbox", "{", "}", "\\{", "\\}", " ", "\n", "x", "5", "$", ".", "\\boxedx", "\\\\"]
 
 
-@contextlib.contextmanager
-def first_window(size):
-    """Start the scan from the end with a window of ``size`` characters (small: it grows in tests)."""
-    saved = answers._FIRST_WINDOW
-    answers._FIRST_WINDOW = size
-    try:
-        yield
-    finally:
-        answers._FIRST_WINDOW = saved
-
-
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=16), st.sampled_from([4, 4096]))
 def test_find_last_boxed_agrees_with_the_obvious_implementation(pieces, window):
     text = "".join(pieces)
-    with first_window(window):
+    with answers_first_window(window):
         assert find_last_boxed(text) == _reference_find_last_boxed(text)
 
 
@@ -217,7 +205,7 @@ def test_extraction_work_grows_linearly(family, extractor):
     # Work counted as executed Python lines, so the test is exact and independent of machine load.
     # The first window of the scan from the end is made small so that it grows here too.
     make, fn = ADVERSARIAL[family], EXTRACTORS[extractor]
-    with first_window(64):
+    with answers_first_window(64):
         small, large = count_lines(fn, make(300)), count_lines(fn, make(1200))
     assert large <= 4 * small * 1.25 + 50, (small, large)  # 4x the input: at most ~4x the work
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same_fields
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import grpo_lightning.engines.fast as fast_module
@@ -48,8 +49,7 @@ def run(engine, model, prompts, sampling, eos=(1,), generations=3, seed=0):
 
 
 def assert_same_rollout(a, b):
-    for name in FIELDS:
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0, msg=name)
+    assert_same_fields(a, b, FIELDS)
 
 
 def mid_eos(model, prompts, sampling):

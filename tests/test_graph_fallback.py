@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_same_fields
 
 import grpo_lightning.engines.fast as fast_module
 from grpo_lightning.engines import FastRolloutEngine
@@ -88,8 +89,7 @@ def run(engine, model, tokenizer, seed=0, prompts=PROMPTS):
 
 
 def assert_same(a, b):
-    for name in FIELDS:
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0, msg=name)
+    assert_same_fields(a, b, FIELDS)
 
 
 def graph_warnings(record):

@@ -11,13 +11,12 @@ repetitions of random pieces.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import count_executed_lines
+from helpers import answers_first_window, count_executed_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,18 +95,6 @@ CHECKS = {
 }
 
 
-@contextlib.contextmanager
-def small_first_window(size: int = 64):
-    """The scan for the last box starts from the end with a window that grows 4x; a small first
-    window makes it grow within these short inputs too."""
-    saved = answers._FIRST_WINDOW
-    answers._FIRST_WINDOW = size
-    try:
-        yield
-    finally:
-        answers._FIRST_WINDOW = saved
-
-
 def count_lines(fn, *args) -> int:
     """Python lines executed in the traced modules while running ``fn(*args)``."""
     return count_executed_lines(TRACED_FILES, fn, *args)
@@ -116,7 +103,7 @@ def count_lines(fn, *args) -> int:
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_python_work_grows_linearly_on_every_adversarial_shape(shape, check):
-    with small_first_window():
+    with answers_first_window(64):
         small = count_lines(CHECKS[check], SHAPES[shape](500))
         large = count_lines(CHECKS[check], SHAPES[shape](2000))
     assert large <= 4 * small * 1.25 + 200, (small, large)
@@ -133,7 +120,7 @@ def test_python_work_grows_linearly_on_repeated_pieces(unit, tail, check):
     # work. A quadratic scan (each marker rescanning the rest) gives 16x.
     unit_text, tail_text = "".join(unit), "".join(tail)
     k = max(1, 300 // len(unit_text))
-    with small_first_window():
+    with answers_first_window(64):
         small = count_lines(CHECKS[check], unit_text * k + tail_text)
         large = count_lines(CHECKS[check], unit_text * 4 * k + tail_text)
     assert large <= 4 * small * 1.25 + 200, (small, large)

@@ -23,6 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _stable_bytes(path: Path) -> bytes:
+    """The file's bytes; for the export's marker, without the two fields that differ every run."""
+    if path.name != ".grpo-lightning-export.json":
+        return path.read_bytes()
+    marker = json.loads(path.read_text())
+    return json.dumps({k: v for k, v in marker.items() if k not in ("id", "created")}, sort_keys=True).encode()
+
+
 def fingerprint(steps: int) -> dict:
     """Run the cut quickstart and return {"metrics": rows without perf/*, "export": {file: sha256}}."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +49,7 @@ def fingerprint(steps: int) -> dict:
                 for row in csv.DictReader(f)
             ]
         export = {
-            p.relative_to(run / "hf_model").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            p.relative_to(run / "hf_model").as_posix(): hashlib.sha256(_stable_bytes(p)).hexdigest()
             for p in sorted((run / "hf_model").rglob("*"))
             if p.is_file()
         }

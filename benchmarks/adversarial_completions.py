@@ -93,6 +93,7 @@ SHAPES: dict[str, Callable[[int], str]] = {
 
 def shipped_rewards() -> dict[str, Callable[[Sequence[str]], list[float | None]]]:
     """Every shipped reward as a function of the completions (the gold answer is ``GOLD``)."""
+    from grpo_lightning.hf.tiny import build_char_tokenizer
     from grpo_lightning.rewards import (
         LengthPenalty,
         MathAccuracy,
@@ -102,7 +103,6 @@ def shipped_rewards() -> dict[str, Callable[[Sequence[str]], list[float | None]]
         gsm8k_accuracy_flexible,
         think_format_reward,
     )
-    from grpo_lightning.tiny import build_char_tokenizer
 
     math = MathAccuracy(timeout_seconds=5)
     tokenizer = build_char_tokenizer(model_max_length=10**7)

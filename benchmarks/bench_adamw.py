@@ -23,8 +23,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workloads import MODELS, build_model, build_tokenizer
 
-from grpo_lightning.models import load_policy
-from grpo_lightning.optim import adamw_implementation
+from grpo_lightning.hf.models import load_policy
+from grpo_lightning.training.optim import adamw_implementation
 
 KERNELS = {"single_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 

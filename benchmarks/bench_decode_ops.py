@@ -21,9 +21,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import grpo_lightning
-from grpo_lightning.engines import FastRolloutEngine
-from grpo_lightning.rollout import RolloutRequest, SamplingConfig
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.rollout.engine import RolloutRequest, SamplingConfig
+from grpo_lightning.rollout.engines import FastRolloutEngine
 
 
 class OpCounter(TorchDispatchMode):

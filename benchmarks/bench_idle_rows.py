@@ -36,7 +36,7 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE / "learning"))
     from learning_task import load_task
 
-    from grpo_lightning.training import TrainingStep
+    from grpo_lightning.training.step import TrainingStep
 
     torch.set_num_threads(args.threads)
     task = load_task(args.config, ["model.beta=0", *args.set])

@@ -56,10 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adversarial_completions import SHAPES, shipped_rewards, time_calls
 
-from grpo_lightning.answers import extract_gold_answer, extract_last_boxed
 from grpo_lightning.rewards import _mathcheck
 from grpo_lightning.rewards._checker_pool import shared_pool
 from grpo_lightning.rewards._normalize import normalize_answer
+from grpo_lightning.rewards.answers import extract_gold_answer, extract_last_boxed
 from grpo_lightning.rewards.gsm8k import gsm8k_accuracy
 from grpo_lightning.rewards.math import MathAccuracy
 

@@ -3,7 +3,7 @@
 Trains ``builtin:tiny-math`` with GRPO (gsm8k_accuracy, G = 8, 16 prompts
 per step, lr 5e-5, beta 0.01) for ``--steps`` optimizer steps on fresh 3-operation problems, and
 evaluates the starting and the trained policy on the same ``--problems`` held-out problems with
-``--samples`` samples each (``grpo_lightning.model_eval.evaluate_model``). Writes the figures as JSON
+``--samples`` samples each (``grpo_lightning.evaluation.model_eval.evaluate_model``). Writes the figures as JSON
 and the plot as PNG; prints a table and the CPU time of each part.
 
     python benchmarks/k_curves.py --steps 60 --out benchmarks/results/k-curves-tiny-math
@@ -23,8 +23,8 @@ import lightning.pytorch as pl
 import torch
 
 from grpo_lightning import GRPOModule, PromptDataModule
-from grpo_lightning.model_eval import evaluate_model, plot_k_curves
-from grpo_lightning.synthetic import generate_problems
+from grpo_lightning.data.synthetic import generate_problems
+from grpo_lightning.evaluation.model_eval import evaluate_model, plot_k_curves
 
 TEMPLATE = "Q: {question}\nA: "
 PROBLEMS = {"min_steps": 3, "max_steps": 3, "max_operand": 10}

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from grpo_lightning.openmp import prepare_openmp
+from grpo_lightning.training.openmp import prepare_openmp
 
 prepare_openmp()  # as the grpo-lightning command does, before torch loads: idle OpenMP threads sleep
 
@@ -47,7 +47,7 @@ def main(case: Case, variant: str) -> None:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    import grpo_lightning.update as update
+    import grpo_lightning.algorithm.update as update
     from grpo_lightning.logprobs import sequence_logprobs
     from grpo_lightning.module import GRPOModule
 

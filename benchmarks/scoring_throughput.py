@@ -20,7 +20,7 @@ import random
 import statistics
 import time
 
-from grpo_lightning.reward_scorer import RewardScorer
+from grpo_lightning.rewards.scorer import RewardScorer
 
 ANSWERS = [
     ("\\frac{14}{3}", ["\\frac{14}{3}", "\\frac{28}{6}", "4.67", "\\frac{3}{14}"]),

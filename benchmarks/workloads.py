@@ -26,7 +26,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from grpo_lightning.tiny import (
+from grpo_lightning.hf.tiny import (
     CHARACTERS,
     EOS_TOKEN,
     PAD_TOKEN,

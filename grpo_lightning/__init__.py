@@ -2,7 +2,7 @@
 
 The public API: :class:`GRPOModule` (the LightningModule), :class:`PromptDataModule` (math prompts
 and gold answers), :mod:`grpo_lightning.rewards` (reward functions and their registry), and the
-pure math in :mod:`grpo_lightning.advantages`, :mod:`grpo_lightning.losses` and
+pure math in :mod:`grpo_lightning.algorithm.advantages`, :mod:`grpo_lightning.algorithm.losses` and
 :mod:`grpo_lightning.logprobs`.
 
 Attributes load on first access: ``import grpo_lightning`` is fast, and ``GRPOModule`` does not

@@ -1,7 +1,7 @@
 """``python -m grpo_lightning fit --config ...``; :func:`main` is also the entry point the
 ``grpo-lightning`` command should use.
 
-Importing this module does not load torch, so :func:`~grpo_lightning.openmp.prepare_openmp` can set
+Importing this module does not load torch, so :func:`~grpo_lightning.training.openmp.prepare_openmp` can set
 the OpenMP wait policy before the runtime reads it (once, when torch loads it).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from grpo_lightning.openmp import prepare_openmp
+from grpo_lightning.training.openmp import prepare_openmp
 
 # Set to 1 to see the full traceback of an error from one of this package's checks.
 TRACEBACK_ENV = "GRPO_LIGHTNING_TRACEBACK"
@@ -35,7 +35,7 @@ def main() -> None:
     printed as one paragraph, exit status 1; ``GRPO_LIGHTNING_TRACEBACK=1`` shows the traceback instead.
     """
     prepare_openmp()
-    from grpo_lightning.cli import console_entry  # loads torch: imported here, after prepare_openmp
+    from grpo_lightning.cli.app import console_entry  # loads torch: imported here, after prepare_openmp
 
     try:
         console_entry()

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-# The callbacks GRPOModule.configure_callbacks returns (grpo_lightning.callbacks.module_callbacks) and the
+# The callbacks GRPOModule.configure_callbacks returns (grpo_lightning.training.callbacks.module_callbacks) and the
 # default progress bars it replaces.
 MODULE_CALLBACKS = (
     "StartChecks|RefModelSync|CompletionLogger|RunGuard|LogProgress"

@@ -28,31 +28,32 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
-from grpo_lightning.advantages import ScaleRewards
-from grpo_lightning.config import BatchLayout, Settings, unsaved_arguments
-from grpo_lightning.dynamic_sampling import sample_step
-from grpo_lightning.engines import EngineName, resolve_engine
-from grpo_lightning.evaluation import EvalMetrics, correct, evaluate, log_sanity_check
-from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
-from grpo_lightning.losses import ImportanceSamplingLevel, LossType
-from grpo_lightning.model_card import ModelCardInfo, run_card_info
-from grpo_lightning.model_setup import (
+from grpo_lightning.algorithm.advantages import ScaleRewards
+from grpo_lightning.algorithm.losses import ImportanceSamplingLevel, LossType
+from grpo_lightning.algorithm.update import BatchLayout
+from grpo_lightning.evaluation.predict import predict_records
+from grpo_lightning.evaluation.steps import EvalMetrics, correct, evaluate, log_sanity_check
+from grpo_lightning.hf.model_card import ModelCardInfo, run_card_info
+from grpo_lightning.hf.model_setup import (
     build_models,
     drop_rebuilt_weights,
     rebuilt_keys,
     restore_rebuilt_weights,
 )
-from grpo_lightning.models import ModelSource, eos_token_ids, load_tokenizer, push_to_hub, save_pretrained
-from grpo_lightning.optim import configure_optimizers
-from grpo_lightning.predict import predict_records
-from grpo_lightning.reward_scorer import RewardErrors, RewardFunc, RewardScorer
-from grpo_lightning.rollout import RolloutEngine
-from grpo_lightning.rollout_stats import global_advantages, rollout_metrics
-from grpo_lightning.sampler import Sampler, num_prompts
-from grpo_lightning.seeds import base_seed, stream_seed
-from grpo_lightning.threads import apply_thread_policy
-from grpo_lightning.training import TrainingStep
-from grpo_lightning.zero_signal import has_signal, skip_update
+from grpo_lightning.hf.models import ModelSource, eos_token_ids, load_tokenizer, push_to_hub, save_pretrained
+from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
+from grpo_lightning.rewards.scorer import RewardErrors, RewardFunc, RewardScorer
+from grpo_lightning.rollout.dynamic_sampling import sample_step
+from grpo_lightning.rollout.engine import RolloutEngine
+from grpo_lightning.rollout.engines import EngineName, resolve_engine
+from grpo_lightning.rollout.sampler import Sampler, num_prompts
+from grpo_lightning.rollout.seeds import base_seed, stream_seed
+from grpo_lightning.training.optim import configure_optimizers
+from grpo_lightning.training.rollout_stats import global_advantages, rollout_metrics
+from grpo_lightning.training.settings import Settings, unsaved_arguments
+from grpo_lightning.training.step import TrainingStep
+from grpo_lightning.training.threads import apply_thread_policy
+from grpo_lightning.training.zero_signal import has_signal, skip_update
 
 quiet_known_noise()
 
@@ -132,7 +133,7 @@ class GRPOModule(LightningModule):
             (a map-style dataset); every batch is still one training step.
         max_dynamic_sampling_rounds: Most extra generation rounds per training step for dynamic sampling.
         val_num_samples: Sampled completions per validation prompt (N) for ``val/mean@N``, ``val/pass@k`` and
-            ``val/maj@k`` (1 = greedy only; see :mod:`grpo_lightning.evaluation`).
+            ``val/maj@k`` (1 = greedy only; see :mod:`grpo_lightning.evaluation.steps`).
         accuracy_reward: The reward that decides ``val/accuracy`` (default: the first reward function).
         accuracy_threshold: A completion is correct when its accuracy reward is at least this.
         log_completions_every_n_steps: Print sample completions and log them as a table every n
@@ -265,7 +266,7 @@ class GRPOModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Choose this process's CPU thread count once, the node's CPUs shared among its training
-        processes (see :mod:`grpo_lightning.threads`)."""
+        processes (see :mod:`grpo_lightning.training.threads`)."""
         apply_thread_policy(processes=self.trainer.num_devices)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -296,8 +297,8 @@ class GRPOModule(LightningModule):
     def configure_callbacks(self) -> list[Any]:
         """The checks before any step, callbacks that the settings ask for (reference sync, completion
         logging), the progress bar that counts optimizer steps and the RunGuard: see
-        :func:`~grpo_lightning.callbacks.module_callbacks`."""
-        from grpo_lightning.callbacks import module_callbacks
+        :func:`~grpo_lightning.training.callbacks.module_callbacks`."""
+        from grpo_lightning.training.callbacks import module_callbacks
 
         h = self.hparams
         quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
@@ -358,7 +359,7 @@ class GRPOModule(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Records (prompt, completion, rewards, correct, the row's columns) of the greedy completion
-        and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.predict.PredictionWriter`
+        and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.evaluation.predict.PredictionWriter`
         writes them as JSON lines."""
         seed = partial(stream_seed, self.base_seed(), self.global_rank, batch_idx)  # seed(stream)
         k = self.settings.val_num_samples
@@ -390,7 +391,7 @@ class GRPOModule(LightningModule):
         return str(save_pretrained(self.policy, self.tokenizer, path, merge_lora=merge_lora, card=card))
 
     def model_card_info(self) -> ModelCardInfo:
-        """The model card's facts (see :func:`~grpo_lightning.model_card.run_card_info`)."""
+        """The model card's facts (see :func:`~grpo_lightning.hf.model_card.run_card_info`)."""
         return run_card_info(self.hparams, self.scorer.names, self._trainer)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:

@@ -4,7 +4,7 @@ worker that runs several CLI invocations in one (possibly distributed) process.
 ``shrink_args(configs, data_dir)`` gives the command line for ``configs`` (a recipe, optionally followed by
 a trainer preset); the overrides are the same for every config. As a script
 (``python config_runs.py RUNS.json OUT.jsonl``) it runs each argument list of RUNS.json with
-``grpo_lightning.cli.main`` in turn; Lightning launches the second process of a distributed preset, and
+``grpo_lightning.cli.app.main`` in turn; Lightning launches the second process of a distributed preset, and
 both processes then run every later config too. Rank 0 appends one JSON line per run to OUT.jsonl.
 """
 
@@ -88,7 +88,7 @@ def write_stand_ins(data_dir: Path) -> None:
     """Small GSM8K-, MATH- and MATH-500-shaped data sets (``save_to_disk`` folders) with their columns."""
     from datasets import Dataset, DatasetDict
 
-    from grpo_lightning.synthetic import generate_problems
+    from grpo_lightning.data.synthetic import generate_problems
 
     def rows(n: int, seed: int) -> list[dict[str, str]]:
         return generate_problems(n, seed=seed, min_steps=1, max_steps=2, max_operand=9)
@@ -138,7 +138,7 @@ def summary(cli: Any) -> dict[str, Any]:
 def main(runs_file: str, out_file: str) -> None:
     import torch
 
-    from grpo_lightning.cli import main as cli_main
+    from grpo_lightning.cli.app import main as cli_main
 
     torch.set_num_threads(1)
     for args in json.loads(Path(runs_file).read_text()):

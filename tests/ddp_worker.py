@@ -28,7 +28,7 @@ from helpers import (
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from grpo_lightning.strategies import FSDP2Strategy
+from grpo_lightning.training.strategies import FSDP2Strategy
 
 GLOBAL_PROMPTS = 4  # per training step, over all devices
 SETTINGS = {

@@ -15,14 +15,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from grpo_lightning import answers
 from grpo_lightning.data.prompts import ResumableDataLoader
-from grpo_lightning.models import eos_token_ids
+from grpo_lightning.hf.models import eos_token_ids
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.reward_scorer import RewardScorer
-from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutRequest, SamplingConfig, concat_rollouts
-from grpo_lightning.sampler import Sampler
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.rewards import answers
+from grpo_lightning.rewards.scorer import RewardScorer
+from grpo_lightning.rollout.engine import (
+    HFGenerateEngine,
+    Rollout,
+    RolloutRequest,
+    SamplingConfig,
+    concat_rollouts,
+)
+from grpo_lightning.rollout.sampler import Sampler
 
 
 @pytest.fixture(autouse=True)

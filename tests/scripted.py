@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from grpo_lightning.rollout import Rollout, RolloutRequest, completion_masks
+from grpo_lightning.rollout.engine import Rollout, RolloutRequest, completion_masks
 
 #: prompt -> (answer, source, greedy completion, the 4 sampled completions)
 PROBLEMS = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from grpo_lightning.optim import OptimizerConfig, adamw_implementation, configure_optimizers
+from grpo_lightning.training.optim import OptimizerConfig, adamw_implementation, configure_optimizers
 
 
 def test_the_default_adamw_is_fused_on_cpu():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages
 from torch.testing import assert_close
 
-from grpo_lightning.advantages import SCALE_REWARDS, compute_advantages, group_stats, zero_spread
+from grpo_lightning.algorithm.advantages import SCALE_REWARDS, compute_advantages, group_stats, zero_spread
 
 NAN = float("nan")
 

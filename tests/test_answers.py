@@ -9,8 +9,8 @@ from helpers import answers_first_window, count_executed_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpo_lightning import answers, number_reader
-from grpo_lightning.answers import (
+from grpo_lightning.rewards import _normalize, answers, gsm8k, number_reader
+from grpo_lightning.rewards.answers import (
     extract_gold_answer,
     extract_hash_answer,
     extract_last_boxed,
@@ -19,7 +19,6 @@ from grpo_lightning.answers import (
     last_number,
     parse_number,
 )
-from grpo_lightning.rewards import _normalize, gsm8k
 
 
 @pytest.mark.parametrize(

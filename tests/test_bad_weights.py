@@ -12,7 +12,7 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.engines.sampling import sample_categorical
+from grpo_lightning.rollout.engines.sampling import sample_categorical
 
 
 @pytest.mark.parametrize("engine", ["auto", "hf"])

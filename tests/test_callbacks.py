@@ -14,8 +14,8 @@ from helpers import (
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 
-import grpo_lightning.callbacks as callbacks
-from grpo_lightning.callbacks import CompletionLogger, RefModelSync
+import grpo_lightning.training.callbacks as callbacks
+from grpo_lightning.training.callbacks import CompletionLogger, RefModelSync
 
 
 def test_completions_are_printed_on_the_optimizer_step_schedule(capsys):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import grpo_lightning.engines.decoders as decoders
 import grpo_lightning.logprobs.sequence as sequence
-from grpo_lightning.causal_lm import (
+import grpo_lightning.rollout.engines.decoders as decoders
+from grpo_lightning.hf.causal_lm import (
     accepts_argument,
     base_model,
     cache_argument,
@@ -16,9 +16,9 @@ from grpo_lightning.causal_lm import (
     is_sharded,
     position_ids_from_mask,
 )
+from grpo_lightning.hf.models import apply_lora
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import sequence_logprobs, shared_prefix_logprobs
-from grpo_lightning.models import apply_lora
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 PROMPTS = ["What is 12 + 7 - 3?", "5 + 9 =", "Compute 18 - 4 + 11 + 2."]
 

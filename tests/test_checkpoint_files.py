@@ -21,7 +21,7 @@ from helpers import (
 )
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from grpo_lightning.checkpointing import CheckpointFileError, check_checkpoint_file, last_good_checkpoint
+from grpo_lightning.run.checkpointing import CheckpointFileError, check_checkpoint_file, last_good_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from helpers import (
     tiny_tokenizer,
 )
 
-import grpo_lightning.checkpointing as checkpointing
-from grpo_lightning.checkpointing import (
+import grpo_lightning.run.checkpointing as checkpointing
+from grpo_lightning.run.checkpointing import (
     AtomicCheckpointIO,
     CheckpointFileError,
     atomic_torch_save,
@@ -143,7 +143,7 @@ def test_fsdp2_checkpoints_are_replaced_whole_or_not_at_all(tmp_path, monkeypatc
     # Lightning writes a sharded checkpoint's files in place; FSDP2Strategy stages them beside it.
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from grpo_lightning.strategies import FSDP2Strategy
+    from grpo_lightning.training.strategies import FSDP2Strategy
 
     target = tmp_path / "last.ckpt"
     target.mkdir()
@@ -216,7 +216,7 @@ def test_stale_temp_files_of_this_writer_are_removed_by_the_next_write(tmp_path)
 def test_a_write_killed_midway_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
     # The writer process is killed while its temp file is half written (SIGKILL: no clean-up runs).
     code = (
-        "import time, grpo_lightning.checkpointing as c\n"
+        "import time, grpo_lightning.run.checkpointing as c\n"
         "def slow(obj, f):\n"
         "    f.write(b'x' * 100); f.flush(); time.sleep(60)\n"
         "c.torch.save = slow\n"

@@ -10,9 +10,9 @@ import torch
 from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM
 
-from grpo_lightning.cli import main
-from grpo_lightning.models import BuiltModel
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.cli.app import main
+from grpo_lightning.hf.models import BuiltModel
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 RECIPES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from grpo_lightning import __main__ as entry
-from grpo_lightning import cli
-from grpo_lightning.cli import main
+from grpo_lightning.cli import app as cli
+from grpo_lightning.cli.app import main
 
 
 def run_console(monkeypatch, capsys, *args: str) -> tuple[int, str]:

@@ -9,10 +9,10 @@ import os
 import pytest
 from helpers import one_thread, tiny_model  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.cli import main
+from grpo_lightning.cli.app import main
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.data.prompts import DEFAULT_PROMPT_TEMPLATE, PromptFormatter
-from grpo_lightning.tiny import build_char_tokenizer
+from grpo_lightning.hf.tiny import build_char_tokenizer
 
 QUICKSTART = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "quickstart.yaml")
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"

@@ -24,8 +24,8 @@ from config_runs import (
 )
 from helpers import child_env, one_thread  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.cli import main
-from grpo_lightning.strategies import FSDP2Strategy
+from grpo_lightning.cli.app import main
+from grpo_lightning.training.strategies import FSDP2Strategy
 
 HERE = Path(__file__).parent
 COMBINATIONS = [[recipe] for recipe in RECIPES] + [

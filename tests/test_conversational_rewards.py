@@ -11,11 +11,11 @@ from helpers import make_module, make_trainer, one_thread  # noqa: F401 (autouse
 from test_rewards_reward_model import tiny_classifier
 
 from grpo_lightning.data.datamodule import PromptDataModule
-from grpo_lightning.reward_scorer import RewardError, RewardScorer
+from grpo_lightning.hf.tiny import build_char_tokenizer
 from grpo_lightning.rewards import RewardModel, resolve_reward
 from grpo_lightning.rewards.format import FormatReward
 from grpo_lightning.rewards.length import LengthPenalty, OverlongPenalty
-from grpo_lightning.tiny import build_char_tokenizer
+from grpo_lightning.rewards.scorer import RewardError, RewardScorer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

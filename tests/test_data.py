@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from grpo_lightning.data import DataSourceError, PromptDataModule
-from grpo_lightning.tiny import build_char_tokenizer
+from grpo_lightning.hf.tiny import build_char_tokenizer
 
 GSM8K_ROWS = [
     {

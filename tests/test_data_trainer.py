@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_da
 from torch.utils.data import BatchSampler, DataLoader
 
 from grpo_lightning.data import PromptDataModule, ResumableDataLoader
-from grpo_lightning.tiny import build_char_tokenizer
+from grpo_lightning.hf.tiny import build_char_tokenizer
 
 SYNTHETIC = {"train_size": 24, "val_size": 6, "test_size": 0}
 

@@ -18,7 +18,7 @@ from ddp_worker import train
 from helpers import make_module, weights
 from transformers import AutoModelForCausalLM
 
-import grpo_lightning.update as update
+import grpo_lightning.algorithm.update as update
 from grpo_lightning.logprobs import sequence_logprobs
 
 HERE = Path(__file__).parent

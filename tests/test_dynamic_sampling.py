@@ -18,11 +18,11 @@ from helpers import (
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, IterableDataset
 
-from grpo_lightning.dynamic_sampling import DynamicSampling, PromptRefill, informative_rows
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.reward_scorer import RewardScorer
-from grpo_lightning.sampler import Sampler
-from grpo_lightning.seeds import SeedStream, stream_seed
+from grpo_lightning.rewards.scorer import RewardScorer
+from grpo_lightning.rollout.dynamic_sampling import DynamicSampling, PromptRefill, informative_rows
+from grpo_lightning.rollout.sampler import Sampler
+from grpo_lightning.rollout.seeds import SeedStream, stream_seed
 
 # Each batch of 2 holds one flat prompt ("F": constant reward) and one informative one ("L").
 PROMPTS = ["F0=", "L0=", "F1=", "L1=", "F2=", "L2=", "F3=", "L3="]

@@ -8,7 +8,7 @@ import re
 
 from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.cli import main
+from grpo_lightning.cli.app import main
 
 
 def write_rows(path, rows):

@@ -19,17 +19,17 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
 from grpo_lightning.data.datamodule import PromptDataModule
-from grpo_lightning.model_card import (
+from grpo_lightning.hf.model_card import (
     ModelCardInfo,
     hub_model_id,
     render_model_card,
     run_card_info,
     settings_summary,
 )
-from grpo_lightning.models import load_tokenizer, resolve_model_path, save_pretrained
+from grpo_lightning.hf.models import load_tokenizer, resolve_model_path, save_pretrained
+from grpo_lightning.hf.tiny import CHARACTERS, SPECIAL_TOKENS, UNK_TOKEN, build_char_tokenizer
+from grpo_lightning.hf.tokenizer_io import save_tokenizer
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.tiny import CHARACTERS, SPECIAL_TOKENS, UNK_TOKEN, build_char_tokenizer
-from grpo_lightning.tokenizer_io import save_tokenizer
 
 PROMPT = "Q: What is 4 + 4 + 2 + 2?\nA: "
 # What the shipped model answers, decoded with the tokenizer it was trained with.
@@ -177,7 +177,7 @@ def test_the_cards_loading_snippet_runs_and_answers(tmp_path, capsys, monkeypatc
 
 
 def test_an_adapter_export_has_a_peft_card(tmp_path):
-    from grpo_lightning.models import apply_lora
+    from grpo_lightning.hf.models import apply_lora
 
     policy = apply_lora(tiny_model(), {"r": 2})
     save_pretrained(policy, tiny_tokenizer(), tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import child_env
 
-from grpo_lightning.export_dir import (
+from grpo_lightning.run.export_dir import (
     MARKER,
     ExportTargetError,
     StagedExport,
@@ -141,7 +141,7 @@ def test_a_file_added_during_training_stops_the_swap(tmp_path):
 KILLED_EXPORT = r"""
 import os, signal, sys
 from pathlib import Path
-import grpo_lightning.export_dir as export_dir
+import grpo_lightning.run.export_dir as export_dir
 
 target, mode, kill_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 count = 0

@@ -21,7 +21,7 @@ import transformers.modeling_utils
 from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM
 
-from grpo_lightning.cli import console_entry, main
+from grpo_lightning.cli.app import console_entry, main
 
 
 def fit_args(tmp: Path, *extra: str, val_size: int = 4) -> list[str]:
@@ -233,7 +233,7 @@ def test_an_export_from_the_checkpoint_is_the_export_fit_wrote(finished_run, mon
 
 
 def test_after_a_failed_export_the_checkpoint_at_the_final_step_is_named(finished_run):
-    from grpo_lightning.exporting import final_checkpoint
+    from grpo_lightning.run.exporting import final_checkpoint
 
     tmp, *_, cli = finished_run
     ckpts = tmp / "runs/lightning_logs/version_0/checkpoints"
@@ -244,7 +244,7 @@ def test_after_a_failed_export_the_checkpoint_at_the_final_step_is_named(finishe
 
 
 def test_when_the_trained_weights_cannot_be_saved_either_the_error_says_so(tmp_path):
-    from grpo_lightning.exporting import export_failure
+    from grpo_lightning.run.exporting import export_failure
 
     older = tmp_path / "checkpoints" / "step=1.ckpt"
     older.parent.mkdir()

@@ -11,13 +11,19 @@ from helpers import free_port
 from scipy.stats import chi2_contingency, chisquare
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from grpo_lightning.engines import FastRolloutEngine, resolve_engine
-from grpo_lightning.engines.decoders import lean_unsupported_reason
-from grpo_lightning.engines.sampling import sample_categorical
+from grpo_lightning.algorithm.losses import grpo_loss
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import sequence_logprobs
-from grpo_lightning.losses import grpo_loss
-from grpo_lightning.rollout import HFGenerateEngine, Rollout, RolloutEngine, RolloutRequest, SamplingConfig
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.rollout.engine import (
+    HFGenerateEngine,
+    Rollout,
+    RolloutEngine,
+    RolloutRequest,
+    SamplingConfig,
+)
+from grpo_lightning.rollout.engines import FastRolloutEngine, resolve_engine
+from grpo_lightning.rollout.engines.decoders import lean_unsupported_reason
+from grpo_lightning.rollout.engines.sampling import sample_categorical
 
 PROMPTS = ["What is 12 + 7 - 3?", "What is 5 + 9?", "Compute 18 - 4 + 11 + 2, please.", "3 + 3 ="]
 
@@ -377,7 +383,7 @@ def test_fast_update_path_equals_the_slow_one(monkeypatch):
     of the slow path (pi_old recomputed, every row's prompt computed again) to float32 precision."""
     from helpers import PromptsDataModule, make_module, make_trainer, tiny_tokenizer, weights
 
-    import grpo_lightning.update as update
+    import grpo_lightning.algorithm.update as update
 
     tok = tiny_tokenizer()
     results = {}

@@ -24,8 +24,8 @@ from helpers import (
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from grpo_lightning.cli import main
-from grpo_lightning.progress import StepRichProgressBar, StepTQDMProgressBar
+from grpo_lightning.cli.app import main
+from grpo_lightning.training.progress import StepRichProgressBar, StepTQDMProgressBar
 
 
 def csv_rows(folder) -> list[dict[str, str]]:

@@ -14,16 +14,16 @@ from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autous
 from transformers import GgufConfig
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
-from grpo_lightning import gguf
-from grpo_lightning.gguf import WheelModel, drop_quantizer
-from grpo_lightning.models import (
+from grpo_lightning.hf import gguf
+from grpo_lightning.hf.gguf import WheelModel, drop_quantizer
+from grpo_lightning.hf.models import (
     apply_lora,
     builtin_models,
     eos_token_ids,
     pretrained_source,
     save_pretrained,
 )
-from grpo_lightning.tokenizer_io import chat_turn_end_id
+from grpo_lightning.hf.tokenizer_io import chat_turn_end_id
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_lightning.engines import FastRolloutEngine
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import fused_head_applies, position_ids_from_mask, sequence_logprobs
-from grpo_lightning.rollout import HFGenerateEngine, RolloutRequest, SamplingConfig
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.rollout.engine import HFGenerateEngine, RolloutRequest, SamplingConfig
+from grpo_lightning.rollout.engines import FastRolloutEngine
 
 CUDA = pytest.param("cuda", marks=pytest.mark.gpu)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -174,7 +174,7 @@ def test_fast_engine_greedy_output_equals_generate(tokenizer, device, decoder, d
 @pytest.mark.parametrize("device", [CUDA])
 def test_each_graph_replay_gives_the_eager_steps_logits(tokenizer, device, dtype):
     """Step by step, a replayed graph's logits against the same step run eagerly on the same state."""
-    from grpo_lightning.engines.graphed import StaticStepDecoder, round_up
+    from grpo_lightning.rollout.engines.graphed import StaticStepDecoder, round_up
 
     model = peaked_model(tokenizer, device, DTYPES[dtype]).eval()
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)

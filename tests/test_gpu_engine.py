@@ -12,13 +12,17 @@ import torch
 from helpers import assert_same_fields
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import grpo_lightning.engines.fast as fast_module
-from grpo_lightning.engines import FastRolloutEngine
-from grpo_lightning.engines.decoders import LeanDecoder
-from grpo_lightning.engines.graphed import StaticStepDecoder, graph_unsupported_reason, model_fingerprint
+import grpo_lightning.rollout.engines.fast as fast_module
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import sequence_logprobs
-from grpo_lightning.rollout import HFGenerateEngine, RolloutRequest, SamplingConfig
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.rollout.engine import HFGenerateEngine, RolloutRequest, SamplingConfig
+from grpo_lightning.rollout.engines import FastRolloutEngine
+from grpo_lightning.rollout.engines.decoders import LeanDecoder
+from grpo_lightning.rollout.engines.graphed import (
+    StaticStepDecoder,
+    graph_unsupported_reason,
+    model_fingerprint,
+)
 
 # Operations a CUDA graph cannot record: host reads of device values, outputs whose shape depends on
 # values, and tensors made from Python data (a host-to-device copy at replay time).

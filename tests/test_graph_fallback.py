@@ -18,11 +18,11 @@ import pytest
 import torch
 from helpers import assert_same_fields
 
-import grpo_lightning.engines.fast as fast_module
-from grpo_lightning.engines import FastRolloutEngine
-from grpo_lightning.engines.graphed import GraphCheck, StaticStepDecoder, compare_logits
-from grpo_lightning.rollout import RolloutRequest, SamplingConfig
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+import grpo_lightning.rollout.engines.fast as fast_module
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.rollout.engine import RolloutRequest, SamplingConfig
+from grpo_lightning.rollout.engines import FastRolloutEngine
+from grpo_lightning.rollout.engines.graphed import GraphCheck, StaticStepDecoder, compare_logits
 
 PROMPTS = ["Compute 18 - 4 + 11 + 2, please.", "What is 5 + 9?", "3 + 3 ="]
 FIELDS = ("completion_ids", "completion_mask", "truncated", "lengths", "sampling_logp")

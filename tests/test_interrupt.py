@@ -23,8 +23,8 @@ from helpers import (
     weights,
 )
 
-from grpo_lightning.interrupt import RunGuard, resume_command
-from grpo_lightning.scoring import RewardError
+from grpo_lightning.rollout.scoring import RewardError
+from grpo_lightning.run.interrupt import RunGuard, resume_command
 
 TESTS = Path(__file__).parent
 SETTINGS = {"beta": 0.1}

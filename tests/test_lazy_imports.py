@@ -88,7 +88,7 @@ TRAIN_ONE_STEP = textwrap.dedent(
     import torch
     from torch.utils.data import DataLoader
     from grpo_lightning.rewards import format_reward, resolve_reward
-    from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
+    from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 
     torch.set_num_threads(1)
     tok = build_char_tokenizer(model_max_length=64)
@@ -163,7 +163,7 @@ def test_grpo_module_loads_no_optional_back_end_where_all_are_installed():
 FIT_HELP = textwrap.dedent(
     """
     import contextlib, io, json, sys
-    from grpo_lightning.cli import main
+    from grpo_lightning.cli.app import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from grpo_lightning.log_progress import (
+from grpo_lightning.training.log_progress import (
     LogProgress,
     batch_line,
     cadence_from_env,

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import (
     linear_logprobs,
     position_ids_from_mask,
@@ -18,7 +19,6 @@ from grpo_lightning.logprobs import (
     token_logprobs,
     token_logprobs_from_hidden,
 )
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 
 def naive(

@@ -16,7 +16,7 @@ from helpers import (
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from grpo_lightning.model_setup import REBUILT_KEY
+from grpo_lightning.hf.model_setup import REBUILT_KEY
 
 LORA = {"lora": {"r": 4}, "learning_rate": 1e-2}
 

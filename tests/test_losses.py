@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages, ref_grpo_loss
 from torch.testing import assert_close
 
-from grpo_lightning.advantages import SCALE_REWARDS, compute_advantages
-from grpo_lightning.losses import (
+from grpo_lightning.algorithm.advantages import SCALE_REWARDS, compute_advantages
+from grpo_lightning.algorithm.losses import (
     IMPORTANCE_SAMPLING_LEVELS,
     LOSS_TYPES,
     MAX_LOG_RATIO,

@@ -11,7 +11,13 @@ from fractions import Fraction
 import pytest
 import torch
 
-from grpo_lightning.metrics import majority_at_k, majority_at_k_batch, mean_at_n, pass_at_k, report_ks
+from grpo_lightning.evaluation.metrics import (
+    majority_at_k,
+    majority_at_k_batch,
+    mean_at_n,
+    pass_at_k,
+    report_ks,
+)
 
 
 def brute_pass(correct: list[bool], k: int) -> float:

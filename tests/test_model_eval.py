@@ -12,9 +12,9 @@ from scripted import PROBLEMS, scripted_engine
 from test_evaluation import EXPECTED
 from torch.utils.data import DataLoader
 
-from grpo_lightning.model_eval import evaluate_model, k_curves, plot_k_curves, problem_batches
+from grpo_lightning.data.synthetic import generate_problems
+from grpo_lightning.evaluation.model_eval import evaluate_model, k_curves, plot_k_curves, problem_batches
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.synthetic import generate_problems
 
 TEMPLATE = "{question}"  # the scripted engine knows the prompts "1+1=", ...
 

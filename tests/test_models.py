@@ -11,8 +11,8 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
-from grpo_lightning.gguf import WHEEL_MODELS
-from grpo_lightning.models import (
+from grpo_lightning.hf.gguf import WHEEL_MODELS
+from grpo_lightning.hf.models import (
     apply_lora,
     builtin_models,
     create_reference,

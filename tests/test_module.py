@@ -17,8 +17,8 @@ from helpers import (
 )
 from lightning.pytorch import Callback
 
-import grpo_lightning.update as update
-from grpo_lightning.engines import FastRolloutEngine
+import grpo_lightning.algorithm.update as update
+from grpo_lightning.rollout.engines import FastRolloutEngine
 
 DOCUMENTED_TRAIN_METRICS = [
     "train/loss", "train/reward", "train/reward_std", "train/rewards/char_code_mean/mean",

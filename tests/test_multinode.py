@@ -15,10 +15,10 @@ import torch
 from ddp_worker import SETTINGS, train
 from helpers import child_env, free_port, one_thread  # noqa: F401 (autouse fixture)
 
-import grpo_lightning.update as update
-from grpo_lightning.advantages import compute_advantages
+import grpo_lightning.algorithm.update as update
+from grpo_lightning.algorithm.advantages import compute_advantages
 from grpo_lightning.logprobs import sequence_logprobs
-from grpo_lightning.seeds import SeedStream, stream_seed
+from grpo_lightning.rollout.seeds import SeedStream, stream_seed
 
 HERE = Path(__file__).parent
 NODES = 2

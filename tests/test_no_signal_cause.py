@@ -15,7 +15,7 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.zero_signal import no_signal_cause
+from grpo_lightning.training.zero_signal import no_signal_cause
 
 NAN = float("nan")
 

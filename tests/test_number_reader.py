@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpo_lightning.answers import last_number, parse_number
-from grpo_lightning.number_reader import MAX_DEPTH, iter_numbers
+from grpo_lightning.rewards.answers import last_number, parse_number
+from grpo_lightning.rewards.number_reader import MAX_DEPTH, iter_numbers
 
 THIRD = Fraction(1, 3)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from helpers import answer_reward, child_env, one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.export_dir import staged_export
-from grpo_lightning.exporting import write_policy
-from grpo_lightning.models import builtin_alias, main, resolve_model_path
+from grpo_lightning.hf.models import builtin_alias, main, resolve_model_path
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.run.export_dir import staged_export
+from grpo_lightning.run.exporting import write_policy
 
 LORA = {"r": 2, "target_modules": ["q_proj", "v_proj"]}
 
@@ -33,7 +33,7 @@ def test_an_adapter_on_the_builtin_model_names_the_alias_and_its_card_loads_it(t
     # Saving leaves the policy as it was: peft keeps naming the folder it loaded.
     assert module.policy.peft_config["default"].base_model_name_or_path == resolve_model_path("builtin:tiny-math")
     card = (folder / "README.md").read_text()
-    assert "python -m grpo_lightning.models builtin:tiny-math" in card and str(tmp_path) not in card
+    assert "python -m grpo_lightning.hf.models builtin:tiny-math" in card and str(tmp_path) not in card
     code = snippet(folder)
     assert "resolve_model_path('builtin:tiny-math')" in code and "PeftModel.from_pretrained(base, 'adapter')" in code
     monkeypatch.chdir(tmp_path)  # the folder that holds the export, as the card says
@@ -92,7 +92,7 @@ def test_the_models_command_prints_the_builtin_folder(capsys):
 @pytest.mark.slow
 def test_python_m_grpo_lightning_models_runs_as_documented():
     done = subprocess.run(
-        [sys.executable, "-m", "grpo_lightning.models", "builtin:tiny-math"],
+        [sys.executable, "-m", "grpo_lightning.hf.models", "builtin:tiny-math"],
         capture_output=True, text=True, env=child_env(), timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

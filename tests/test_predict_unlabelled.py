@@ -20,15 +20,15 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.cli import main
-from grpo_lightning.predict import predict_records
-from grpo_lightning.reward_scorer import RewardScorer
+from grpo_lightning.cli.app import main
+from grpo_lightning.evaluation.predict import predict_records
 from grpo_lightning.rewards import format_reward, gsm8k_accuracy, math_accuracy
-from grpo_lightning.rollout import SamplingConfig
+from grpo_lightning.rewards.scorer import RewardScorer
+from grpo_lightning.rollout.engine import SamplingConfig
 
 
 def test_what_each_reward_needs_is_read_from_its_answer_column_or_its_signature():
-    from grpo_lightning.skipped_rewards import needed_columns
+    from grpo_lightning.evaluation.skipped_rewards import needed_columns
 
     assert needed_columns(gsm8k_accuracy) == ["answer"] and needed_columns(math_accuracy) == ["answer"]
     assert needed_columns(picky) == needed_columns(answer_reward) == ["answer"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import one_thread  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.cli import main
+from grpo_lightning.cli.app import main
 
 CONFIG = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "configs", "quickstart.yaml"))
 

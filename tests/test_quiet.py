@@ -101,7 +101,7 @@ def test_other_transformers_bars_still_show(capfd):
 def test_the_cli_model_summary_has_no_flops_column_or_total(records_of, capsys):
     from lightning.pytorch.callbacks import ModelSummary
 
-    from grpo_lightning.cli import main
+    from grpo_lightning.cli.app import main
 
     seen = records_of("lightning.pytorch.callbacks.model_summary")
     args = ["--model.model=builtin:tiny-math", "--model.reward_funcs=[gsm8k_accuracy]", "--trainer.accelerator=cpu"]

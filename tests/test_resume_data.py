@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from grpo_lightning.data import PromptDataModule
-from grpo_lightning.interrupt import RunGuard
-from grpo_lightning.tiny import build_char_tokenizer
+from grpo_lightning.hf.tiny import build_char_tokenizer
+from grpo_lightning.run.interrupt import RunGuard
 
 ROWS = [
     (f"{a}+{b}=", str(a + b)) for a, b in [(1, 1), (2, 3), (4, 4), (5, 1), (6, 2), (7, 0), (3, 3), (9, 9)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpo_lightning.resume_data import LoaderPosition, check_data_resume, cli_value, loader_position
+from grpo_lightning.run.resume_data import LoaderPosition, check_data_resume, cli_value, loader_position
 
 
 def _loop(processed, started, batches_processed, ready, last, loader_batches=None):

@@ -12,9 +12,9 @@ import torch
 import yaml
 from helpers import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.checkpointing import CheckpointFileError
-from grpo_lightning.cli import main
-from grpo_lightning.resume import apply_optimizer_settings, changed_settings, check_resume_settings
+from grpo_lightning.cli.app import main
+from grpo_lightning.run.checkpointing import CheckpointFileError
+from grpo_lightning.run.resume import apply_optimizer_settings, changed_settings, check_resume_settings
 
 
 def _policy(path):

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from grpo_lightning.reward_scorer import RewardScorer
 from grpo_lightning.rewards.registry import resolve_reward
+from grpo_lightning.rewards.scorer import RewardScorer
 
 LENGTH_REWARD = "def length(prompts, completions, **columns):\n    return [float(len(c)) for c in completions]\n"
 

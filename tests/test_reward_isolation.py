@@ -13,7 +13,7 @@ from helpers import (
     tiny_sampler,
 )
 
-from grpo_lightning.reward_scorer import RewardError, RewardScorer, fresh_copy
+from grpo_lightning.rewards.scorer import RewardError, RewardScorer, fresh_copy
 
 PROMPTS = ["p0", "p0", "p1", "p1"]
 COMPLETIONS = ["a", "bb", "ccc", "dddd"]

@@ -23,15 +23,15 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages
 from torch.testing import assert_close
 
-from grpo_lightning.advantages import (
+from grpo_lightning.algorithm.advantages import (
     SCALE_REWARDS,
     AdvantageRangeError,
     compute_advantages,
     group_stats,
     zero_spread,
 )
-from grpo_lightning.reward_scorer import RewardError, RewardScorer
-from grpo_lightning.rollout_stats import global_advantages, rollout_metrics
+from grpo_lightning.rewards.scorer import RewardError, RewardScorer
+from grpo_lightning.training.rollout_stats import global_advantages, rollout_metrics
 
 NAN = float("nan")
 F32 = torch.float32

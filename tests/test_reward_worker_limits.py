@@ -13,7 +13,7 @@ import time
 import pytest
 from faulty_rewards import crashy, sleepy
 
-from grpo_lightning.reward_scorer import RewardError, RewardScorer
+from grpo_lightning.rewards.scorer import RewardError, RewardScorer
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 import torch
 from faulty_rewards import crashy, picky, sleepy
 
-import grpo_lightning.reward_scorer as reward_scorer
-from grpo_lightning.reward_scorer import RewardError, RewardScorer
+import grpo_lightning.rewards.scorer as reward_scorer
+from grpo_lightning.rewards.scorer import RewardError, RewardScorer
 
 PROMPTS = ["p0", "p1", "p2"]
 

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from grpo_lightning.hf.tiny import build_char_tokenizer
 from grpo_lightning.rewards import (
     FormatReward,
     LengthPenalty,
@@ -16,7 +17,6 @@ from grpo_lightning.rewards import (
     think_format_reward,
 )
 from grpo_lightning.rewards.length import soft_overlong_penalty
-from grpo_lightning.tiny import build_char_tokenizer
 
 LONG = "step " * 20000
 
@@ -174,6 +174,7 @@ def test_length_penalty_and_bad_settings():
 
 
 def test_a_reward_function_type_is_defined_once():
-    from grpo_lightning import reward_scorer, rewards
+    from grpo_lightning import rewards
+    from grpo_lightning.rewards import scorer as reward_scorer
 
     assert reward_scorer.RewardFunc is rewards.RewardFunc

@@ -20,8 +20,7 @@ from helpers import answers_first_window, count_executed_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grpo_lightning import answers, number_reader
-from grpo_lightning.rewards import _normalize, gsm8k
+from grpo_lightning.rewards import _normalize, answers, gsm8k, number_reader
 from grpo_lightning.rewards import format as format_module
 
 ROOT = Path(__file__).resolve().parents[1]

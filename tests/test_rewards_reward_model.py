@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, Qwen2Config
 
+from grpo_lightning.hf.tiny import build_char_tokenizer
 from grpo_lightning.rewards import RewardModel
-from grpo_lightning.tiny import build_char_tokenizer
 
 
 def tiny_classifier(num_labels: int = 1, seed: int = 0):

@@ -11,7 +11,7 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.rollout import (
+from grpo_lightning.rollout.engine import (
     HFGenerateEngine,
     Rollout,
     RolloutEngine,
@@ -21,7 +21,7 @@ from grpo_lightning.rollout import (
     concat_rollouts,
     left_align,
 )
-from grpo_lightning.seeds import SeedStream, stream_seed
+from grpo_lightning.rollout.seeds import SeedStream, stream_seed
 
 EOS, EOS2, PAD = 1, 9, 0
 

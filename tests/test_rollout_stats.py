@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from grpo_lightning.rollout_stats import rollout_metrics
+from grpo_lightning.training.rollout_stats import rollout_metrics
 
 NAN = float("nan")
 

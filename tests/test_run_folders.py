@@ -8,8 +8,8 @@ import pytest
 from helpers import one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from grpo_lightning.cli import main
-from grpo_lightning.run_report import checkpoint_lines
+from grpo_lightning.cli.app import main
+from grpo_lightning.run.report import checkpoint_lines
 
 
 def fit_args(tmp, logger: str, *extra: str) -> list[str]:

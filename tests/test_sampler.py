@@ -10,9 +10,9 @@ from helpers import (
     tiny_sampler,
 )
 
-from grpo_lightning.reward_scorer import RewardScorer
-from grpo_lightning.rollout import SamplingConfig
-from grpo_lightning.sampler import Sampler, num_prompts
+from grpo_lightning.rewards.scorer import RewardScorer
+from grpo_lightning.rollout.engine import SamplingConfig
+from grpo_lightning.rollout.sampler import Sampler, num_prompts
 
 
 def length(prompts, completions, **columns):

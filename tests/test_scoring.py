@@ -14,7 +14,7 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.scoring import (
+from grpo_lightning.rollout.scoring import (
     RewardError,
     RewardScorer,
     combine_rewards,

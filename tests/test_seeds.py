@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpo_lightning.seeds import SeedStream, stream_seed
+from grpo_lightning.rollout.seeds import SeedStream, stream_seed
 
 M = 2**63 - 1
 #: The rounds of the streams that have them: a step's 20 refill rounds after its own batch.

@@ -11,13 +11,13 @@ import pytest
 import torch
 from helpers import PromptsDataModule, make_module, make_trainer, one_thread, tiny_tokenizer  # noqa: F401
 
-import grpo_lightning.losses as losses
-from grpo_lightning.callbacks import RefModelSync
-from grpo_lightning.config import Cadence, RefSync
-from grpo_lightning.losses import LossConfig, grpo_loss
+import grpo_lightning.algorithm.losses as losses
+from grpo_lightning.algorithm.losses import LossConfig, grpo_loss
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.optim import OptimizerConfig
-from grpo_lightning.rollout import SamplingConfig
+from grpo_lightning.rollout.engine import SamplingConfig
+from grpo_lightning.training.callbacks import RefModelSync
+from grpo_lightning.training.optim import OptimizerConfig
+from grpo_lightning.training.settings import Cadence, RefSync
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import sequence_logprobs, shared_prefix_logprobs
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
 
 PROMPTS = ["What is 12 + 7 - 3?", "What is 5 + 9?", "Compute 18 - 4 + 11 + 2."]
 

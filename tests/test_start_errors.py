@@ -5,7 +5,7 @@ from __future__ import annotations
 import huggingface_hub.constants
 import pytest
 
-from grpo_lightning.models import load_policy, load_tokenizer
+from grpo_lightning.hf.models import load_policy, load_tokenizer
 
 
 def test_a_missing_local_folder_says_so(tmp_path):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from grpo_lightning.synthetic import MAX_MULTIPLIER, generate_problems
+from grpo_lightning.data.synthetic import MAX_MULTIPLIER, generate_problems
 
 EQUATION = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
 

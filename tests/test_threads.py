@@ -14,9 +14,9 @@ import torch
 from helpers import PromptsDataModule, child_env, make_module, make_trainer, tiny_tokenizer
 
 import grpo_lightning.module as module_file
-import grpo_lightning.threads as threads
-from grpo_lightning.openmp import prepare_openmp, wait_policy_note
-from grpo_lightning.threads import (
+import grpo_lightning.training.threads as threads
+from grpo_lightning.training.openmp import prepare_openmp, wait_policy_note
+from grpo_lightning.training.threads import (
     choose_threads,
     cpu_quota,
     env_thread_count,
@@ -173,8 +173,8 @@ def spin_count(code: str, **env: str) -> str:
 
 def test_the_runtime_gets_the_passive_policy_only_when_set_before_torch_loads():
     """libgomp spins 300,000 turns by default and none with OMP_WAIT_POLICY=PASSIVE."""
-    before = "from grpo_lightning.openmp import prepare_openmp; prepare_openmp(); import torch"
-    after = "import torch; from grpo_lightning.openmp import prepare_openmp; prepare_openmp()"
+    before = "from grpo_lightning.training.openmp import prepare_openmp; prepare_openmp(); import torch"
+    after = "import torch; from grpo_lightning.training.openmp import prepare_openmp; prepare_openmp()"
     assert spin_count(before) == "0"
     assert spin_count(after) == "300000"
     assert spin_count(before, GOMP_SPINCOUNT="1000") == "1000"  # the user's setting wins

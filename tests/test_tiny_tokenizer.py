@@ -7,7 +7,7 @@ import warnings
 import pytest
 from transformers import AutoTokenizer
 
-from grpo_lightning.tiny import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer
+from grpo_lightning.hf.tiny import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer
 
 UNK = SPECIAL_TOKENS.index("<|unk|>")
 

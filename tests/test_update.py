@@ -21,10 +21,9 @@ from helpers import (  # noqa: F401
 from lightning.pytorch import Callback
 from torch.testing import assert_close
 
-from grpo_lightning.config import batch_layout
-from grpo_lightning.losses import LossConfig, grpo_loss
-from grpo_lightning.rollout import HFGenerateEngine, Rollout
-from grpo_lightning.update import gradient_scales, minibatch_plan, normalizer_counts
+from grpo_lightning.algorithm.losses import LossConfig, grpo_loss
+from grpo_lightning.algorithm.update import batch_layout, gradient_scales, minibatch_plan, normalizer_counts
+from grpo_lightning.rollout.engine import HFGenerateEngine, Rollout
 
 
 def rows(plan):
@@ -228,7 +227,7 @@ class GradRows:
 
 def _step_with(skip: bool, monkeypatch, loss_type: str = "dapo", beta: float = 0.0):
     """One training step (16 rows, 2 optimizer steps of 8, micro-batches of 4) from the same seed."""
-    from grpo_lightning.training import TrainingStep
+    from grpo_lightning.training.step import TrainingStep
 
     if not skip:
         monkeypatch.setattr(TrainingStep, "_can_skip_idle_rows", lambda self: False)

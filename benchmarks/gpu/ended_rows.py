@@ -42,8 +42,8 @@ def main() -> None:
 
     from workloads import MODELS, build_model, build_tokenizer, make_prompts
 
-    from grpo_lightning.engines import FastRolloutEngine
-    from grpo_lightning.rollout import RolloutRequest, SamplingConfig
+    from grpo_lightning.rollout.engine import RolloutRequest, SamplingConfig
+    from grpo_lightning.rollout.engines import FastRolloutEngine
 
     device = torch.device(args.device)
     spec = MODELS[args.model]

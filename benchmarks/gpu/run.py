@@ -133,7 +133,7 @@ def run_tests(run: Run, device: torch.device, timeout_s: float) -> dict[str, Any
 
 def build(tokenizer: Any, tiny: bool, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The benchmark model, random weights from a fixed seed (so every system starts from the same ones)."""
-    from grpo_lightning.tiny import build_tiny_model
+    from grpo_lightning.hf.tiny import build_tiny_model
 
     sizes = TINY_MODEL if tiny else FULL_MODEL
     with torch.device(device):  # initialise on the device: seconds, not a minute, for 0.5B weights
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{floor['floor_s']:.3f} s ({floor['tokens_per_s']:.0f} tokens/s), step floor {floor['step_s']:.3f} s")  # fmt: skip
     run.save()
 
-    from grpo_lightning.engines import FastRolloutEngine
-    from grpo_lightning.rollout import HFGenerateEngine
+    from grpo_lightning.rollout.engine import HFGenerateEngine
+    from grpo_lightning.rollout.engines import FastRolloutEngine
 
     run.results["rollout"] = {}
     engines = {"fast (graphs)": FastRolloutEngine(), "fast (no graphs)": FastRolloutEngine("lean")}

@@ -43,7 +43,7 @@ def reset_peak(device: torch.device) -> None:
 
 
 def sampling_config(work: Workload) -> Any:
-    from grpo_lightning.rollout import SamplingConfig
+    from grpo_lightning.rollout.engine import SamplingConfig
 
     return SamplingConfig(
         max_completion_length=work.new_tokens,
@@ -57,7 +57,7 @@ def time_rollouts(
     eos_token_id: int, pad_token_id: int,
 ) -> dict[str, Any]:  # fmt: skip
     """One warm-up rollout (graph capture, kernel selection), then ``repeats`` timed ones: median."""
-    from grpo_lightning.rollout import RolloutRequest
+    from grpo_lightning.rollout.engine import RolloutRequest
 
     device = prompt_ids.device
     request = RolloutRequest(

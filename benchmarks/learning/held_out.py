@@ -1,6 +1,6 @@
 """Accuracy on the held-out problems, scored as GRPO's validation scores it.
 
-Both functions run validation's own evaluation (:func:`grpo_lightning.model_eval.evaluate_batches`:
+Both functions run validation's own evaluation (:func:`grpo_lightning.evaluation.model_eval.evaluate_batches`:
 the module's rollout engine, its accuracy reward, validation's seeds), so the figures are the ones
 ``val/accuracy``, ``val/pass@k`` and ``val/maj@k`` report.
 """
@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 
 from grpo_lightning.data import PromptDataModule
-from grpo_lightning.model_eval import evaluate_batches
+from grpo_lightning.evaluation.model_eval import evaluate_batches
 from grpo_lightning.module import GRPOModule
 
 
@@ -52,7 +52,7 @@ def final_evaluation(
 ) -> dict[str, Any]:
     """The end-of-run evaluation of the module's current weights with ``num_samples`` (N) per problem.
 
-    Returns validation's figures (:func:`grpo_lightning.model_eval.evaluate_batches`): ``accuracy``
+    Returns validation's figures (:func:`grpo_lightning.evaluation.model_eval.evaluate_batches`): ``accuracy``
     (greedy), ``mean@N``, unbiased ``pass@k`` and exact ``maj@k`` for k <= N; plus ``greedy`` (the
     same accuracy, under the name the report uses), ``num_samples`` and ``problems``: per problem its
     answer, greedy correctness, each sample's correctness and the sampled completions.

@@ -177,7 +177,7 @@ def final_markdown(runs: Sequence[dict[str, Any]]) -> str:
 def plot_finals(runs: Sequence[dict[str, Any]], path: str) -> bool:
     """pass@k and maj@k against k for the start weights and each method's end of budget (mean over
     seeds) to a PNG; False (nothing written) without a final evaluation."""
-    from grpo_lightning.model_eval import plot_k_curves
+    from grpo_lightning.evaluation.model_eval import plot_k_curves
 
     start = next((r["final_start"] for r in runs if "final_start" in r), None)
     if start is None:

@@ -1,7 +1,7 @@
 """The task every method shares, read from a training config: the start checkpoint, the training
 problems (answers only) and the held-out problems GRPO validates on.
 
-The config is parsed by the project's own command line (``grpo_lightning.cli.main(run=False)``), so
+The config is parsed by the project's own command line (``grpo_lightning.cli.app.main(run=False)``), so
 the module and the data module are exactly those ``grpo-lightning fit --config ...`` builds, with the
 same defaults, links and checks.
 """
@@ -69,7 +69,7 @@ def load_task(config: str, overrides: Sequence[str] = ()) -> Task:
     """
     from unittest import mock
 
-    from grpo_lightning.cli import main
+    from grpo_lightning.cli.app import main
 
     args = ["--config", config, "--trainer.logger=false"]
     for item in overrides:

@@ -17,10 +17,10 @@ import torch
 from budget import BudgetClock
 from learning_task import Task
 
-from grpo_lightning.evaluation import correct
-from grpo_lightning.optim import warmup_factor
+from grpo_lightning.data.synthetic import generate_problems
+from grpo_lightning.evaluation.steps import correct
 from grpo_lightning.recipes.tiny_math_sft import sft_batch
-from grpo_lightning.synthetic import generate_problems
+from grpo_lightning.training.optim import warmup_factor
 
 #: The worked solutions the shipped tiny model was trained on (its recipe's data knobs and pool).
 WORKED_DATA: dict[str, Any] = {"min_steps": 1, "max_steps": 3, "max_operand": 10}

@@ -35,7 +35,7 @@ from grpo_lightning.data.sources import (
 )
 from grpo_lightning.data.splits import SPLIT_NAMES, cap_rows, select_split, select_val_source_split
 from grpo_lightning.data.synthetic_source import synthetic_splits
-from grpo_lightning.models import load_tokenizer
+from grpo_lightning.hf.models import load_tokenizer
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -85,7 +85,7 @@ class PromptDataModule(LightningDataModule):
         max_val_samples: cap on the validation split (a seeded random subset; None = all).
         max_test_samples: cap on the test split (a seeded random subset; None = all).
         synthetic: for ``dataset="synthetic"``: ``train_size``, ``val_size``, ``test_size`` and the knobs of
-            :func:`grpo_lightning.synthetic.generate_problems` (``max_steps``, ``max_operand``, ...).
+            :func:`grpo_lightning.data.synthetic.generate_problems` (``max_steps``, ``max_operand``, ...).
         data_seed: seeds the synthetic problems, the held-out split, the caps and the shuffling.
         num_workers: DataLoader workers (0 is right for prompts: collation is trivial).
         load_kwargs: extra ``datasets.load_dataset`` arguments (``revision``, ``cache_dir``, ...).
@@ -224,7 +224,7 @@ class PromptDataModule(LightningDataModule):
         """What identifies the training batches, saved in checkpoints: ``{"train_batches": {"rows",
         "questions", "batch_size", "order_seed", "world_size"}, "train_content": digest}`` (see
         :mod:`grpo_lightning.data.fingerprint`). A resumed run compares it with its own
-        (:class:`~grpo_lightning.interrupt.RunGuard`): the saved loader position only holds for the same
+        (:class:`~grpo_lightning.run.interrupt.RunGuard`): the saved loader position only holds for the same
         batches. Empty before the training split is loaded."""
         data = self._splits.get("train")
         if data is None:

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from lightning.pytorch.utilities import rank_zero_warn
 
 from grpo_lightning._lazy import instance_check_type
-from grpo_lightning.answers import extract_hash_answer, extract_last_boxed
-from grpo_lightning.batch import PROMPT_KEYS
-from grpo_lightning.conversation import CONVERSATION_COLUMN  # rendered by the chat template
+from grpo_lightning.data.batch import PROMPT_KEYS
 from grpo_lightning.data.errors import DataSourceError
 from grpo_lightning.data.files import check_data_file
+from grpo_lightning.rewards.answers import extract_hash_answer, extract_last_boxed
+from grpo_lightning.rewards.conversation import CONVERSATION_COLUMN  # rendered by the chat template
 
 if TYPE_CHECKING:  # the datasets library loads when data is first loaded, not with this module
     from datasets import Dataset, DatasetDict

@@ -27,7 +27,7 @@ def _derived_seed(seed: int, *parts: object) -> int:
 
 
 def synthetic_splits(settings: Mapping[str, Any] | None, seed: int) -> DatasetDict:
-    """Train, validation and test splits from :func:`grpo_lightning.synthetic.generate_problems`.
+    """Train, validation and test splits from :func:`grpo_lightning.data.synthetic.generate_problems`.
 
     ``settings`` holds ``train_size``/``val_size``/``test_size`` and the generator's knobs (``max_steps``,
     ``max_operand``, ``operations``, ``style``, ...). Each split has its own seed, and a problem whose
@@ -37,7 +37,7 @@ def synthetic_splits(settings: Mapping[str, Any] | None, seed: int) -> DatasetDi
     """
     from datasets import Dataset, DatasetDict
 
-    from grpo_lightning.synthetic import generate_problems
+    from grpo_lightning.data.synthetic import generate_problems
 
     settings = dict(settings or {})
     knobs = [p for p in inspect.signature(generate_problems).parameters if p != "n"]

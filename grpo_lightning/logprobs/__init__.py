@@ -9,7 +9,7 @@
   (:mod:`~grpo_lightning.logprobs.sequence`).
 """
 
-from grpo_lightning.causal_lm import position_ids_from_mask
+from grpo_lightning.hf.causal_lm import position_ids_from_mask
 from grpo_lightning.logprobs.chunked import DEFAULT_CHUNK_SIZE, token_logprobs, token_logprobs_from_hidden
 from grpo_lightning.logprobs.fused_head import fused_head_applies, linear_logprobs
 from grpo_lightning.logprobs.sequence import sequence_logprobs, shared_prefix_logprobs

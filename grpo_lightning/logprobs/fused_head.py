@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.causal_lm import is_sharded
+from grpo_lightning.hf.causal_lm import is_sharded
 
 
 def fused_head_applies(lm_head: nn.Module, hidden: Tensor) -> bool:

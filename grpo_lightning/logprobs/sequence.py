@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from grpo_lightning.causal_lm import accepts_argument, cache_argument, is_sharded, position_ids_from_mask
+from grpo_lightning.hf.causal_lm import accepts_argument, cache_argument, is_sharded, position_ids_from_mask
 from grpo_lightning.logprobs.chunked import DEFAULT_CHUNK_SIZE, token_logprobs
 
 # Models found to post-process their logits (soft-capping, scaling): they take the logits path.

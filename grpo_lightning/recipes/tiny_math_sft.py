@@ -3,7 +3,7 @@
     python -m grpo_lightning.recipes.tiny_math_sft --out tiny-math \
         --steps 750 --stop-at 300 --max-steps 3 --max-operand 10 --num-problems 48000 --threads 1
 
-Model: a character-level Qwen2 causal LM from ``grpo_lightning.tiny`` (hidden 256, 4 layers, 8 heads
+Model: a character-level Qwen2 causal LM from ``grpo_lightning.hf.tiny`` (hidden 256, 4 layers, 8 heads
 / 4 KV heads, MLP 512: 2.4M parameters).
 Data: 48,000 synthetic problems (``generate_problems``, seed 0) with 1 to 3 operations on operands
 up to 10, prompt ``PROMPT_TEMPLATE`` around the question, target = worked solution + EOS, loss on
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grpo_lightning.synthetic import generate_problems
-from grpo_lightning.tiny import build_char_tokenizer, build_tiny_model
-from grpo_lightning.tokenizer_io import save_tokenizer
+from grpo_lightning.data.synthetic import generate_problems
+from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
+from grpo_lightning.hf.tokenizer_io import save_tokenizer
 
 PROMPT_TEMPLATE = "Q: {question}\nA: "
 ANSWER = re.compile(r"####\s*(-?\d+)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from grpo_lightning.answers import join_digit_groups
+from grpo_lightning.rewards.answers import join_digit_groups
 
 #: A final answer longer than this is not parsed (the longest MATH answers are a few hundred characters).
 MAX_ANSWER_CHARS = 1000

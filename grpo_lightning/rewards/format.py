@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.answers import (
+from grpo_lightning.rewards._normalize import normalize_answer
+from grpo_lightning.rewards.answers import (
     HASH_MARKER,
     MAX_LINE_CHARS,
     answer_number,
@@ -42,8 +43,7 @@ from grpo_lightning.answers import (
     hash_answer,
     last_number,
 )
-from grpo_lightning.conversation import completion_texts
-from grpo_lightning.rewards._normalize import normalize_answer
+from grpo_lightning.rewards.conversation import completion_texts
 from grpo_lightning.rewards.registry import register_reward
 
 FormatPreset = Literal["answer", "think"]

@@ -20,7 +20,8 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.answers import (
+from grpo_lightning.rewards._columns import gold_column, short
+from grpo_lightning.rewards.answers import (
     answer_number,
     extract_gold_answer,
     find_last_boxed,
@@ -28,8 +29,7 @@ from grpo_lightning.answers import (
     last_hash_answer,
     last_number,
 )
-from grpo_lightning.conversation import completion_texts
-from grpo_lightning.rewards._columns import gold_column, short
+from grpo_lightning.rewards.conversation import completion_texts
 from grpo_lightning.rewards.registry import register_reward
 
 Gsm8kMode = Literal["strict", "flexible"]

@@ -20,7 +20,7 @@ from numbers import Integral
 from typing import Any, Literal
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.conversation import completion_texts
+from grpo_lightning.rewards.conversation import completion_texts
 from grpo_lightning.rewards.registry import register_reward
 
 LengthUnit = Literal["tokens", "chars"]

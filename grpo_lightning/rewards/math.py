@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpo_lightning.rewards._mathcheck as _mathcheck
-from grpo_lightning.answers import extract_gold_answer, extract_last_boxed
-from grpo_lightning.conversation import completion_texts
 from grpo_lightning.rewards._checker_pool import Failed, shared_pool
 from grpo_lightning.rewards._columns import gold_column, short
 from grpo_lightning.rewards._normalize import normalize_answer
+from grpo_lightning.rewards.answers import extract_gold_answer, extract_last_boxed
+from grpo_lightning.rewards.conversation import completion_texts
 from grpo_lightning.rewards.registry import register_reward
 
 _GOLD_PROBLEMS = {

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from grpo_lightning.conversation import is_conversation
+from grpo_lightning.rewards.conversation import is_conversation
 
 
 def _concatenate(prompt: str, completion: str) -> str:

@@ -1,0 +1,3 @@
+"""The pure math of GRPO: group-relative advantages, the clipped loss and its aggregations, and the
+plan of an update (mini-batches, micro-batches, loss normalisers). Tensors in, tensors out; no Lightning.
+"""

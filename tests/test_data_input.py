@@ -10,9 +10,9 @@ from datasets import Dataset
 from lightning.pytorch import Trainer
 from torch.utils.data import TensorDataset
 
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.cli.app import main
 from grpo_lightning.data import DataSourceError, PromptDataModule
-from grpo_lightning.data.batch import PROMPT_KEYS
 from grpo_lightning.data.sources import RESERVED_COLUMNS, InMemoryDataset
 from grpo_lightning.hf.tiny import build_char_tokenizer
 

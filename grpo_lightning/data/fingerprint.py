@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from grpo_lightning.data.batch import PROMPT_KEYS
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.data.sources import CONVERSATION_COLUMN
 
 if TYPE_CHECKING:  # the data stack loads when data is first loaded (as in sources.py)

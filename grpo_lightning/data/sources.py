@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from lightning.pytorch.utilities import rank_zero_warn
 
 from grpo_lightning._lazy import instance_check_type
-from grpo_lightning.data.batch import PROMPT_KEYS
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.data.errors import DataSourceError
 from grpo_lightning.data.files import check_data_file
 from grpo_lightning.rewards.answers import extract_hash_answer, extract_last_boxed

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grpo_lightning.data.batch import PROMPT_KEYS
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.rewards.scorer import RewardScorer
 from grpo_lightning.rewards.workers import PoolView
 from grpo_lightning.rollout.scoring import EXTRA_COLUMNS

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grpo_lightning.data.batch import PROMPT_KEYS
+from grpo_lightning.batch import PROMPT_KEYS
 from grpo_lightning.rewards.scorer import (  # noqa: F401 (this module's public names before the split)
     RewardError,
     RewardFunc,

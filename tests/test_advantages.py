@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages
 from torch.testing import assert_close
 
-from grpo_lightning.algorithm.advantages import SCALE_REWARDS, compute_advantages, group_stats, zero_spread
+from grpo_lightning.algorithm.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    compute_advantages,
+    group_stats,
+    zero_spread,
+)
 
 NAN = float("nan")
 
@@ -55,7 +60,7 @@ def test_batch_std_ignores_nan() -> None:
     assert_close(adv, t([0.8658758, -0.8658758, 0.0, 0.0]), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+@pytest.mark.parametrize("scale_rewards", ADVANTAGE_ESTIMATORS.names)
 def test_groups_with_fewer_than_two_valid_rewards_get_zero(scale_rewards: str) -> None:
     rewards = t([NAN, 2.0, NAN, NAN, 1.0, 3.0])  # group 0: one valid; group 1: none; group 2: two valid
     adv = compute_advantages(rewards, group_size=2, scale_rewards=scale_rewards)
@@ -106,7 +111,7 @@ rewards_strategy = st.lists(
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(rewards=rewards_strategy, group_size=st.integers(1, 4), scale_rewards=st.sampled_from(SCALE_REWARDS))
+@given(rewards=rewards_strategy, group_size=st.integers(1, 4), scale_rewards=st.sampled_from(ADVANTAGE_ESTIMATORS.names))
 def test_matches_loop_reference_and_never_nan(
     rewards: list[float], group_size: int, scale_rewards: str
 ) -> None:
@@ -118,7 +123,7 @@ def test_matches_loop_reference_and_never_nan(
 
 
 @pytest.mark.parametrize("value", [1.2, 0.1, 1 / 3, 0.7, 123.456])
-@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+@pytest.mark.parametrize("scale_rewards", ADVANTAGE_ESTIMATORS.names)
 def test_all_equal_float32_rewards_give_exactly_zero_and_count_as_zero_spread(value, scale_rewards) -> None:
     # Eight float32 copies of 1.2: their float32 mean is not exactly 1.2, so r - mean was ~1e-8 and the
     # std a leftover of ~5e-8 (advantages of +1.2e-3 after dividing by std + eps).

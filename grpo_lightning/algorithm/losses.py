@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.algorithm.advantages import ADVANTAGE_ESTIMATORS, AdvantageEstimator, ScaleRewards
+from grpo_lightning.algorithm.advantages import ADVANTAGE_ESTIMATORS, ScaleRewards
 from grpo_lightning.algorithm.aggregations import AGGREGATIONS, Aggregation, LossType
 
 ImportanceSamplingLevel = Literal["token", "sequence"]
@@ -107,11 +107,6 @@ class LossConfig:
     def aggregation(self) -> Aggregation:
         """The registered implementation of ``loss_type``."""
         return AGGREGATIONS.get(self.loss_type)
-
-    @property
-    def advantage_estimator(self) -> AdvantageEstimator:
-        """The registered implementation of ``scale_rewards``."""
-        return ADVANTAGE_ESTIMATORS.get(self.scale_rewards)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
@@ -11,7 +12,16 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages
 from torch.testing import assert_close
 
-from grpo_lightning.algorithm.advantages import SCALE_REWARDS, compute_advantages, group_stats, zero_spread
+from grpo_lightning.algorithm.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageRangeError,
+    ScaleRewards,
+    compute_advantages,
+    group_stats,
+    zero_spread,
+)
+from grpo_lightning.algorithm.losses import LossConfig
+from grpo_lightning.module import GRPOModule
 
 NAN = float("nan")
 
@@ -55,7 +65,7 @@ def test_batch_std_ignores_nan() -> None:
     assert_close(adv, t([0.8658758, -0.8658758, 0.0, 0.0]), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+@pytest.mark.parametrize("scale_rewards", ADVANTAGE_ESTIMATORS.names)
 def test_groups_with_fewer_than_two_valid_rewards_get_zero(scale_rewards: str) -> None:
     rewards = t([NAN, 2.0, NAN, NAN, 1.0, 3.0])  # group 0: one valid; group 1: none; group 2: two valid
     adv = compute_advantages(rewards, group_size=2, scale_rewards=scale_rewards)
@@ -106,7 +116,11 @@ rewards_strategy = st.lists(
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(rewards=rewards_strategy, group_size=st.integers(1, 4), scale_rewards=st.sampled_from(SCALE_REWARDS))
+@given(
+    rewards=rewards_strategy,
+    group_size=st.integers(1, 4),
+    scale_rewards=st.sampled_from(ADVANTAGE_ESTIMATORS.names),
+)
 def test_matches_loop_reference_and_never_nan(
     rewards: list[float], group_size: int, scale_rewards: str
 ) -> None:
@@ -118,7 +132,7 @@ def test_matches_loop_reference_and_never_nan(
 
 
 @pytest.mark.parametrize("value", [1.2, 0.1, 1 / 3, 0.7, 123.456])
-@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+@pytest.mark.parametrize("scale_rewards", ADVANTAGE_ESTIMATORS.names)
 def test_all_equal_float32_rewards_give_exactly_zero_and_count_as_zero_spread(value, scale_rewards) -> None:
     # Eight float32 copies of 1.2: their float32 mean is not exactly 1.2, so r - mean was ~1e-8 and the
     # std a leftover of ~5e-8 (advantages of +1.2e-3 after dividing by std + eps).
@@ -139,3 +153,48 @@ def test_zero_spread_ignores_nan_and_needs_two_valid_rewards() -> None:
     adv = compute_advantages(rewards, 3)
     assert torch.equal(adv[:6], torch.zeros(6)) and torch.equal(adv[9:], torch.zeros(3))
     assert adv[7] < 0 < adv[8]
+
+
+# ---- the registered estimators (scale_rewards) -----------------------------------------------------
+
+
+def test_the_cli_choices_are_the_registered_estimators() -> None:
+    # LightningCLI shows scale_rewards' choices from the Literal of GRPOModule's signature; the
+    # registry decides what is valid. They must not drift apart.
+    assert typing.get_args(ScaleRewards) == ADVANTAGE_ESTIMATORS.names
+    hints = typing.get_type_hints(GRPOModule.__init__)
+    assert typing.get_args(hints["scale_rewards"]) == ADVANTAGE_ESTIMATORS.names
+
+
+@pytest.mark.parametrize("name", ADVANTAGE_ESTIMATORS.names)
+def test_each_estimator_matches_the_loop_reference(name: str) -> None:
+    rewards = [1.0, 0.0, 0.5, NAN, 2.0, -1.0, 0.25, 3.0, 1.0, 1.0, 1.0, 1.0]
+    adv = ADVANTAGE_ESTIMATORS.get(name)(t(rewards), 4)
+    assert_close(adv, t(ref_advantages(rewards, 4, name)), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ADVANTAGE_ESTIMATORS.names)
+def test_scale_free_is_what_the_estimator_declares(name: str) -> None:
+    # Every group has a spread; eps = 0 so that scaling the rewards by a power of two changes no bit
+    # of a scale-free estimator's advantages, and doubles each of another's.
+    estimator = ADVANTAGE_ESTIMATORS.get(name)
+    rewards = t([1.0, 0.0, 0.5, 2.0, -1.0, 0.25, 3.0, 1.5])
+    base, scaled = estimator(rewards, 4, eps=0.0), estimator(rewards * 1024, 4, eps=0.0)
+    assert torch.equal(scaled, base) == estimator.scale_free
+    # Float32 rewards near its limit: a scale-free estimator's advantages stay small; another's
+    # reward differences overflow float32 and are refused (global_advantages also checks their
+    # squares, which the gradients need to fit).
+    huge = torch.tensor([3e38, -3e38, -3e38, -3e38])
+    if estimator.scale_free:
+        assert float(estimator(huge, 4).abs().max()) < 4
+    else:
+        with pytest.raises(
+            AdvantageRangeError, match=f"scale_rewards='{name}'.*scale_rewards='group' or 'batch'"
+        ):
+            estimator(huge, 4)
+
+
+def test_an_unknown_estimator_fails_at_construction_listing_the_registered_ones() -> None:
+    listed = ", ".join(repr(n) for n in ADVANTAGE_ESTIMATORS.names)
+    with pytest.raises(ValueError, match=f"scale_rewards='global' is not supported. Valid values: {listed}."):
+        LossConfig(scale_rewards="global")

@@ -11,13 +11,12 @@ from hypothesis import strategies as st
 from reference_impl import ref_advantages, ref_grpo_loss
 from torch.testing import assert_close
 
-from grpo_lightning.algorithm.advantages import SCALE_REWARDS, compute_advantages
+from grpo_lightning.algorithm.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
+from grpo_lightning.algorithm.aggregations import AGGREGATIONS
 from grpo_lightning.algorithm.losses import (
     IMPORTANCE_SAMPLING_LEVELS,
-    LOSS_TYPES,
     MAX_LOG_RATIO,
     LossConfig,
-    aggregation_count,
     grpo_loss,
     importance_ratio,
     k3_kl,
@@ -82,9 +81,9 @@ def test_normalizer_semantics() -> None:
             normalizer=normalizer,
         )
         assert_close(loss, torch.tensor(expected, dtype=F64))
-    assert aggregation_count(AGG_MASK, "dapo").item() == 3
-    assert aggregation_count(AGG_MASK, "grpo").item() == 2
-    assert aggregation_count(AGG_MASK, "dr_grpo").item() == 2
+    assert AGGREGATIONS.get("dapo").count(AGG_MASK).item() == 3
+    assert AGGREGATIONS.get("grpo").count(AGG_MASK).item() == 2
+    assert AGGREGATIONS.get("dr_grpo").count(AGG_MASK).item() == 2
 
 
 def test_clipping_low_high_and_delta_values_and_gradients() -> None:
@@ -175,7 +174,7 @@ def test_empty_completions_and_junk_padding_give_finite_loss_and_gradient() -> N
     ref = t([[math.inf, -math.inf], [-0.9, math.nan]])
     mask = t([[0, 0], [1, 0]])  # sequence 0 is empty
     entropy = t([[math.nan, 1.0], [0.5, 2.0]])
-    for loss_type in LOSS_TYPES:
+    for loss_type in AGGREGATIONS.names:
         for level in IMPORTANCE_SAMPLING_LEVELS:
             loss, metrics = grpo_loss(
                 logp,
@@ -197,7 +196,7 @@ def test_empty_completions_and_junk_padding_give_finite_loss_and_gradient() -> N
             assert all(torch.isfinite(v) for v in metrics.values())
             assert grad[0].abs().sum() == 0 and grad[1, 1] == 0
     all_empty = torch.zeros(2, 2)
-    for loss_type in LOSS_TYPES:
+    for loss_type in AGGREGATIONS.names:
         loss, metrics = grpo_loss(
             logp, old, ref, t([1.0, -1.0]), all_empty, LossConfig(loss_type, beta=0.04, max_completion_length=2)
         )
@@ -268,9 +267,9 @@ def rollouts(draw: st.DrawFn) -> dict:
     }
 
 
-@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+@pytest.mark.parametrize("scale_rewards", ADVANTAGE_ESTIMATORS.names)
 @pytest.mark.parametrize("level", IMPORTANCE_SAMPLING_LEVELS)
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", AGGREGATIONS.names)
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(case=rollouts())
 def test_matches_loop_reference(loss_type: str, level: str, scale_rewards: str, case: dict) -> None:
@@ -314,7 +313,7 @@ def test_matches_loop_reference(loss_type: str, level: str, scale_rewards: str, 
 
 
 @pytest.mark.parametrize("level", IMPORTANCE_SAMPLING_LEVELS)
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", AGGREGATIONS.names)
 def test_gradient_matches_finite_differences(loss_type: str, level: str) -> None:
     batch = _random_batch(seed=3, lengths=[3, 1, 0, 2], T=3)
     adv = t([0.7, -1.1, 0.4, -0.2])
@@ -346,7 +345,7 @@ def test_micro_batch_split_gives_the_same_gradient(loss_type: str, level: str) -
     batch = _random_batch(seed=11, lengths=[5, 2, 0, 4, 1, 5, 3, 2], T=5)
     adv = torch.linspace(-1.0, 1.0, 8, dtype=F64)
     config = LossConfig(loss_type, importance_sampling_level=level, beta=0.04, max_completion_length=6)
-    normalizer = aggregation_count(batch["mask"], loss_type)
+    normalizer = AGGREGATIONS.get(loss_type).count(batch["mask"])
     grads, losses = [], []
     for n_micro in (1, 2, 4):
         logp = batch["logp"].clone().requires_grad_()

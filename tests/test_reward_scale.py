@@ -24,7 +24,7 @@ from reference_impl import ref_advantages
 from torch.testing import assert_close
 
 from grpo_lightning.algorithm.advantages import (
-    SCALE_REWARDS,
+    ADVANTAGE_ESTIMATORS,
     AdvantageRangeError,
     compute_advantages,
     group_stats,
@@ -118,7 +118,7 @@ rewards_strategy = st.lists(
     rewards=rewards_strategy,
     exponent=st.integers(-30, 30),
     group_size=st.integers(1, 4),
-    scale_rewards=st.sampled_from(SCALE_REWARDS),
+    scale_rewards=st.sampled_from(ADVANTAGE_ESTIMATORS.names),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 @example(rewards=[1.0, 0.0, 0.0, 0.0], exponent=30, group_size=4, scale_rewards="group", dtype=torch.float32)
@@ -247,7 +247,7 @@ def test_no_scaling_with_huge_rewards_is_an_error_naming_the_reward(scale: float
     assert torch.isfinite(advantages).all() and float(advantages.abs().max()) < 2
 
 
-@pytest.mark.parametrize("scale_rewards", SCALE_REWARDS)
+@pytest.mark.parametrize("scale_rewards", ADVANTAGE_ESTIMATORS.names)
 def test_rewards_too_close_for_their_scale_say_the_step_learns_close_to_nothing(scale_rewards: str) -> None:
     # [1, -1, -1, -1] * 1e-30: mean -0.5e-30, squared deviations (2.25 + 3 * 0.25) 1e-60 = 3e-60, / 3:
     # std 1e-30. "group": A = 1.5e-30 / (1e-30 + 1e-4) = 1.5e-26; "none": A = 1.5e-30. The batch is the group.

@@ -13,20 +13,28 @@ squares of 1e30 or 3e38 from overflowing and those of 1e-30 from underflowing. T
 
 On several devices call these on the *gathered* global rewards, then slice out the local rows:
 the group statistics (and the batch std) must be the same on every rank.
+
+The ``scale_rewards`` setting picks a registered :class:`AdvantageEstimator`
+(:data:`ADVANTAGE_ESTIMATORS`). Add one: a subclass here decorated with
+``@ADVANTAGE_ESTIMATORS.register``, its name added to :data:`ScaleRewards`, and a test of its values
+and declared properties (``tests/test_advantages.py``).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from grpo_lightning._checks import check_choice
+from grpo_lightning.algorithm.registry import Registry
 
+#: The valid ``scale_rewards`` values, spelled out for type checkers and LightningCLI (which shows
+#: them as the setting's choices). It must list :data:`ADVANTAGE_ESTIMATORS`' names in the same
+#: order; a test fails when the two differ.
 ScaleRewards = Literal["group", "batch", "none"]
-SCALE_REWARDS: tuple[str, ...] = get_args(ScaleRewards)
 
 #: Added to the std before dividing, so a group whose rewards barely differ cannot blow up.
 DEFAULT_EPS = 1e-4
@@ -107,7 +115,7 @@ def _nan_mean_std(x: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class _ScaledGroups:
+class ScaledGroups:
     """Each group's rewards divided by ``2**exponent`` and their statistics, float64, ``[P, G]``/``[P]``."""
 
     scaled: Tensor
@@ -119,7 +127,7 @@ class _ScaledGroups:
     zero_std: Tensor
 
 
-def _scaled_groups(rewards: Tensor, group_size: int) -> _ScaledGroups:
+def _scaled_groups(rewards: Tensor, group_size: int) -> ScaledGroups:
     groups = rewards.view(-1, group_size).double()
     exponent = _exponent(groups, dim=1)
     scaled = groups * _pow2(-exponent)
@@ -129,7 +137,7 @@ def _scaled_groups(rewards: Tensor, group_size: int) -> _ScaledGroups:
     first_valid = torch.nan_to_num(scaled, nan=float("inf")).amin(dim=1)
     mean = torch.where(zero_std & (count > 0), first_valid, mean)
     std = torch.where(zero_std, torch.zeros_like(std), std)
-    return _ScaledGroups(scaled, exponent, mean, std, count, zero_std)
+    return ScaledGroups(scaled, exponent, mean, std, count, zero_std)
 
 
 def group_stats(rewards: Tensor, group_size: int) -> GroupStats:
@@ -164,52 +172,115 @@ def zero_spread(rewards: Tensor, group_size: int) -> Tensor:
     return (valid.sum(dim=1) < 2) | (high == low)
 
 
+class AdvantageEstimator(ABC):
+    """One ``scale_rewards``: group-relative advantages ``A: [N]`` from ``rewards: [N]``.
+
+    Every estimator centres each reward on its group's mean (``r - mean_g``) and scales the
+    centred values its own way (:meth:`scale`). It declares ``scale_free``: its advantages do not
+    depend on the reward scale (they are bounded by the group size); one that is not (``none``)
+    gives reward differences, which must fit the output dtype and the gradients' float32 range.
+    """
+
+    name: ClassVar[str]
+    scale_free: ClassVar[bool]
+
+    @abstractmethod
+    def scale(self, centred: Tensor, groups: ScaledGroups, rewards: Tensor, eps: float) -> Tensor:
+        """The advantages ``[P, G]`` of ``centred: [P, G]`` (each group's rewards minus its mean), in
+        the units of ``groups.scaled`` (the true values times ``2**-groups.exponent``, per group)
+        unless it multiplies that factor back. ``rewards: [N]`` are the checked inputs, ``eps`` is
+        added to any std divided by. Pure."""
+
+    def __call__(self, rewards: Tensor, group_size: int, eps: float = DEFAULT_EPS) -> Tensor:
+        """Advantages ``[N]`` in the rewards' floating dtype (float32 for integer rewards), never NaN.
+
+        A group with fewer than two valid rewards, and every NaN reward, gets advantage 0. The values
+        are those of the formula in float64, rounded once to the output dtype, for any finite reward
+        scale. Raises :class:`AdvantageRangeError` when an advantage of an estimator that is not
+        ``scale_free`` overflows the dtype.
+        """
+        rewards = _check_rewards(rewards, group_size)
+        g = _scaled_groups(rewards, group_size)
+        # Every value below is the true one times 2**-exponent: exact, as long as nothing overflows.
+        centred = torch.where(g.zero_std.unsqueeze(1), 0.0, g.scaled - g.mean.unsqueeze(1))
+        advantages = self.scale(centred, g, rewards, eps)
+        # Fewer than two valid rewards: no comparison is possible, so no signal (the centred value of a
+        # lone reward is 0 already; this makes it exact and covers the NaN rows too).
+        informative = (g.count >= 2).unsqueeze(1) & ~torch.isnan(g.scaled)
+        advantages = torch.where(informative, advantages, 0.0).flatten().to(rewards.dtype)
+        if not self.scale_free and not bool(torch.isfinite(advantages).all()):
+            raise AdvantageRangeError(_overflow_message(self.name, rewards, group_size, g))
+        return advantages
+
+
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("scale_rewards")
+
+
+@ADVANTAGE_ESTIMATORS.register
+class GroupStd(AdvantageEstimator):
+    """``group`` (GRPO): ``A = (r - mean_g) / (std_g + eps)``, with the group's sample std."""
+
+    name = "group"
+    scale_free = True
+
+    def scale(self, centred: Tensor, groups: ScaledGroups, rewards: Tensor, eps: float) -> Tensor:
+        return centred / (groups.std.unsqueeze(1) + eps * _pow2(-groups.exponent))
+
+
+@ADVANTAGE_ESTIMATORS.register
+class BatchStd(AdvantageEstimator):
+    """``batch``: ``A = (r - mean_g) / (std + eps)``, with the NaN-aware sample std of the whole batch."""
+
+    name = "batch"
+    scale_free = True
+
+    def scale(self, centred: Tensor, groups: ScaledGroups, rewards: Tensor, eps: float) -> Tensor:
+        whole = rewards.double()
+        batch_exponent = _exponent(whole)
+        _, batch_std, _ = _nan_mean_std(whole * _pow2(-batch_exponent), dim=0)
+        shift = _pow2(groups.exponent - batch_exponent)  # <= 1: a group's scale is at most the batch's
+        return centred * shift / (batch_std + eps * _pow2(-batch_exponent))
+
+
+@ADVANTAGE_ESTIMATORS.register
+class Unscaled(AdvantageEstimator):
+    """``none`` (Dr. GRPO): ``A = r - mean_g``, the reward differences themselves."""
+
+    name = "none"
+    scale_free = False
+
+    def scale(self, centred: Tensor, groups: ScaledGroups, rewards: Tensor, eps: float) -> Tensor:
+        return centred * _pow2(groups.exponent)
+
+
 def compute_advantages(
     rewards: Tensor,
     group_size: int,
     scale_rewards: ScaleRewards = "group",
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
-    """Group-relative advantages ``A: [N]`` from ``rewards: [N]`` (NaN = not applicable), in the
-    rewards' floating dtype (float32 for integer rewards).
+    """Group-relative advantages ``A: [N]`` from ``rewards: [N]`` (NaN = not applicable) by the
+    estimator registered as ``scale_rewards`` (see :meth:`AdvantageEstimator.__call__`).
 
     ``A = r - mean_g``, divided by ``std_g + eps`` (``"group"``), by the NaN-aware sample std of
-    the whole batch plus ``eps`` (``"batch"``), or not at all (``"none"``, Dr. GRPO). A group with
-    fewer than two valid rewards, and every NaN reward, gets advantage 0. The result never holds NaN.
-    The values are those of the formula in float64, rounded once to the output dtype, for any finite
-    reward scale. Raises :class:`AdvantageRangeError` when a ``"none"`` advantage overflows the dtype.
+    the whole batch plus ``eps`` (``"batch"``), or not at all (``"none"``, Dr. GRPO).
     """
-    check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
-    rewards = _check_rewards(rewards, group_size)
-    g = _scaled_groups(rewards, group_size)
-    # Every value below is the true one times 2**-exponent: exact, as long as nothing overflows.
-    centred = torch.where(g.zero_std.unsqueeze(1), 0.0, g.scaled - g.mean.unsqueeze(1))
-    if scale_rewards == "group":
-        advantages = centred / (g.std.unsqueeze(1) + eps * _pow2(-g.exponent))
-    elif scale_rewards == "batch":
-        whole = rewards.double()
-        batch_exponent = _exponent(whole)
-        _, batch_std, _ = _nan_mean_std(whole * _pow2(-batch_exponent), dim=0)
-        shift = _pow2(g.exponent - batch_exponent)  # <= 1: a group's scale is at most the batch's
-        advantages = centred * shift / (batch_std + eps * _pow2(-batch_exponent))
-    else:
-        advantages = centred * _pow2(g.exponent)
-    # Fewer than two valid rewards: no comparison is possible, so no signal (the centred value of a
-    # lone reward is 0 already; this makes it exact and covers the NaN rows too).
-    informative = (g.count >= 2).unsqueeze(1) & ~torch.isnan(g.scaled)
-    advantages = torch.where(informative, advantages, 0.0).flatten().to(rewards.dtype)
-    if scale_rewards == "none" and not bool(torch.isfinite(advantages).all()):
-        raise AdvantageRangeError(_none_overflow_message(rewards, group_size, g))
-    return advantages
+    return ADVANTAGE_ESTIMATORS.get(scale_rewards)(rewards, group_size, eps)
 
 
-def _none_overflow_message(rewards: Tensor, group_size: int, g: _ScaledGroups) -> str:
+def _overflow_message(name: str, rewards: Tensor, group_size: int, g: ScaledGroups) -> str:
     spread = (torch.nan_to_num(g.scaled - g.mean.unsqueeze(1), nan=0.0).abs() * _pow2(g.exponent)).amax()
     finite = rewards[~torch.isnan(rewards)]
     return (
-        f"scale_rewards='none': an advantage (a reward minus its group's mean) reaches {float(spread):.3g}, "
+        f"scale_rewards={name!r}: an advantage (a reward minus its group's mean) reaches {float(spread):.3g}, "
         f"beyond the {rewards.dtype} range (+-{torch.finfo(rewards.dtype).max:.3g}); the rewards span "
         f"[{float(finite.min()):.3g}, {float(finite.max()):.3g}] in groups of {group_size}. Rescale the "
-        "rewards (divide them by a constant), or use scale_rewards='group' or 'batch', whose advantages do not "
-        "depend on the reward scale."
+        f"rewards (divide them by a constant), or use scale_rewards={_scale_free_names()}, whose advantages do "
+        "not depend on the reward scale."
     )
+
+
+def _scale_free_names() -> str:
+    """The ``scale_free`` estimators' names, for an error's fix: ``'group' or 'batch'``."""
+    names = [n for n in ADVANTAGE_ESTIMATORS.names if ADVANTAGE_ESTIMATORS.get(n).scale_free]
+    return " or ".join(repr(n) for n in names)

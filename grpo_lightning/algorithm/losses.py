@@ -14,8 +14,9 @@ Per-token term, with ``rho`` the importance ratio and ``A`` the advantage::
     l = -min(min(rho, delta) * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * kl
     kl = exp(ref - logp) - (ref - logp) - 1        (k3 estimator, >= 0, only when beta > 0)
 
-Aggregation (``loss_type``) over one optimizer step's mini-batch, which may be split into
-micro-batches and ranks. Pass ``normalizer`` = the sum of :func:`aggregation_count` over the whole
+Aggregation (``loss_type``, :mod:`~grpo_lightning.algorithm.aggregations`) over one optimizer step's
+mini-batch, which may be split into micro-batches and ranks. Pass ``normalizer`` = the sum of the
+aggregation's :meth:`~grpo_lightning.algorithm.aggregations.Aggregation.count` over the whole
 mini-batch (every micro-batch, all-reduced over ranks) and *sum* the per-call losses: the gradient
 is then independent of the split. ``normalizer=None`` uses this call's own count, so one call over
 the whole mini-batch gives the textbook value:
@@ -36,11 +37,10 @@ import torch
 from torch import Tensor
 
 from grpo_lightning._checks import check_choice
-from grpo_lightning.algorithm.advantages import SCALE_REWARDS, ScaleRewards
+from grpo_lightning.algorithm.advantages import ADVANTAGE_ESTIMATORS, ScaleRewards
+from grpo_lightning.algorithm.aggregations import AGGREGATIONS, Aggregation, LossType
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
-LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = get_args(ImportanceSamplingLevel)
 
 #: Log-ratios (policy vs sampler, reference vs policy) are clamped to +/- this before ``exp``: a
@@ -74,8 +74,8 @@ class LossConfig:
     """Advantage scaling (``compute_advantages``): ``group`` std, ``batch`` std, or ``none``."""
 
     def __post_init__(self) -> None:
-        check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        aggregation = AGGREGATIONS.get(self.loss_type)
+        ADVANTAGE_ESTIMATORS.get(self.scale_rewards)  # raises for an unknown name, listing the valid ones
         check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
         if self.beta < 0:
             raise ValueError(f"beta={self.beta} must be >= 0 (0 = no KL penalty and no reference model).")
@@ -90,11 +90,11 @@ class LossConfig:
             raise ValueError(
                 f"top_entropy_quantile={self.top_entropy_quantile} must be in (0, 1]; 1.0 keeps every token."
             )
-        if self.loss_type == "dr_grpo" and (
+        if aggregation.needs_max_completion_length and (
             self.max_completion_length is None or self.max_completion_length < 1
         ):
             raise ValueError(
-                "loss_type='dr_grpo' divides by num_sequences * max_completion_length: pass max_completion_length "
+                f"loss_type={self.loss_type!r} divides by max_completion_length: pass max_completion_length "
                 f"(the generation length limit, a positive int), got {self.max_completion_length!r}."
             )
 
@@ -102,6 +102,11 @@ class LossConfig:
     def clip_high(self) -> float:
         """The upper clip range actually used: ``epsilon_high``, else ``epsilon``."""
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def aggregation(self) -> Aggregation:
+        """The registered implementation of ``loss_type``."""
+        return AGGREGATIONS.get(self.loss_type)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -153,42 +158,6 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, top_quantile: float) -> Ten
     return (entropy >= threshold) & active
 
 
-def aggregation_count(mask: Tensor, loss_type: LossType) -> Tensor:
-    """This call's count of the unit ``loss_type`` normalises by (sum it over micro-batches and ranks).
-
-    Active tokens for ``dapo`` and ``bnpo``; sequences (empty ones included) for ``grpo`` and
-    ``dr_grpo``. A float scalar tensor on ``mask``'s device.
-    """
-    if loss_type in ("dapo", "bnpo"):
-        return mask.sum().to(torch.float32)
-    if loss_type in ("grpo", "dr_grpo"):
-        return torch.tensor(float(mask.shape[0]), device=mask.device)
-    check_choice("loss_type", loss_type, LOSS_TYPES)  # raises: no other name gets here
-    raise AssertionError
-
-
-def _aggregate(
-    per_token: Tensor,
-    mask: Tensor,
-    loss_type: LossType,
-    max_completion_length: int | None,
-    normalizer: Tensor | float | None,
-) -> Tensor:
-    """Reduce ``per_token: [B, T]`` to the scalar loss of ``loss_type`` (see the module docstring)."""
-    masked = per_token * mask
-    if loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1.0)
-    count = aggregation_count(mask, loss_type) if normalizer is None else normalizer
-    count = torch.as_tensor(count, dtype=per_token.dtype, device=per_token.device).clamp(min=1.0)
-    if loss_type == "grpo":
-        # Empty completions contribute 0 (their token sum is 0; the clamp avoids 0/0).
-        per_sequence = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return per_sequence.sum() / count
-    if loss_type == "dr_grpo":
-        return masked.sum() / (count * max_completion_length)
-    return masked.sum() / count  # dapo
-
-
 def _check_shapes(logp: Tensor, advantages: Tensor, **tensors: Tensor | None) -> None:
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}.")
@@ -223,7 +192,7 @@ def grpo_loss(
         advantages: [B] one advantage per completion.
         mask: [B, T] 1 on completion tokens that count, 0 on padding and after EOS.
         config: the objective's settings (aggregation, clip ranges, KL weight, ...), checked when built.
-        normalizer: the mini-batch total of :func:`aggregation_count`; None = this call's count.
+        normalizer: the mini-batch total of ``config.aggregation.count``; None = this call's count.
         entropy: [B, T] per-token entropy; required when ``config.top_entropy_quantile < 1`` (the
             threshold is local to this call, see :func:`high_entropy_mask`).
 
@@ -268,7 +237,7 @@ def grpo_loss(
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask)
 
-    loss = _aggregate(per_token, mask, config.loss_type, config.max_completion_length, normalizer)
+    loss = config.aggregation.aggregate(per_token, mask, normalizer, config.max_completion_length)
 
     with torch.no_grad():
         low = (ratio < 1.0 - epsilon) & (adv < 0)

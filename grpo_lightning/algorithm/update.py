@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.algorithm.losses import LossType, aggregation_count
+from grpo_lightning.algorithm.aggregations import AGGREGATIONS, LossType
 from grpo_lightning.logprobs import shared_prefix_logprobs
 
 #: ``plan[step][micro]``: the rows (1-D int64 indices) of each micro-batch of each optimizer step.
@@ -174,13 +174,13 @@ def split_idle_rows(advantages: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def normalizer_counts(completion_mask: Tensor, plan: Plan, loss_type: LossType) -> Tensor:
-    """This rank's count of the loss normaliser's unit (:func:`aggregation_count`) in each optimizer
-    step's mini-batch: ``[len(plan)]`` float32. Summed over ranks, entry s is the ``normalizer`` of
-    every micro-batch of step s. ``completion_mask: [N, T]``.
+    """This rank's count of the loss normaliser's unit (the ``loss_type`` aggregation's
+    :meth:`~grpo_lightning.algorithm.aggregations.Aggregation.count`) in each optimizer step's
+    mini-batch: ``[len(plan)]`` float32. Summed over ranks, entry s is the ``normalizer`` of every
+    micro-batch of step s. ``completion_mask: [N, T]``.
     """
-    return torch.stack(
-        [sum(aggregation_count(completion_mask[rows], loss_type) for rows in step) for step in plan]
-    )
+    aggregation = AGGREGATIONS.get(loss_type)
+    return torch.stack([sum(aggregation.count(completion_mask[rows]) for rows in step) for step in plan])
 
 
 @dataclass(frozen=True)
@@ -196,24 +196,20 @@ def gradient_scales(loss_type: LossType, micro_batches_per_step: int, world_size
     """How a micro-batch's loss enters the gradient and the logged loss, given that DDP/FSDP average
     gradients over the ``world_size`` ranks.
 
-    With a global normaliser (every loss type but ``bnpo``) each micro-batch's loss is already its
-    share of the global mini-batch loss, so the ranks' gradients must be summed: the backward scale
-    ``world_size`` undoes the strategy's mean, and the logged shares (summed over micro-batches and
-    ranks) add up to the mini-batch loss. ``bnpo`` is a local token mean per micro-batch by
-    definition: the mini-batch loss is the mean of the ``k = micro_batches_per_step`` micro-batch
-    losses on each rank and of the ranks' values, so the backward scale is ``1 / k`` (the strategy
-    averages over ranks) and the logged share ``1 / (k * world_size)``.
+    With a global normaliser (an aggregation that is not ``local``, every loss type but ``bnpo``)
+    each micro-batch's loss is already its share of the global mini-batch loss, so the ranks'
+    gradients must be summed: the backward scale ``world_size`` undoes the strategy's mean, and the
+    logged shares (summed over micro-batches and ranks) add up to the mini-batch loss. A ``local``
+    aggregation (``bnpo``, a token mean per micro-batch) makes the mini-batch loss the mean of the
+    ``k = micro_batches_per_step`` micro-batch losses on each rank and of the ranks' values, so the
+    backward scale is ``1 / k`` (the strategy averages over ranks) and the logged share
+    ``1 / (k * world_size)``.
     """
-    if loss_type == "bnpo":
+    if AGGREGATIONS.get(loss_type).local:
         return GradientScales(
             backward=1.0 / micro_batches_per_step, logged=1.0 / (micro_batches_per_step * world_size)
         )
     return GradientScales(backward=float(world_size), logged=1.0)
-
-
-def pad_to(x: Tensor, width: int) -> Tensor:
-    """Right-pad ``x: [n, K]`` with zeros to ``[n, width]``."""
-    return x if x.shape[1] == width else nn.functional.pad(x, (0, width - x.shape[1]))
 
 
 @dataclass

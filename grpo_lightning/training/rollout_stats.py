@@ -15,10 +15,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from grpo_lightning.algorithm.advantages import (
+    ADVANTAGE_ESTIMATORS,
     DEFAULT_EPS,
     AdvantageRangeError,
     ScaleRewards,
-    compute_advantages,
     group_stats,
 )
 from grpo_lightning.rewards.scorer import reward_ranges
@@ -112,9 +112,10 @@ def global_advantages(
     }
     several = module.trainer.world_size > 1
     gathered = {k: v.reshape(-1, *v.shape[2:]) if several else v for k, v in module.all_gather(local).items()}
+    estimator = ADVANTAGE_ESTIMATORS.get(scale_rewards)
     try:
-        advantages = compute_advantages(gathered["total"], num_generations, scale_rewards)
-        if scale_rewards == "none":
+        advantages = estimator(gathered["total"], num_generations)
+        if not estimator.scale_free:
             check_gradient_range(advantages)
     except AdvantageRangeError as err:
         scorer = module.scorer

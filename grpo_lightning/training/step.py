@@ -152,7 +152,7 @@ class TrainingStep:
         s = self.module.settings
         return (
             s.loss.beta == 0
-            and s.loss.loss_type != "bnpo"
+            and s.loss.aggregation.skips_idle_rows_exactly
             and s.loss.top_entropy_quantile >= 1.0
             and self.module.trainer.world_size == 1
         )

@@ -14,6 +14,7 @@ init_args: {lr: 1.0e-4, fused: false, foreach: true}}``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,13 @@ class OptimizerConfig:
     """An ``lr_scheduler`` callable builds the schedule (with its own warmup)."""
 
     def __post_init__(self) -> None:
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate={self.learning_rate} must be a finite number > 0 (1e-6 is usual).")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0 (0 = no decay).")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0 (0 = no warmup).")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0, or None for no clipping.")
         if self.custom_optimizer:
             _refuse_ignored(
@@ -122,7 +129,7 @@ def configure_optimizers(
                 "optimizer step. Choose a step-based scheduler."
             )
     else:
-        warmup = max(int(config.warmup_steps), 0)
+        warmup = config.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

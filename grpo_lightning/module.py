@@ -225,11 +225,12 @@ class GRPOModule(LightningModule):
         self.automatic_optimization = False
 
         r = self.settings.rewards
-        self.scorer = RewardScorer(funcs, r.reward_weights, r.reward_workers, r.reward_timeout, r.reward_errors)
+        calls = (r.reward_workers, r.reward_timeout, r.reward_errors)
+        self.scorer = RewardScorer(funcs, r.reward_weights, *calls)
         # Validation's sampled pass@k (and an accuracy reward of its own) are scored with the same
         # workers, time limit and error handling as training.
         accuracy = [accuracy_reward] if accuracy_reward is not None else funcs[:1]
-        self.accuracy_scorer = RewardScorer(accuracy, None, r.reward_workers, r.reward_timeout, r.reward_errors)
+        self.accuracy_scorer = RewardScorer(accuracy, None, *calls)
         self.tokenizer = load_tokenizer(tokenizer, model, self.settings.model.model_kwargs)
         self._model_spec = model if isinstance(model, str) else None
         self._lora = lora

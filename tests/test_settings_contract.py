@@ -8,15 +8,23 @@ import dataclasses
 import inspect
 import math
 import typing
+from types import SimpleNamespace
 
 import pytest
 from helpers import make_module
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from grpo_lightning.algorithm.losses import LossConfig
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout.engine import SamplingConfig
+from grpo_lightning.training.callbacks import _crossed
 from grpo_lightning.training.optim import OptimizerConfig
-from grpo_lightning.training.settings import OBJECT_ARGUMENTS, Settings
+from grpo_lightning.training.settings import (
+    OBJECT_ARGUMENTS,
+    Settings,
+    optimizer_steps_per_batch,
+    settings_of,
+)
 from grpo_lightning.training.settings_groups import (
     EvalSettings,
     LoggingSettings,
@@ -26,7 +34,16 @@ from grpo_lightning.training.settings_groups import (
 
 #: The arguments that are objects, not settings: built or resolved by the module (models, tokenizer,
 #: functions, callables, a LoraConfig, an engine), so they have no typed value to check or group.
-OBJECTS = {"model", "tokenizer", "reward_funcs", "accuracy_reward", "optimizer", "lr_scheduler", "lora", "rollout_engine"}
+OBJECTS = {
+    "model",
+    "tokenizer",
+    "reward_funcs",
+    "accuracy_reward",
+    "optimizer",
+    "lr_scheduler",
+    "lora",
+    "rollout_engine",
+}
 #: Group fields that are not arguments, and where their value comes from.
 DERIVED = {
     ("LossConfig", "max_completion_length"): "the sampling length limit (dr_grpo divides by it)",
@@ -71,7 +88,9 @@ def test_each_setting_argument_is_exactly_one_group_field():
     assert {name: groups for name, groups in owners.items() if len(groups) > 1} == {}, "in two groups"
 
 
-@pytest.mark.parametrize(("group", "field"), group_fields(), ids=lambda x: getattr(x, "name", getattr(x, "__name__", "")))
+@pytest.mark.parametrize(
+    ("group", "field"), group_fields(), ids=lambda x: getattr(x, "name", getattr(x, "__name__", ""))
+)
 def test_a_group_field_has_its_arguments_default_and_type(group, field):
     parameter = PARAMETERS[field.name]
     assert field.default is not dataclasses.MISSING, "a setting needs a default (the argument's)"
@@ -97,7 +116,9 @@ def test_the_settings_built_from_the_default_arguments_are_the_groups_defaults()
 def test_a_group_field_without_an_argument_and_an_argument_without_a_group_are_refused():
     missing = arguments()
     del missing["accuracy_threshold"]
-    with pytest.raises(TypeError, match=r"EvalSettings field\(s\) \['accuracy_threshold'\] have no GRPOModule argument"):
+    with pytest.raises(
+        TypeError, match=r"EvalSettings field\(s\) \['accuracy_threshold'\] have no GRPOModule argument"
+    ):
         Settings.from_arguments(missing)
     with pytest.raises(TypeError, match=r"argument\(s\) \['stray'\] belong to no settings group"):
         Settings.from_arguments(arguments(stray=1))
@@ -159,3 +180,14 @@ def test_a_value_that_cannot_be_is_refused_at_construction_naming_the_setting(se
 def test_each_group_checks_its_own_fields(group, setting, value, message):
     with pytest.raises(ValueError, match=message):
         group(**{setting: value})
+
+
+def test_callbacks_and_progress_count_optimizer_steps_from_the_settings():
+    module = make_module(num_iterations=2, steps_per_rollout=3)
+    module.hparams["num_iterations"] = 5  # the saved arguments are never read again
+    assert optimizer_steps_per_batch(module) == 6 and settings_of(module) is module.settings
+    # A training step from optimizer step 6 to 12 crosses 8, not 13.
+    assert _crossed(SimpleNamespace(global_step=12), module, 8)
+    assert not _crossed(SimpleNamespace(global_step=12), module, 13)
+    plain = BoringModel()  # callbacks and progress bars also run with modules that are not GRPOModules
+    assert optimizer_steps_per_batch(plain) == 1 and settings_of(plain) is None

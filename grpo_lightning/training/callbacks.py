@@ -40,7 +40,8 @@ class RefModelSync(Callback):
     """
 
     def __init__(self, alpha: float = 0.6, sync_steps: int = 512) -> None:
-        sync = RefSync(sync_ref_model=True, ref_model_mixup_alpha=alpha, ref_model_sync_steps=sync_steps)  # checks both
+        # Built for its checks of both values, with the module's messages.
+        sync = RefSync(sync_ref_model=True, ref_model_mixup_alpha=alpha, ref_model_sync_steps=sync_steps)
         self.alpha, self.sync_steps = sync.ref_model_mixup_alpha, sync.ref_model_sync_steps
 
     def on_train_batch_end(

@@ -16,28 +16,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
-#: The built-in defaults (also GRPOModule's): a value other than these is one the user chose.
-DEFAULT_LEARNING_RATE = 1e-6
-DEFAULT_WEIGHT_DECAY = 0.0
-DEFAULT_WARMUP_STEPS = 10
-
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """The default optimizer (AdamW) and schedule (linear warmup), and gradient clipping."""
+    """The default optimizer (AdamW) and schedule (linear warmup), and gradient clipping. A value other
+    than a field's default is one the user chose (what :func:`_refuse_ignored` looks for)."""
 
-    learning_rate: float = DEFAULT_LEARNING_RATE
+    learning_rate: float = 1e-6
     """AdamW learning rate (default optimizer only)."""
-    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    weight_decay: float = 0.0
     """AdamW weight decay on matrices (default optimizer only)."""
-    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    warmup_steps: int = 10
     """Linear warmup, in optimizer steps (default scheduler only)."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this; None = no clipping."""
@@ -48,7 +44,9 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate={self.learning_rate} must be a finite number > 0 (1e-6 is usual).")
+            raise ValueError(
+                f"learning_rate={self.learning_rate} must be a finite number > 0 (1e-6 is usual)."
+            )
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0 (0 = no decay).")
         if self.warmup_steps < 0:
@@ -72,22 +70,16 @@ class OptimizerConfig:
             )
 
 
-_DEFAULTS = {
-    "learning_rate": DEFAULT_LEARNING_RATE,
-    "weight_decay": DEFAULT_WEIGHT_DECAY,
-    "warmup_steps": DEFAULT_WARMUP_STEPS,
-}
-
-
 def _refuse_ignored(values: dict[str, Any], default: str, callable_name: str, where: str) -> None:
     """Raise when a setting of the built-in ``default`` differs from its default although a callable
     replaces that default: the value could not take effect."""
-    changed = [name for name, value in values.items() if value != _DEFAULTS[name]]
+    defaults_of = {f.name: f.default for f in fields(OptimizerConfig)}
+    changed = [name for name, value in values.items() if value != defaults_of[name]]
     if not changed:
         return
     given = " and ".join(f"{name}={values[name]!r}" for name in changed)
     names = " and ".join(changed)
-    defaults = ", ".join(f"{name}={_DEFAULTS[name]!r}" for name in changed)
+    defaults = ", ".join(f"{name}={defaults_of[name]!r}" for name in changed)
     one = len(changed) == 1
     raise ValueError(
         f"{given} would be ignored: {names} only {'configures' if one else 'configure'} the built-in {default}, "

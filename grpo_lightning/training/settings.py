@@ -35,7 +35,16 @@ T = TypeVar("T")
 #: resolved by the module itself; ``lora``, ``optimizer`` and ``lr_scheduler`` only tell the settings
 #: whether they are given (``Settings.lora``, ``OptimizerConfig.custom_*``).
 OBJECT_ARGUMENTS = frozenset(
-    {"model", "tokenizer", "reward_funcs", "accuracy_reward", "optimizer", "lr_scheduler", "lora", "rollout_engine"}
+    {
+        "model",
+        "tokenizer",
+        "reward_funcs",
+        "accuracy_reward",
+        "optimizer",
+        "lr_scheduler",
+        "lora",
+        "rollout_engine",
+    }
 )
 
 

@@ -73,6 +73,11 @@ class GRPOModule(LightningModule):
     ``limit_train_batches`` count training steps (rollouts). Metrics are logged once per training
     step, so use ``Trainer(log_every_n_steps=1)``.
 
+    Each argument below but the objects (``model``, ``tokenizer``, ``reward_funcs``, ``optimizer``,
+    ``lr_scheduler``, ``lora``, ``accuracy_reward``, ``rollout_engine``) is a field of one typed group
+    of ``module.settings`` (:class:`~grpo_lightning.training.settings.Settings`), by the same name and
+    default, checked when the module is built; ``hparams`` keeps the arguments as given, for checkpoints.
+
     Args:
         model: Hub id, local path, ``"builtin:tiny-math"``, or a built ``PreTrainedModel``.
         tokenizer: Tokenizer object, Hub id or path; default: the model's.
@@ -203,6 +208,8 @@ class GRPOModule(LightningModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        # Every argument by name, taken before any other local exists: the settings are built from them.
+        arguments = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         if reward_funcs is None:
             raise ValueError(
                 "reward_funcs is required: give callables f(prompts, completions, **columns), registered "
@@ -211,19 +218,20 @@ class GRPOModule(LightningModule):
         funcs = (
             [reward_funcs] if isinstance(reward_funcs, str) or callable(reward_funcs) else list(reward_funcs)
         )
+        # Lightning saves the arguments (objects left out) in checkpoints; the code reads self.settings.
         self.save_hyperparameters(ignore=unsaved_arguments(model, tokenizer, funcs, accuracy_reward, lora))
-        # Every setting checked once, here; lora and the callables may be objects, left out of hparams.
-        self.settings = Settings.from_hparams(
-            self.hparams, lora=lora, optimizer=optimizer, lr_scheduler=lr_scheduler
-        )
+        # Every setting checked once, here: each group checks its own fields when built.
+        self.settings = Settings.from_arguments(arguments)
         self.automatic_optimization = False
 
-        self.scorer = RewardScorer(funcs, reward_weights, reward_workers, reward_timeout, reward_errors)
+        r = self.settings.rewards
+        calls = (r.reward_workers, r.reward_timeout, r.reward_errors)
+        self.scorer = RewardScorer(funcs, r.reward_weights, *calls)
         # Validation's sampled pass@k (and an accuracy reward of its own) are scored with the same
         # workers, time limit and error handling as training.
         accuracy = [accuracy_reward] if accuracy_reward is not None else funcs[:1]
-        self.accuracy_scorer = RewardScorer(accuracy, None, reward_workers, reward_timeout, reward_errors)
-        self.tokenizer = load_tokenizer(tokenizer, model, model_kwargs)
+        self.accuracy_scorer = RewardScorer(accuracy, None, *calls)
+        self.tokenizer = load_tokenizer(tokenizer, model, self.settings.model.model_kwargs)
         self._model_spec = model if isinstance(model, str) else None
         self._lora = lora
         # A built model is registered right away (Lightning moves it); a named one loads in configure_model.
@@ -236,8 +244,8 @@ class GRPOModule(LightningModule):
         self.rollout_engine: RolloutEngine = resolve_engine(rollout_engine, self.sampling)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.val_metrics = EvalMetrics(val_num_samples)
-        self.test_metrics = EvalMetrics(val_num_samples)
+        self.val_metrics = EvalMetrics(self.settings.evaluation.val_num_samples)
+        self.test_metrics = EvalMetrics(self.settings.evaluation.val_num_samples)
         self._train = TrainingStep(self)
 
     # ---- models ----------------------------------------------------------------------------------
@@ -247,20 +255,20 @@ class GRPOModule(LightningModule):
         fitting (under the strategy's device and sharding context) and by any method that needs it."""
         if self._configured:
             return
-        h = self.hparams
+        m = self.settings.model
         policy, ref = build_models(
             self.policy,
             self._model_spec,
-            model_kwargs=h.model_kwargs,
-            no_dropout=h.disable_dropout,
-            gradient_checkpointing=h.gradient_checkpointing,
+            model_kwargs=m.model_kwargs,
+            no_dropout=m.disable_dropout,
+            gradient_checkpointing=m.gradient_checkpointing,
             with_reference=self.settings.loss.beta > 0,
             lora=self._lora,
             device_mesh=self.device_mesh,
         )
         self.policy, self.ref_model = policy, ref
         eos, G = eos_token_ids(policy, self.tokenizer), self.settings.cadence.num_generations
-        engine, mask = self.rollout_engine, h.mask_truncated_completions
+        engine, mask = self.rollout_engine, self.settings.loss.mask_truncated_completions
         self.sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
         self._configured = True
 
@@ -272,7 +280,7 @@ class GRPOModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the weights training never changes (the frozen reference, a LoRA base) out of the
         checkpoint: they are rebuilt from ``model`` on load."""
-        synced = self.settings.ref_sync is not None  # reference sync moves it: kept
+        synced = self.settings.ref_sync.sync_ref_model  # reference sync moves it: kept
         drop_rebuilt_weights(checkpoint, rebuilt_keys(self.policy, self.ref_model, synced))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -300,10 +308,8 @@ class GRPOModule(LightningModule):
         :func:`~grpo_lightning.training.callbacks.module_callbacks`."""
         from grpo_lightning.training.callbacks import module_callbacks
 
-        h = self.hparams
         quiet_logger_start(self.trainer.loggers)  # Lightning starts the loggers' runs right after this hook
-        every, shown = h.log_completions_every_n_steps, h.num_completions_to_log
-        return module_callbacks(self.trainer, self.settings, every, shown)
+        return module_callbacks(self.trainer, self.settings)
 
     # ---- steps -----------------------------------------------------------------------------------
 
@@ -362,7 +368,7 @@ class GRPOModule(LightningModule):
         and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.evaluation.predict.PredictionWriter`
         writes them as JSON lines."""
         seed = partial(stream_seed, self.base_seed(), self.global_rank, batch_idx)  # seed(stream)
-        k = self.settings.val_num_samples
+        k = self.settings.evaluation.val_num_samples
         return predict_records(
             self.sampler, batch, seed, self.greedy, k, partial(correct, self), self.accuracy_scorer
         )
@@ -375,7 +381,7 @@ class GRPOModule(LightningModule):
 
     def base_seed(self) -> int:
         """``seed`` if given, else the ``seed_everything`` seed (0 when none was set)."""
-        return base_seed(self.hparams.seed)
+        return base_seed(self.settings.sampling.seed)
 
     # ---- export ----------------------------------------------------------------------------------
 

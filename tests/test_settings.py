@@ -1,11 +1,11 @@
 """GRPOModule's settings: grouped into typed configs from the flat arguments, checked once at
-construction, and refused when an optimizer / scheduler callable would ignore them."""
+construction, and refused when an optimizer / scheduler callable would ignore them. (That each
+argument is exactly one group field: ``test_settings_contract.py``.)"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 
 import pytest
 import torch
@@ -17,27 +17,15 @@ from grpo_lightning.module import GRPOModule
 from grpo_lightning.rollout.engine import SamplingConfig
 from grpo_lightning.training.callbacks import RefModelSync
 from grpo_lightning.training.optim import OptimizerConfig
-from grpo_lightning.training.settings import Cadence, RefSync
+from grpo_lightning.training.settings_groups import Cadence, RefSync
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
-
-
-@pytest.mark.parametrize("config", [LossConfig, Cadence, OptimizerConfig, RefSync, SamplingConfig])
-def test_each_config_has_the_modules_defaults(config):
-    signature = inspect.signature(GRPOModule.__init__).parameters
-    # Where a config's own default differs on purpose: LossConfig is usable without a generation limit,
-    # and SamplingConfig stores "off" / "none" as 0 and {} (the module's None).
-    own = {"max_completion_length"} if config is LossConfig else {"top_k", "generation_kwargs"}
-    shared = [f for f in dataclasses.fields(config) if f.name in signature and f.name not in own]
-    assert shared
-    for field in shared:
-        assert field.default == signature[field.name].default, field.name
 
 
 def test_the_flat_arguments_are_grouped_and_saved_unchanged():
     module = make_module(
         loss_type="grpo", epsilon_high=0.28, beta=0.1, scale_rewards="batch", num_iterations=2, steps_per_rollout=2,
-        micro_batch_size=2, sync_ref_model=True, ref_model_sync_steps=3, temperature=0.7, top_k=None,
+        micro_batch_size=2, sync_ref_model=True, ref_model_sync_steps=3, temperature=0.7, top_k=None, seed=7,
     )  # fmt: skip
     s = module.settings
     assert s.loss == LossConfig(
@@ -47,8 +35,9 @@ def test_the_flat_arguments_are_grouped_and_saved_unchanged():
     assert s.cadence == Cadence(num_generations=4, num_iterations=2, steps_per_rollout=2, micro_batch_size=2)
     assert s.cadence.optimizer_steps == 4 and s.cadence.policy_moves_before_reuse
     assert s.optimizer == OptimizerConfig(learning_rate=1e-3, warmup_steps=0)
-    assert s.ref_sync == RefSync(ref_model_sync_steps=3)
-    assert s.sampling.temperature == 0.7 and s.sampling.top_k == 0 and module.sampling is s.sampling
+    assert s.ref_sync == RefSync(sync_ref_model=True, ref_model_sync_steps=3)
+    assert s.sampling.temperature == 0.7 and s.sampling.top_k is None and module.sampling is s.sampling
+    assert s.sampling.seed == 7 and module.base_seed() == 7
     # The checkpoint's hyper-parameters are still the flat arguments, by their names.
     assert module.hparams.loss_type == "grpo" and module.hparams.top_k is None
     assert "settings" not in module.hparams and "loss" not in module.hparams

@@ -72,6 +72,8 @@ class LossConfig:
     """Keep the policy term only on this fraction of highest-entropy active tokens; 1.0 keeps all."""
     scale_rewards: ScaleRewards = "group"
     """Advantage scaling (``compute_advantages``): ``group`` std, ``batch`` std, or ``none``."""
+    mask_truncated_completions: bool = False
+    """Leave completions that hit the length limit without an EOS out of the loss (the sampler masks them)."""
 
     def __post_init__(self) -> None:
         aggregation = AGGREGATIONS.get(self.loss_type)

@@ -78,7 +78,10 @@ def settings_summary(hparams: Mapping[str, Any], keys: Sequence[str] = SUMMARY_K
 def run_card_info(hparams: Mapping[str, Any], reward_names: Sequence[str], trainer: Any | None) -> ModelCardInfo:
     """A card's facts from a GRPOModule's ``hparams`` and reward names and, when a Trainer ran it,
     the optimizer steps, the last ``val/*`` and ``train/reward`` values, the data module's source
-    and its first validation prompt (for the loading snippet: see :func:`snippet_example`)."""
+    and its first validation prompt (for the loading snippet: see :func:`snippet_example`).
+
+    The card lists the run's arguments as saved (``hparams``), not ``module.settings``: a reader
+    copies them back into a config, so they are printed verbatim (``lora`` as given, ``None``s kept)."""
     data = getattr(trainer, "datamodule", None)
     val = getattr(data, "val_dataset", None)
     metrics = trainer.callback_metrics if trainer is not None else {}

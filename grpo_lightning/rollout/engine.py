@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -32,16 +32,18 @@ class SamplingConfig:
     """Softmax temperature; the loss uses the same one for its log-probs."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
-    top_k: int = 0
-    """Keep the k most likely tokens (0 = off; transformers' own default of 50 is not applied)."""
+    top_k: int | None = None
+    """Keep the k most likely tokens (None or 0 = off; transformers' own default of 50 is not applied)."""
     min_p: float | None = None
     """Drop tokens below ``min_p`` times the top probability (None = off)."""
     repetition_penalty: float = 1.0
     """>1 discourages repeats (1.0 = off)."""
     do_sample: bool = True
     """False = greedy decoding (validation)."""
-    generation_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Any other ``GenerationConfig`` field; these win over the fields above."""
+    generation_kwargs: dict[str, Any] | None = None
+    """Any other ``GenerationConfig`` field; these win over the fields above (None = none)."""
+    seed: int | None = None
+    """Base of the per-rank, per-step sampling seeds; None = the ``seed_everything`` seed."""
 
     def __post_init__(self) -> None:
         if self.max_completion_length < 1:
@@ -50,7 +52,7 @@ class SamplingConfig:
             raise ValueError(f"temperature={self.temperature} must be > 0 (sampling needs it; the loss divides by it).")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]; 1.0 turns nucleus sampling off.")
-        if self.top_k < 0:
+        if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0; 0 (or None) turns it off.")
 
     def generation_config(self, eos_token_ids: Sequence[int], pad_token_id: int) -> GenerationConfig:
@@ -59,7 +61,7 @@ class SamplingConfig:
             {
                 "temperature": self.temperature,
                 "top_p": self.top_p,
-                "top_k": self.top_k,
+                "top_k": self.top_k or 0,
                 "min_p": self.min_p,
             }
             if self.do_sample
@@ -73,7 +75,7 @@ class SamplingConfig:
             pad_token_id=pad_token_id,
             use_cache=True,
             **sampling,
-            **self.generation_kwargs,
+            **(self.generation_kwargs or {}),
         )
 
 

@@ -21,14 +21,14 @@ from grpo_lightning.hf.models import mix_reference
 from grpo_lightning.run.interrupt import RunGuard
 from grpo_lightning.training.model_summary import swap_default_summary
 from grpo_lightning.training.progress import module_progress
-from grpo_lightning.training.settings import RefSync, Settings
+from grpo_lightning.training.settings import Settings, optimizer_steps_per_batch, settings_of
+from grpo_lightning.training.settings_groups import RefSync
 
 
 def _crossed(trainer: Trainer, module: LightningModule, every: int) -> bool:
     """True when the training step that just ended took ``global_step`` past a multiple of ``every``."""
-    h = module.hparams
     after = trainer.global_step
-    before = after - h.get("num_iterations", 1) * h.get("steps_per_rollout", 1)
+    before = after - optimizer_steps_per_batch(module)
     return after // every > before // every
 
 
@@ -40,7 +40,8 @@ class RefModelSync(Callback):
     """
 
     def __init__(self, alpha: float = 0.6, sync_steps: int = 512) -> None:
-        sync = RefSync(ref_model_mixup_alpha=alpha, ref_model_sync_steps=sync_steps)  # checks both
+        # Built for its checks of both values, with the module's messages.
+        sync = RefSync(sync_ref_model=True, ref_model_mixup_alpha=alpha, ref_model_sync_steps=sync_steps)
         self.alpha, self.sync_steps = sync.ref_model_mixup_alpha, sync.ref_model_sync_steps
 
     def on_train_batch_end(
@@ -111,7 +112,8 @@ class CompletionLogger(Callback):
         samples, advantages = outputs["samples"], outputs["advantages"]
         names = list(pl_module.scorer.names)
         columns = ["step", "prompt", "completion", "reward", *names, "advantage"]
-        group_size = int(pl_module.hparams.get("num_generations", 1))
+        settings = settings_of(pl_module)
+        group_size = settings.cadence.num_generations if settings is not None else 1
         data = []
         for i in pick_rows(samples.total, group_size, self.num_completions):
             per_func = [float(v) for v in samples.per_func[i].tolist()]
@@ -202,9 +204,7 @@ class StartChecks(Callback):
         self.check_prompt_lengths(trainer, pl_module)
 
 
-def module_callbacks(
-    trainer: Trainer, settings: Settings, log_completions_every_n_steps: int, num_completions_to_log: int
-) -> list[Callback]:
+def module_callbacks(trainer: Trainer, settings: Settings) -> list[Callback]:
     """What GRPOModule adds to ``trainer``'s callbacks: its :class:`StartChecks`; Lightning's default
     progress bar swapped for its twin that counts optimizer steps, as ``max_steps`` does, or for
     progress lines when the output is not a terminal (:mod:`grpo_lightning.training.log_progress`); reference
@@ -220,10 +220,10 @@ def module_callbacks(
             # or both would report.
             trainer.callbacks.remove(default)
         callbacks.append(bar)
-    if (ref_sync := settings.ref_sync) is not None:
+    if (ref_sync := settings.ref_sync).sync_ref_model:
         callbacks.append(RefModelSync(ref_sync.ref_model_mixup_alpha, ref_sync.ref_model_sync_steps))
-    if log_completions_every_n_steps > 0:
-        callbacks.append(CompletionLogger(log_completions_every_n_steps, num_completions_to_log))
+    if (every := settings.logging.log_completions_every_n_steps) > 0:
+        callbacks.append(CompletionLogger(every, settings.logging.num_completions_to_log))
     if not any(isinstance(c, RunGuard) for c in trainer.callbacks):
         callbacks.append(RunGuard())
     return callbacks

@@ -35,6 +35,8 @@ from typing import Any, TextIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
+from grpo_lightning.training.settings import optimizer_steps_per_batch, settings_of
+
 STEPS_VARIABLE = "GRPO_LIGHTNING_PROGRESS_STEPS"
 SECONDS_VARIABLE = "GRPO_LIGHTNING_PROGRESS_SECONDS"
 #: Default line cadence: this share of the run's optimizer steps, or this many seconds without a line.
@@ -239,12 +241,8 @@ class LogProgress(ProgressBar):
 
     # ---- training --------------------------------------------------------------------------------
 
-    def _steps_per_batch(self, pl_module: LightningModule) -> int:
-        h = pl_module.hparams
-        return int(h.get("num_iterations", 1)) * int(h.get("steps_per_rollout", 1))
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._total = total_optimizer_steps(trainer, self._steps_per_batch(pl_module))
+        self._total = total_optimizer_steps(trainer, optimizer_steps_per_batch(pl_module))
         default = max(1, math.ceil(self._total * DEFAULT_FRACTION)) if self._total else None
         self._every = self.every_n_steps if self.every_n_steps is not None else default
         now = time.monotonic()
@@ -255,7 +253,7 @@ class LogProgress(ProgressBar):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        before = step - self._steps_per_batch(pl_module)
+        before = step - optimizer_steps_per_batch(pl_module)
         crossed = self._every is not None and step // self._every > before // self._every
         last = self._total is not None and step >= self._total
         if not (self._first or crossed or last or self._due_on_time()):
@@ -318,5 +316,6 @@ class LogProgress(ProgressBar):
 
     def _eval_result(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         step = trainer.global_step if trainer.state.fn == "fit" else None
-        num_samples = int(pl_module.hparams.get("val_num_samples", 1))
+        settings = settings_of(pl_module)
+        num_samples = settings.evaluation.val_num_samples if settings is not None else 1
         self._emit(eval_line(stage, step, _scalars(trainer.callback_metrics), num_samples))

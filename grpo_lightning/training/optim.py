@@ -14,29 +14,26 @@ init_args: {lr: 1.0e-4, fused: false, foreach: true}}``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
-#: The built-in defaults (also GRPOModule's): a value other than these is one the user chose.
-DEFAULT_LEARNING_RATE = 1e-6
-DEFAULT_WEIGHT_DECAY = 0.0
-DEFAULT_WARMUP_STEPS = 10
-
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """The default optimizer (AdamW) and schedule (linear warmup), and gradient clipping."""
+    """The default optimizer (AdamW) and schedule (linear warmup), and gradient clipping. A value other
+    than a field's default is one the user chose (what :func:`_refuse_ignored` looks for)."""
 
-    learning_rate: float = DEFAULT_LEARNING_RATE
+    learning_rate: float = 1e-6
     """AdamW learning rate (default optimizer only)."""
-    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    weight_decay: float = 0.0
     """AdamW weight decay on matrices (default optimizer only)."""
-    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    warmup_steps: int = 10
     """Linear warmup, in optimizer steps (default scheduler only)."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this; None = no clipping."""
@@ -46,7 +43,15 @@ class OptimizerConfig:
     """An ``lr_scheduler`` callable builds the schedule (with its own warmup)."""
 
     def __post_init__(self) -> None:
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(
+                f"learning_rate={self.learning_rate} must be a finite number > 0 (1e-6 is usual)."
+            )
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0 (0 = no decay).")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0 (0 = no warmup).")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0, or None for no clipping.")
         if self.custom_optimizer:
             _refuse_ignored(
@@ -65,22 +70,16 @@ class OptimizerConfig:
             )
 
 
-_DEFAULTS = {
-    "learning_rate": DEFAULT_LEARNING_RATE,
-    "weight_decay": DEFAULT_WEIGHT_DECAY,
-    "warmup_steps": DEFAULT_WARMUP_STEPS,
-}
-
-
 def _refuse_ignored(values: dict[str, Any], default: str, callable_name: str, where: str) -> None:
     """Raise when a setting of the built-in ``default`` differs from its default although a callable
     replaces that default: the value could not take effect."""
-    changed = [name for name, value in values.items() if value != _DEFAULTS[name]]
+    defaults_of = {f.name: f.default for f in fields(OptimizerConfig)}
+    changed = [name for name, value in values.items() if value != defaults_of[name]]
     if not changed:
         return
     given = " and ".join(f"{name}={values[name]!r}" for name in changed)
     names = " and ".join(changed)
-    defaults = ", ".join(f"{name}={_DEFAULTS[name]!r}" for name in changed)
+    defaults = ", ".join(f"{name}={defaults_of[name]!r}" for name in changed)
     one = len(changed) == 1
     raise ValueError(
         f"{given} would be ignored: {names} only {'configures' if one else 'configure'} the built-in {default}, "
@@ -122,7 +121,7 @@ def configure_optimizers(
                 "optimizer step. Choose a step-based scheduler."
             )
     else:
-        warmup = max(int(config.warmup_steps), 0)
+        warmup = config.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

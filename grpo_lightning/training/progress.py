@@ -15,6 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from grpo_lightning.training.log_progress import LogProgress, interactive_output
+from grpo_lightning.training.settings import optimizer_steps_per_batch
 
 
 class StepProgressBarMixin:
@@ -28,15 +29,10 @@ class StepProgressBarMixin:
 
     _epoch_start_step = 0
 
-    def _steps_per_batch(self) -> int:
-        module = self.trainer.lightning_module  # type: ignore[attr-defined]
-        h = module.hparams
-        return int(h.get("num_iterations", 1)) * int(h.get("steps_per_rollout", 1))
-
     @property
     def total_train_batches(self) -> int | float:
         trainer = self.trainer  # type: ignore[attr-defined]
-        total = trainer.num_training_batches * self._steps_per_batch()
+        total = trainer.num_training_batches * optimizer_steps_per_batch(trainer.lightning_module)
         if trainer.max_steps is not None and trainer.max_steps > 0:
             total = min(total, trainer.max_steps - self._epoch_start_step)
         return total

@@ -89,7 +89,7 @@ class TrainingStep:
         """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and
         ``batch.ref_logp`` (only when beta > 0) with no-grad passes."""
         m, s = self.module, self.module.settings
-        opts = {"temperature": s.sampling.temperature, "chunk_size": s.logprob_chunk_size}
+        opts = {"temperature": s.sampling.temperature, "chunk_size": s.model.logprob_chunk_size}
         # The sampling pass already computed pi_old when the engine reports its log-probs (one forward saved).
         if s.cadence.policy_moves_before_reuse:
             if s.cadence.reuse_sampling_logprobs and rollout.sampling_logp is not None:
@@ -167,7 +167,7 @@ class TrainingStep:
             batch,
             rows,
             temperature=s.sampling.temperature,
-            chunk_size=s.logprob_chunk_size,
+            chunk_size=s.model.logprob_chunk_size,
             with_entropy=True,
         )
         mask = batch.completion_mask[rows][:, :keep]

@@ -39,10 +39,11 @@ MODULE_IMPORTERS = ("cli", "__init__")
 #: and so does an entry here that no longer happens (remove it with the import).
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # The model card's example prompt is rendered as the data module renders it (its formatter and
-    # conversation column): PromptFormatter belongs below both, with the chat template helpers of hf.
+    # conversation column): snippet_example belongs in data/, or its result is the caller's to pass in.
     ("hf.model_card", "data.prompts"): "the card renders the example prompt with the data formatter",
     ("hf.model_card", "data.sources"): "the card reads the conversation column's name",
-    # Evaluating a saved model builds a GRPOModule around it; being moved to a loader of its own.
+    # Evaluating a saved model without a Trainer builds a GRPOModule around it, to be replaced by the
+    # pieces it needs (sampler, scorer) built directly.
     ("evaluation.model_eval", "module"): "builds a GRPOModule for a saved model",
     # Exporting a checkpoint loads it into GRPOModule (load_from_checkpoint) to rebuild the policy:
     # the export command belongs in cli/, or the policy rebuilt from the checkpoint's hparams in hf/.

@@ -3,8 +3,10 @@ fails when the installed Lightning no longer has it, or it no longer does what t
 
 from __future__ import annotations
 
+import ast
 import inspect
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -15,6 +17,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader
 
+import grpo_lightning
 from grpo_lightning import lightning_compat as compat
 
 
@@ -29,6 +32,23 @@ def _trainer(tmp_path, **kwargs: Any) -> Trainer:
         **kwargs,
     }
     return Trainer(**options)
+
+
+def test_no_other_module_imports_a_private_name_or_module_of_lightning():
+    # The private attributes used on Lightning's objects are listed in lightning_compat's docstring.
+    found = []
+    for path in sorted(Path(grpo_lightning.__file__).parent.rglob("*.py")):
+        if path.name == "lightning_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lightning":
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names if alias.name.split(".")[0] == "lightning"]
+            else:
+                continue
+            found += [f"{path.name}: {n}" for n in names if any(p.startswith("_") for p in n.split("."))]
+    assert found == []
 
 
 # ---- optimizer steps ------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from grpo_lightning.lightning_compat import pending_wandb_init
+
 # The callbacks GRPOModule.configure_callbacks returns (grpo_lightning.training.callbacks.module_callbacks) and the
 # default progress bars it replaces.
 MODULE_CALLBACKS = (
@@ -107,8 +109,8 @@ def quiet_logger_start(loggers: Iterable[Any]) -> None:
     """Before the loggers start their runs (Lightning starts them when fitting begins): create each
     wandb logger's folder and drop the ``anonymous=None`` argument wandb warns about."""
     for logger in loggers:
-        init = getattr(logger, "_wandb_init", None)
-        if not isinstance(init, dict) or getattr(logger, "_experiment", None) is not None:
+        init = pending_wandb_init(logger)
+        if init is None:
             continue
         if "anonymous" in init and init["anonymous"] is None:
             del init["anonymous"]

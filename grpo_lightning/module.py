@@ -398,7 +398,11 @@ class GRPOModule(LightningModule):
 
     def model_card_info(self) -> ModelCardInfo:
         """The model card's facts (see :func:`~grpo_lightning.hf.model_card.run_card_info`)."""
-        return run_card_info(self.hparams, self.scorer.names, self._trainer)
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (an export outside fit): no run facts
+            trainer = None
+        return run_card_info(self.hparams, self.scorer.names, trainer)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Export and upload to the Hub repository ``repo_id``; ``kwargs`` as in ``models.push_to_hub``

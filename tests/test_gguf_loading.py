@@ -15,10 +15,10 @@ from transformers import GgufConfig
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
 from grpo_lightning.hf import gguf
+from grpo_lightning.hf.builtin import builtin_models
 from grpo_lightning.hf.gguf import WheelModel, drop_quantizer
 from grpo_lightning.hf.models import (
     apply_lora,
-    builtin_models,
     eos_token_ids,
     pretrained_source,
     save_pretrained,

@@ -11,10 +11,10 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
+from grpo_lightning.hf.builtin import builtin_models
 from grpo_lightning.hf.gguf import WHEEL_MODELS
 from grpo_lightning.hf.models import (
     apply_lora,
-    builtin_models,
     create_reference,
     eos_token_ids,
     load_policy,

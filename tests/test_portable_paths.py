@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import answer_reward, child_env, one_thread, save_tiny_policy  # noqa: F401 (autouse fixture)
 
-from grpo_lightning.hf.models import builtin_alias, main, resolve_model_path
+from grpo_lightning.hf.builtin import builtin_alias
+from grpo_lightning.hf.models import main, resolve_model_path
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.run.export_dir import staged_export
 from grpo_lightning.run.exporting import write_policy

@@ -18,13 +18,14 @@ from typing import Any
 
 from jsonargparse.typing import register_type
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 
 from grpo_lightning.cli.parser import GRPOArgumentParser, program_name
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.data.sources import InMemoryDataset
 from grpo_lightning.evaluation.predict import PredictionWriter
 from grpo_lightning.hf.models import BuiltModel
+from grpo_lightning.lightning_compat import HookedLightningCLI
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.run.checkpointing import check_checkpoint_file
 from grpo_lightning.run.export_dir import StagedExport, check_export_target, recover_leftovers
@@ -122,7 +123,7 @@ DESCRIPTION = (
 )
 
 
-class GRPOLightningCLI(LightningCLI):
+class GRPOLightningCLI(HookedLightningCLI):
     """LightningCLI with the values the model and the data share linked, so they are set once.
 
     After ``fit`` the policy is exported in Hugging Face format (``export.dir``, default
@@ -131,16 +132,9 @@ class GRPOLightningCLI(LightningCLI):
     ``<run folder>/predictions.jsonl``.
     """
 
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        # Lightning's version describes each subcommand with the Trainer method's docstring ("will call
-        # the model forward function"): these say what each does here.
-        self._subcommand_parsers = {}
-        subcommands = parser.add_subcommands()
-        for subcommand in self.subcommands():
-            options = {"description": SUBCOMMANDS[subcommand], **kwargs.get(subcommand, {})}
-            subparser = self._prepare_subcommand_parser(self.trainer_class, subcommand, **options)
-            self._subcommand_parsers[subcommand] = subparser
-            subcommands.add_subcommand(subcommand, subparser, help=SUBCOMMANDS[subcommand])
+    # Lightning's describes each subcommand with the Trainer method's docstring ("will call the model
+    # forward function"): these say what each does here.
+    subcommand_help = SUBCOMMANDS
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -167,11 +161,9 @@ class GRPOLightningCLI(LightningCLI):
             "when missing). Needs a login (hf auth login) or HF_TOKEN.",
         )
 
-    def _parse_ckpt_path(self) -> None:
+    def check_ckpt_path(self, ckpt_path: str | None) -> None:
         # Lightning's CLI would overwrite every model.* setting with the checkpoint's: keep what the user
         # asked for; RunGuard applies it, or refuses what a checkpoint cannot continue under.
-        sub = self.config.get("subcommand")
-        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if ckpt_path:
             _refuse_relative_checkpoint(ckpt_path)  # before the file check: the cause is not a missing file
             check_checkpoint_file(ckpt_path)
@@ -198,13 +190,13 @@ class GRPOLightningCLI(LightningCLI):
 
     after_validate = after_test = _after_evaluation
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def run_subcommand(self, subcommand: str) -> None:
         # A run that fails before its first step takes back the run folder it made, when that holds
         # nothing but its set-up records: otherwise every failed start leaves a version_N behind.
         run = known_run_directory(self.trainer) if self.trainer.is_global_zero else None
         created = missing_folders(run) if run is not None else []
         try:
-            super()._run_subcommand(subcommand)
+            super().run_subcommand(subcommand)
         except BaseException:
             watch = self._watch()
             if created and watch is not None and not watch.stepped:

@@ -36,6 +36,7 @@ from grpo_lightning.data.sources import (
 from grpo_lightning.data.splits import SPLIT_NAMES, cap_rows, select_split, select_val_source_split
 from grpo_lightning.data.synthetic_source import synthetic_splits
 from grpo_lightning.hf.models import load_tokenizer
+from grpo_lightning.lightning_compat import distributed_sampler_enabled
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -244,7 +245,7 @@ class PromptDataModule(LightningDataModule):
         """The seed of the training order: ``data_seed`` (EpochRandomSampler), or under DDP the seed of
         the DistributedSampler Lightning puts in its place, which is the ``seed_everything`` seed."""
         trainer = self.trainer
-        distributed = trainer is not None and trainer._accelerator_connector.use_distributed_sampler
+        distributed = trainer is not None and distributed_sampler_enabled(trainer)
         if distributed and trainer.world_size > 1:
             return int(os.environ.get("PL_GLOBAL_SEED", 0))
         return int(self.hparams.data_seed)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grpo_lightning.hf.builtin import BUILTIN_PREFIX
+
 CARD_FILE = "README.md"
 TAGS = ("grpo", "grpo-lightning")
 DEFAULT_QUESTION = "What is 4 + 4 + 2 + 2?"
@@ -134,8 +136,6 @@ def snippet_example(data: Any, row: Mapping[str, Any]) -> tuple[str | None, list
 
 def hub_model_id(name: str | None) -> str | None:
     """``name`` when it reads as a Hub model id; None for built-in aliases, existing local paths and None."""
-    from grpo_lightning.hf.models import BUILTIN_PREFIX  # models imports this module
-
     if not name or name.startswith(BUILTIN_PREFIX) or Path(name).expanduser().exists():
         return None
     return name if _HUB_ID.match(name) else None
@@ -164,8 +164,6 @@ def render_model_card(
     template (the snippet sends messages).
     """
     from huggingface_hub import ModelCardData
-
-    from grpo_lightning.hf.models import BUILTIN_PREFIX  # models imports this module
 
     base_id = hub_model_id(info.base_model)
     builtin_base = adapter_base if adapter and adapter_base and adapter_base.startswith(BUILTIN_PREFIX) else None

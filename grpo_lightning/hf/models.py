@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import os
 import sys
 import warnings
@@ -25,14 +24,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._lazy import instance_check_type
+from grpo_lightning.hf.builtin import BUILTIN_PREFIX, builtin_alias, builtin_model_path, builtin_models
 from grpo_lightning.hf.causal_lm import base_model, is_sharded
 from grpo_lightning.hf.gguf import (
     GGUF_SUFFIX,
-    WHEEL_MODELS,
     dequantizing,
     drop_quantizer,
     split_gguf,
-    wheel_model_path,
 )
 from grpo_lightning.hf.model_card import ModelCardInfo, write_model_card
 from grpo_lightning.hf.tokenizer_io import chat_turn_end_id, save_tokenizer, tokenizer_from_pretrained
@@ -53,7 +51,6 @@ if TYPE_CHECKING:
 else:  # what the command line is built from
     ModelSource = str | BuiltModel
 
-BUILTIN_PREFIX = "builtin:"
 #: ``from_pretrained`` arguments of the model that name where its files are: the tokenizer read from
 #: the same place takes them too (a GGUF file holds both; a revision pins both).
 SOURCE_KWARGS = ("gguf_file", "revision", "subfolder", "cache_dir", "token", "local_files_only")
@@ -65,14 +62,6 @@ LORA_DEFAULTS: dict[str, Any] = {
     "lora_dropout": 0.0,
     "target_modules": "all-linear",
 }
-
-
-def builtin_models() -> list[str]:
-    """The aliases ``"builtin:<name>"``: the models inside the package, and those of other wheels
-    (:data:`~grpo_lightning.hf.gguf.WHEEL_MODELS`; they load once their wheel is installed)."""
-    assets = importlib.resources.files("grpo_lightning") / "assets"
-    shipped = [p.name for p in assets.iterdir() if p.is_dir()] if assets.is_dir() else []
-    return sorted(BUILTIN_PREFIX + name for name in [*shipped, *WHEEL_MODELS])
 
 
 def _looks_local(name: str) -> bool:
@@ -94,29 +83,7 @@ def resolve_model_path(name: str) -> str:
                 "resuming from a checkpoint accepts a new path too), or a Hub id such as 'Qwen/Qwen2.5-0.5B'."
             )
         return str(Path(name).expanduser()) if name.startswith("~") else name
-    if name[len(BUILTIN_PREFIX) :] in WHEEL_MODELS:
-        return wheel_model_path(name[len(BUILTIN_PREFIX) :])
-    folder = importlib.resources.files("grpo_lightning") / "assets" / name[len(BUILTIN_PREFIX) :]
-    if not folder.is_dir():
-        raise ValueError(
-            f"Unknown built-in model {name!r}. Available: {', '.join(builtin_models()) or '(none installed)'}; "
-            "or pass a Hub id, a local path, or a built PreTrainedModel."
-        )
-    return str(folder)
-
-
-def builtin_alias(path: str | os.PathLike[str]) -> str | None:
-    """``"builtin:<name>"`` when ``path`` is the folder of a model shipped inside this package, else None.
-
-    A built-in model's folder lies inside this installation (site-packages): files that name it, such
-    as an exported adapter's base, name the alias instead, which any installation resolves.
-    """
-    assets = Path(str(importlib.resources.files("grpo_lightning") / "assets")).resolve()
-    try:
-        where = Path(path).expanduser().resolve()
-    except (OSError, RuntimeError):  # not a path at all
-        return None
-    return BUILTIN_PREFIX + where.name if where.parent == assets and where.is_dir() else None
+    return builtin_model_path(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

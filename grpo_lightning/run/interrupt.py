@@ -31,6 +31,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from grpo_lightning.lightning_compat import replace_saved_loader_states, training_loader_states
 from grpo_lightning.run.checkpoint_check import last_good_checkpoint
 from grpo_lightning.run.checkpointing import AtomicCheckpointIO
 from grpo_lightning.run.folders import run_directory
@@ -237,9 +238,7 @@ class RunGuard(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if self._rewind is not None:
-            state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
-            if "combined_loader" in state:
-                state["combined_loader"] = self._rewind
+            replace_saved_loader_states(checkpoint, self._rewind)
 
     def _report(self, trainer: Trainer, what: str, path: Path | None, reason: str | None = None) -> None:
         if not trainer.is_global_zero:
@@ -340,10 +339,10 @@ def _loader_states_before_current_batch(trainer: Trainer) -> list[dict[str, Any]
     ``ResumableDataLoader`` counts it in ``batches``, so one is taken off. Loaders of another kind
     are left as they are.
     """
-    loader = getattr(trainer.fit_loop, "_combined_loader", None)
-    if loader is None:
+    saved = training_loader_states(trainer)
+    if saved is None:
         return None
-    states = [dict(s) for s in loader._state_dicts()]
+    states = [dict(s) for s in saved]
     for state in states:
         if isinstance(state.get("batches"), int) and state["batches"] > 0:
             state["batches"] -= 1

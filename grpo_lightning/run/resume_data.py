@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from grpo_lightning.lightning_compat import saved_fit_progress
 from grpo_lightning.run.exporting import EXPORT_COMMAND
 from grpo_lightning.run.resume import changed_settings, describe_changes
 
@@ -55,18 +56,15 @@ def loader_position(checkpoint: Mapping[str, Any]) -> LoaderPosition:
     step in progress is dropped), else Lightning's count of processed batches (a batch counts as
     ``processed`` when its step ends, before the hooks that save checkpoints run).
     """
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    epochs = loop.get("epoch_progress", {}).get("current", {})
-    progress = loop.get("epoch_loop.batch_progress", {})
-    batches = progress.get("current", {})
-    done = int(epochs.get("processed", 0))
-    if int(epochs.get("started", 0)) <= done:
+    saved = saved_fit_progress(checkpoint)
+    done = saved.epochs_processed
+    if saved.epochs_started <= done:
         return LoaderPosition(done, 0)
-    if progress.get("is_last_batch") and batches.get("processed", 0) == batches.get("ready", -1):
+    if saved.is_last_batch and saved.batches_processed == saved.batches_ready:
         return LoaderPosition(done + 1, 0)
-    loaders = loop.get("state_dict", {}).get("combined_loader") or [{}]
-    count = loaders[0].get("batches") if isinstance(loaders[0], Mapping) else None
-    return LoaderPosition(done, int(count if isinstance(count, int) else batches.get("processed", 0)))
+    first = saved.loader_states[0] if saved.loader_states else {}
+    count = first.get("batches") if isinstance(first, Mapping) else None
+    return LoaderPosition(done, int(count if isinstance(count, int) else saved.batches_processed))
 
 
 def cli_value(value: Any) -> str:

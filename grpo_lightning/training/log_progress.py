@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 
 from grpo_lightning.training.settings import optimizer_steps_per_batch, settings_of
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+from grpo_lightning.lightning_compat import summary_max_depth, summary_table
 
 log = logging.getLogger("lightning.pytorch.callbacks.model_summary")
 
@@ -33,7 +34,7 @@ class SummaryWithoutZeroFlops(ModelSummary):
             )
             return
         columns = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(
+        table = summary_table(
             total_parameters, trainable_parameters, model_size, total_training_modes, 0, *columns
         )
         log.info("\n" + table.rsplit("\n", 1)[0])  # the last line is "0  Total Flops"
@@ -44,4 +45,4 @@ def swap_default_summary(trainer: Trainer) -> None:
     name) with the twin, as plain text; a subclass of the user's is left alone."""
     for i, callback in enumerate(trainer.callbacks):
         if type(callback) in (ModelSummary, RichModelSummary):
-            trainer.callbacks[i] = SummaryWithoutZeroFlops(max_depth=callback._max_depth)
+            trainer.callbacks[i] = SummaryWithoutZeroFlops(max_depth=summary_max_depth(callback))

@@ -14,11 +14,12 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+from grpo_lightning.lightning_compat import TrainDescriptionHook, progress_bar_arguments
 from grpo_lightning.training.log_progress import LogProgress, interactive_output
 from grpo_lightning.training.settings import optimizer_steps_per_batch
 
 
-class StepProgressBarMixin:
+class StepProgressBarMixin(TrainDescriptionHook):
     """Makes Lightning's progress bars count optimizer steps (``trainer.global_step``), as
     ``max_steps`` does, instead of training steps: a GRPO training step makes
     ``num_iterations * steps_per_rollout`` optimizer steps.
@@ -48,10 +49,10 @@ class StepProgressBarMixin:
         done = trainer.global_step - self._epoch_start_step
         super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)  # type: ignore[misc]
 
-    def _get_train_description(self, current_epoch: int) -> str:
+    def train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:  # type: ignore[attr-defined]
             return f"Epoch {current_epoch}"
-        return super()._get_train_description(current_epoch)  # type: ignore[misc]
+        return super().train_description(current_epoch)
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
@@ -83,12 +84,8 @@ def step_progress_bar(bar: Callback | None) -> Callback | None:
     """The optimizer-step-counting twin of Lightning's default progress bar ``bar`` (same settings),
     or None when ``bar`` is absent or a custom class (then it is left as the user made it)."""
     if type(bar) is TQDMProgressBar:
-        twin: Callback = StepTQDMProgressBar(
-            refresh_rate=bar.refresh_rate, process_position=bar.process_position, leave=bar._leave
-        )
+        twin: Callback = StepTQDMProgressBar(**progress_bar_arguments(bar))
         return twin
     if type(bar) is RichProgressBar:
-        return StepRichProgressBar(
-            refresh_rate=bar.refresh_rate, leave=bar._leave, theme=bar.theme, console_kwargs=bar._console_kwargs
-        )
+        return StepRichProgressBar(**progress_bar_arguments(bar))
     return None

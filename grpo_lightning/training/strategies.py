@@ -17,6 +17,8 @@ from typing import Any
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from grpo_lightning.lightning_compat import set_data_parallel_size
+
 
 class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 with a data-parallel size equal to the world size (``trainer.devices x trainer.num_nodes``).
@@ -57,7 +59,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         # num_nodes and the devices of this node are known once the Trainer has connected the strategy:
         # every process of the job is one data-parallel replica.
-        self._data_parallel_size = self.num_nodes * self.num_processes
+        set_data_parallel_size(self, self.num_nodes * self.num_processes)
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:

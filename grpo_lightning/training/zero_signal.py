@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from grpo_lightning.algorithm.advantages import zero_spread
+from grpo_lightning.lightning_compat import count_optimizer_step, mark_optimizer_stepped
 
 #: The most distinct reward values a warning lists.
 _SHOWN_VALUES = 5
@@ -154,8 +155,7 @@ def skip_update(
     opt, sched = module.optimizers(), module.lr_schedulers()
     lr = opt.param_groups[0]["lr"]
     for _ in range(num_steps):
-        opt._on_before_step()
-        opt._on_after_step()
+        count_optimizer_step(opt)
         if sched is not None:
             _count_skipped_optimizer_step(sched)
             sched.step()
@@ -166,11 +166,11 @@ def skip_update(
 def _count_skipped_optimizer_step(sched: object) -> None:
     """Record on the scheduler's optimizer that this step counts as an optimizer step.
 
-    PyTorch's ``LRScheduler`` wraps ``optimizer.step`` to set ``optimizer._opt_called``, and its first
+    PyTorch's ``LRScheduler`` wraps ``optimizer.step`` to set a flag on the optimizer, and its first
     ``step()`` warns "lr_scheduler.step() before optimizer.step()" when the flag is unset. A skipped
     step is an optimizer step that left the weights alone, so it sets the flag as the wrapper would;
     user code that really steps the scheduler first still gets the warning.
     """
     optimizer = getattr(sched, "optimizer", None)
     if optimizer is not None:
-        optimizer._opt_called = True
+        mark_optimizer_stepped(optimizer)

@@ -45,10 +45,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # Evaluating a saved model without a Trainer builds a GRPOModule around it, to be replaced by the
     # pieces it needs (sampler, scorer) built directly.
     ("evaluation.model_eval", "module"): "builds a GRPOModule for a saved model",
-    # Exporting a checkpoint loads it into GRPOModule (load_from_checkpoint) to rebuild the policy:
-    # the export command belongs in cli/, or the policy rebuilt from the checkpoint's hparams in hf/.
-    ("run.exporting", "module"): "the export command loads a checkpoint into GRPOModule",
-    ("run.exporting", "cli.parser"): "the export command parses its arguments as the CLI does",
 }
 
 

@@ -20,6 +20,7 @@ from jsonargparse.typing import register_type
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 
+from grpo_lightning.cli.export import export_command
 from grpo_lightning.cli.parser import GRPOArgumentParser, program_name
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.data.sources import InMemoryDataset
@@ -29,7 +30,7 @@ from grpo_lightning.lightning_compat import HookedLightningCLI
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.run.checkpointing import check_checkpoint_file
 from grpo_lightning.run.export_dir import StagedExport, check_export_target, recover_leftovers
-from grpo_lightning.run.exporting import ExportCardFacts, export_command, export_failure, write_policy
+from grpo_lightning.run.exporting import ExportCardFacts, export_failure, write_policy
 from grpo_lightning.run.folders import (
     known_run_directory,
     missing_folders,
@@ -306,7 +307,7 @@ def main(args: list[str] | None = None, run: bool = True) -> GRPOLightningCLI:
 
 def console_entry() -> None:
     """The ``grpo-lightning`` command line: returns nothing, so the exit status is 0 on success.
-    ``grpo-lightning export ...`` exports a checkpoint (:func:`~grpo_lightning.run.exporting.export_command`).
+    ``grpo-lightning export ...`` exports a checkpoint (:func:`~grpo_lightning.cli.export.export_command`).
     Errors are raised; :func:`grpo_lightning.__main__.main` prints those of this package's checks."""
     if sys.argv[1:2] == ["export"]:
         export_command(sys.argv[2:])

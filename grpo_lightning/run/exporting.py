@@ -1,4 +1,4 @@
-"""Exporting the trained policy: after ``fit``, and from a checkpoint (``grpo-lightning export``).
+"""Exporting the trained policy: after ``fit``, and from a checkpoint (``grpo-lightning export``, whose command line is :mod:`grpo_lightning.cli.export`).
 
 Both write the same folder (weights, tokenizer, model card) through :func:`write_policy` into a
 staged export (:mod:`grpo_lightning.run.export_dir`). When the export after ``fit`` fails (a full
@@ -14,25 +14,24 @@ keeps the run's card facts (data, steps, last metrics, an example prompt) in eac
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import shlex
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from grpo_lightning.hf.model_card import CARD_FILE, ModelCardInfo, folder_name, run_card_info
-from grpo_lightning.run.checkpointing import check_checkpoint_file, last_good_checkpoint, read_checkpoint
-from grpo_lightning.run.export_dir import check_export_target, recover_leftovers, staged_export
+from grpo_lightning.hf.model_card import CARD_FILE, ModelCardInfo, folder_name
+from grpo_lightning.run.checkpointing import last_good_checkpoint, read_checkpoint
 from grpo_lightning.run.folders import run_directory
 
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
+
+class SavesPretrained(Protocol):
+    """What an export needs of the module: ``GRPOModule.save_pretrained``."""
+
+    def save_pretrained(self, path: str, merge_lora: bool = False, card: ModelCardInfo | None = None) -> str: ...
 
 #: The command that exports a checkpoint (``python -m grpo_lightning export`` is the same).
 EXPORT_COMMAND = "grpo-lightning export"
@@ -53,7 +52,7 @@ class ExportFailed(RuntimeError):
 
 
 def write_policy(
-    module: GRPOModule, folder: str | Path, location: str | Path, merge_lora: bool, card: ModelCardInfo | None
+    module: SavesPretrained, folder: str | Path, location: str | Path, merge_lora: bool, card: ModelCardInfo | None
 ) -> None:
     """Write ``module``'s policy, tokenizer and model card into ``folder`` (a staging folder) as the
     export that will sit at ``location``. Call it on every rank: a sharded policy is gathered.
@@ -93,73 +92,6 @@ class ExportCardFacts(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass  # facts about the past, read by export_checkpoint; nothing to restore
-
-
-def checkpoint_card(module: GRPOModule, checkpoint: dict[str, Any]) -> ModelCardInfo:
-    """The model card of an export of ``checkpoint`` (already loaded into ``module``): the module's
-    settings, with the run facts that :class:`ExportCardFacts` kept (the optimizer steps of the
-    checkpoint when it kept none)."""
-    card = run_card_info(module.hparams, module.scorer.names, None)
-    facts = checkpoint.get("callbacks", {}).get(ExportCardFacts.__qualname__) or {}
-    known = {k: v for k, v in facts.items() if k in ("dataset", "steps", "metrics", "example_prompt")}
-    steps = known.get("steps", checkpoint.get("global_step"))
-    return dataclasses.replace(card, **{**known, "steps": steps})
-
-
-# ---- export from a checkpoint -------------------------------------------------------------------
-
-
-def export_checkpoint(
-    ckpt_path: str | os.PathLike[str],
-    export_dir: str | os.PathLike[str],
-    merge_lora: bool = False,
-    overwrite: bool = False,
-) -> Path:
-    """Export the policy of a GRPOModule checkpoint as ``fit`` does; returns the folder.
-
-    The module is rebuilt with ``GRPOModule.load_from_checkpoint`` (its ``model`` setting must still
-    load: the base model's folder or Hub id), on the CPU.
-    """
-    from grpo_lightning.module import GRPOModule
-
-    path = Path(ckpt_path)
-    if path.is_dir():
-        raise ValueError(f"--ckpt_path {path} is a folder: {SHARDED}")
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file.")
-    check_checkpoint_file(path)
-    for note in recover_leftovers(export_dir):
-        print(note, file=sys.stderr, flush=True)
-    check_export_target(export_dir, overwrite)
-    checkpoint = read_checkpoint(path)
-    module = GRPOModule.load_from_checkpoint(path, map_location="cpu")
-    card = checkpoint_card(module, checkpoint)
-    with staged_export(export_dir) as folder:
-        write_policy(module, folder, export_dir, merge_lora, card)
-    return Path(export_dir)
-
-
-def export_command(argv: Sequence[str]) -> Path:
-    """``grpo-lightning export --ckpt_path CKPT --export.dir DIR [--export.merge_lora true]
-    [--export.overwrite true]``: the command line of :func:`export_checkpoint`."""
-    from grpo_lightning.cli.parser import GRPOArgumentParser  # short errors, as the other subcommands
-
-    parser = GRPOArgumentParser(
-        prog=EXPORT_COMMAND,
-        description="Export the policy of a grpo-lightning checkpoint as fit exports it (Hugging Face format).",
-    )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="The checkpoint file (a .ckpt).")
-    parser.add_argument("--export.dir", type=str, required=True, help="The folder to export into.")
-    parser.add_argument("--export.merge_lora", type=bool, default=False, help="Merge a LoRA adapter.")
-    parser.add_argument(
-        "--export.overwrite", type=bool, default=False, help="Replace a previous export in export.dir."
-    )
-    config = parser.parse_args(list(argv))
-    folder = export_checkpoint(
-        config.ckpt_path, config.export.dir, config.export.merge_lora, config.export.overwrite
-    )
-    print(f"Exported {config.ckpt_path} to {folder}", flush=True)
-    return folder
 
 
 def recovery_command(ckpt: str | Path, target: str | Path, merge_lora: bool, overwrite: bool) -> str:

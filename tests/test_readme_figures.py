@@ -1,0 +1,285 @@
+"""Figures the README quotes next to a committed output in ``benchmarks/results/`` match that output.
+
+A figure is checked at the precision the README prints it with: "0.61" quotes 0.6050 to 0.6150.
+When a benchmark is re-run and its output committed, these tests name each README figure to update.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from helpers import one_thread  # noqa: F401 (autouse fixture)
+from test_readme import README, ROOT, readme_examples, readme_section
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def quotes(printed: str, value: float) -> bool:
+    """Whether the README's ``printed`` number is ``value`` rounded to the digits it shows."""
+    digits = len(printed.split(".", 1)[1]) if "." in printed else 0
+    return abs(float(printed.replace(",", "")) - value) <= 0.5 * 10**-digits + 1e-9
+
+
+def assert_quotes(what: str, printed: str, value: float) -> None:
+    assert quotes(printed, value), f"README: {what} is {printed}, the committed output says {value}"
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of every table row in ``text`` (header and separator rows included)."""
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|")
+    ]
+
+
+def number(cell: str) -> str:
+    return cell.strip("*x ")
+
+
+def test_quotes_reads_the_precision_the_readme_prints():
+    assert quotes("0.61", 0.6149) and quotes("0.61", 0.605) and not quotes("0.61", 0.6151)
+    assert quotes("584", 584.25) and not quotes("584", 585.0) and quotes("2,388,992", 2388992)
+    assert not quotes("0.46", 0.4838)
+
+
+def test_every_results_path_the_docs_name_exists():
+    docs = {README: "benchmarks/results/", ROOT / "benchmarks" / "README.md": "results/"}
+    docs.update({path: "benchmarks/results/" for path in (ROOT / "docs").glob("*.md")})
+    named = 0
+    for doc, prefix in docs.items():
+        for path in re.findall(rf"(?<![\w/.-]){re.escape(prefix)}[\w./-]*[\w/]", doc.read_text()):
+            named += 1
+            assert (RESULTS / path[len(prefix) :]).exists(), (
+                f"{doc.name} names {path}, which is not committed"
+            )
+    assert named >= 20
+
+
+# The learning comparison: the README's table against benchmarks/results/learning-300-all/table.md.
+LEARNING_METHODS = {  # the README's label starts with ... : the row of table.md
+    "start": "start",
+    "**GRPO**, answers only": "GRPO (answers only)",
+    "GRPO with beta 0.01": "GRPO (answers only), beta 0.01",
+    "RFT:": "RFT (rejection sampling)",
+    "SFT on answers-only": "SFT, answers only",
+    "SFT on the worked solutions": "SFT, worked solutions",
+}
+
+
+def learning_tables() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """table.md's two tables by method: the end-of-budget one and the final evaluation."""
+    budget_text, final_text = (
+        (RESULTS / "learning-300-all" / "table.md").read_text().split("Final evaluation", 1)
+    )
+    budget = {row[0]: row for row in markdown_rows(budget_text)}
+    final = {row[0]: row for row in markdown_rows(final_text)}
+    return budget, final
+
+
+def test_the_learning_table_quotes_its_committed_output():
+    budget, final = learning_tables()
+    rows = [
+        row
+        for row in markdown_rows(
+            readme_section("## What learning from rewards adds over supervised fine-tuning")
+        )
+        if not row[0].startswith(("method", "---"))
+    ]
+    assert len(rows) == len(LEARNING_METHODS)
+    for row in rows:
+        label = next(LEARNING_METHODS[start] for start in LEARNING_METHODS if row[0].startswith(start))
+        greedy, mean8, pass8, maj8 = (float(final[label][i]) for i in (1, 2, 4, 6))
+        assert_quotes(f"{label} greedy", number(row[1]), greedy)
+        assert_quotes(f"{label} mean@8", row[5], mean8)
+        assert_quotes(f"{label} maj@8", row[6], maj8)
+        assert_quotes(f"{label} pass@8", row[7], pass8)
+        if label == "start":
+            continue
+        _, _, mean, std, spread, _, per_seed, *_ = budget[label]
+        assert_quotes(f"{label} mean", number(row[1]), float(number(mean)))
+        assert (row[2], row[3]) == (std, spread), label
+        assert row[4].split(", ") == [seed.split(": ")[1] for seed in per_seed.split(", ")], label
+
+
+def test_the_learning_prose_quotes_the_optimizer_steps():
+    budget, _ = learning_tables()
+    text = readme_section("## What learning from rewards adds over supervised fine-tuning")
+    beta = re.search(r"makes (\d+) optimizer\s+steps in the budget", text).group(1)
+    skip = re.search(r"skip\s+the backward pass.*?\): (\d+) steps", text, re.DOTALL).group(1)
+    intro = re.search(r"quickstart makes (\d+) optimizer\s+steps in it", text).group(1)
+    assert beta == budget["GRPO (answers only), beta 0.01"][7]
+    assert skip == intro == budget["GRPO (answers only)"][7]
+
+
+# The quickstart: its table and timing against benchmarks/results/quickstart-seed0/.
+def test_the_quickstart_table_quotes_its_metrics_csv():
+    rows = markdown_rows(readme_section("## Quickstart (CPU)"))
+    steps = next(row for row in rows if row[0] == "optimizer step")[1:]
+    quoted = next(row for row in rows if row[0].startswith("`val/accuracy`, seed 0"))[1:]
+    with (RESULTS / "quickstart-seed0" / "metrics.csv").open() as f:
+        measured = {int(r["step"]): float(r["val/accuracy"]) for r in csv.DictReader(f) if r["val/accuracy"]}
+    assert [int(s) for s in steps] == sorted(measured)
+    for step, printed in zip(steps, quoted, strict=True):
+        assert_quotes(f"quickstart val/accuracy at step {step}", printed, measured[int(step)])
+
+
+def test_the_quickstart_timing_quotes_its_log():
+    text = readme_section("## Quickstart (CPU)")
+    log = (RESULTS / "quickstart-seed0" / "fit.log").read_text()
+    minutes, seconds = re.search(
+        r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\d+):(\d+)", log
+    ).groups()
+    wall = re.search(
+        r"took (\d+) min (\d+) s of wall time \((\d+) s user \+ (\d+) s system CPU, peak\s+memory ([\d.]+) GB",
+        text,
+    )
+    assert wall is not None, "the quickstart's timing sentence changed: update this test with it"
+    assert wall.group(1, 2) == (minutes, seconds)
+    assert_quotes(
+        "user CPU s", wall.group(3), float(re.search(r"User time \(seconds\): ([\d.]+)", log).group(1))
+    )
+    assert_quotes(
+        "system CPU s", wall.group(4), float(re.search(r"System time \(seconds\): ([\d.]+)", log).group(1))
+    )
+    peak_kb = float(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1))
+    assert_quotes("peak memory GB", wall.group(5), peak_kb / 1e6)
+
+
+# Speed: the TRL comparison table against the final --workload all run in cpu-2core-torch2.13.txt.
+SPEED_WORKLOADS = {"3M parameters": "3m", "23M parameters": "23m", "Qwen2.5-0.5B shape": "real-vocab"}
+
+
+def trl_comparison() -> dict[str, dict[str, list[float]]]:
+    """Per workload, each case's TRL and grpo_lightning s/step, speed-up, memory ratio and x floor."""
+    raw = (RESULTS / "cpu-2core-torch2.13.txt").read_text()
+    final = raw.split("# Final code. python benchmarks/bench_vs_trl.py --workload all\n", 1)[1].split(
+        "\n# ", 1
+    )[0]
+    cases: dict[str, dict[str, list[float]]] = {}
+    for block in final.split("=== ")[1:]:
+        figures = cases.setdefault(
+            block.split(" ", 1)[0], {k: [] for k in ("trl", "ours", "speedup", "memory", "floor")}
+        )
+        figures["trl"].append(float(re.search(r"^trl\s+([\d.]+)", block, re.MULTILINE).group(1)))
+        ours = re.search(
+            r"^grpo_lightning\[default\]\s+([\d.]+)(?:\s+[\d.]+){4}\s+([\d.]+)", block, re.MULTILINE
+        )
+        figures["ours"].append(float(ours.group(1)))
+        figures["floor"].append(float(ours.group(2)))
+        ratio = re.search(r"vs trl: ([\d.]+)x faster .*peak RSS ([\d.]+)x of TRL's", block)
+        figures["speedup"].append(float(ratio.group(1)))
+        figures["memory"].append(float(ratio.group(2)))
+    return cases
+
+
+def test_the_speed_table_quotes_the_committed_trl_comparison():
+    cases = trl_comparison()
+    rows = [
+        row for row in markdown_rows(readme_section("## Speed")) if row[0].startswith(tuple(SPEED_WORKLOADS))
+    ]
+    assert len(rows) == 3 and sum(len(c["trl"]) for c in cases.values()) == 10
+    for row in rows:
+        workload = next(SPEED_WORKLOADS[start] for start in SPEED_WORKLOADS if row[0].startswith(start))
+        for cell, key in zip(row[1:], ("trl", "ours", "speedup", "memory", "floor"), strict=True):
+            low, high = number(cell).split("-")
+            assert_quotes(f"{workload} {key} low", low, min(cases[workload][key]))
+            assert_quotes(f"{workload} {key} high", high, max(cases[workload][key]))
+
+
+def test_the_idle_row_skip_quotes_its_output():
+    raw = (RESULTS / "idle-rows-cpu-1thread.txt").read_text()
+    text = readme_section("## Speed")
+    quoted = re.search(
+        r"(\d+)% of the rows had advantage 0, a training step took\s+([\d.]+) CPU seconds against "
+        r"([\d.]+) without the skip \(([\d.]+)x\)",
+        text,
+    )
+    assert quoted is not None
+    assert_quotes("idle rows %", quoted.group(1), float(re.search(r"advantage 0: ([\d.]+)%", raw).group(1)))
+    assert_quotes(
+        "with the skip",
+        quoted.group(2),
+        float(re.search(r"^\| skipped.*?\| ([\d.]+) \|", raw, re.MULTILINE).group(1)),
+    )
+    assert_quotes(
+        "without",
+        quoted.group(3),
+        float(re.search(r"^\| run as for.*?\| ([\d.]+) \|", raw, re.MULTILINE).group(1)),
+    )
+    assert_quotes(
+        "speed-up", quoted.group(4), float(re.search(r"median of pairs\): ([\d.]+)x", raw).group(1))
+    )
+
+
+# The README's own examples, measured by benchmarks/readme_examples.py.
+def committed(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_the_python_example_quotes_its_committed_run():
+    run = committed("readme-python-example.json")
+    assert run["result"]["code"] == readme_examples.readme_code("## From Python or a notebook"), (
+        "the README's Python example changed since its figures were measured: re-run " + run["command"]
+    )
+    text = readme_section("## From Python or a notebook")
+    quoted = re.search(r"It prints `(.*?)` \(([\d.]+) s of CPU time", text)
+    assert quoted is not None
+    assert quoted.group(1) == run["result"]["printed"]
+    assert_quotes("CPU s", quoted.group(2), run["result"]["cpu_s"])
+
+
+def test_the_evaluate_model_example_quotes_its_committed_run():
+    run = committed("readme-evaluate-model.json")
+    assert run["result"]["code"] == "".join(readme_examples.evaluate_model_code()), (
+        "the README's evaluate_model example changed since its figures were measured: re-run "
+        + run["command"]
+    )
+    quoted = re.search(
+        r"greedy ([\d.]+), mean@8 ([\d.]+), pass@8 ([\d.]+), maj@8 ([\d.]+), in ([\d.]+) s of CPU",
+        readme_section("## Evaluation"),
+    )
+    assert quoted is not None
+    figures = run["result"]["figures"]
+    for printed, key in zip(quoted.groups()[:4], ("accuracy", "mean@8", "pass@8", "maj@8"), strict=True):
+        assert_quotes(key, printed, figures[key])
+    assert_quotes("CPU s", quoted.group(5), run["result"]["cpu_s"])
+
+
+def test_the_k_curves_figures_quote_their_committed_run():
+    run = committed("k-curves-tiny-math.json")
+    before, after = run["before"], run["after 60 GRPO steps"]
+    text = readme_section("## Evaluation")
+    for key in ("maj@8", "pass@8", "mean@8"):
+        quoted = re.search(rf"{key} from ([\d.]+) to ([\d.]+)|{key} ([\d.]+) to ([\d.]+)", text)
+        low, high = (group for group in quoted.groups() if group is not None)
+        assert_quotes(f"{key} before", low, before[key])
+        assert_quotes(f"{key} after", high, after[key])
+
+
+def test_the_tiny_model_size_quotes_its_committed_output():
+    run = committed("readme-tiny-math.json")["result"]
+    quoted = re.search(
+        r"a ([\d.]+)M-parameter character-level Qwen2 model that\s+ships inside the package \(([\d.]+) MB;",
+        readme_section("## Quickstart (CPU)"),
+    )
+    assert quoted is not None
+    assert_quotes("parameters (M)", quoted.group(1), run["parameters"] / 1e6)
+    assert_quotes("folder MB", quoted.group(2), run["folder_bytes"] / 1e6)
+
+
+def test_the_tiny_model_output_is_current():
+    """What the committed output records of the shipped model is what the command finds now."""
+    assert readme_examples.run_tiny_math() == committed("readme-tiny-math.json")["result"]
+
+
+@pytest.mark.slow
+def test_the_evaluate_model_figures_are_reproduced():
+    """The command next to the figures gives them again (one thread, as they were measured)."""
+    assert (
+        readme_examples.run_evaluate_model()["figures"]
+        == committed("readme-evaluate-model.json")["result"]["figures"]
+    )

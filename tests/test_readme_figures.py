@@ -239,7 +239,7 @@ def test_the_evaluate_model_example_quotes_its_committed_run():
         + run["command"]
     )
     quoted = re.search(
-        r"greedy ([\d.]+), mean@8 ([\d.]+), pass@8 ([\d.]+), maj@8 ([\d.]+), in ([\d.]+) s of CPU",
+        r"greedy ([\d.]+),\s+mean@8 ([\d.]+),\s+pass@8 ([\d.]+),\s+maj@8 ([\d.]+),\s+in\s+([\d.]+) s of CPU",
         readme_section("## Evaluation"),
     )
     assert quoted is not None

@@ -36,6 +36,13 @@ def markdown_rows(text: str) -> list[list[str]]:
     ]
 
 
+def prose(pattern: str, text: str) -> re.Match[str]:
+    """``pattern`` in the README's prose, each space matching any whitespace (the text is wrapped)."""
+    found = re.search(pattern.replace(" ", r"\s+"), text, re.DOTALL)
+    assert found is not None, f"the README no longer says {pattern!r}: update the figure's test with it"
+    return found
+
+
 def number(cell: str) -> str:
     return cell.strip("*x ")
 
@@ -108,9 +115,9 @@ def test_the_learning_table_quotes_its_committed_output():
 def test_the_learning_prose_quotes_the_optimizer_steps():
     budget, _ = learning_tables()
     text = readme_section("## What learning from rewards adds over supervised fine-tuning")
-    beta = re.search(r"makes (\d+) optimizer\s+steps in the budget", text).group(1)
-    skip = re.search(r"skip\s+the backward pass.*?\): (\d+) steps", text, re.DOTALL).group(1)
-    intro = re.search(r"quickstart makes (\d+) optimizer\s+steps in it", text).group(1)
+    beta = prose(r"makes (\d+) optimizer steps in the budget", text).group(1)
+    skip = prose(r"skip the backward pass.*?\): (\d+) steps", text).group(1)
+    intro = prose(r"quickstart makes (\d+) optimizer steps in it", text).group(1)
     assert beta == budget["GRPO (answers only), beta 0.01"][7]
     assert skip == intro == budget["GRPO (answers only)"][7]
 
@@ -133,11 +140,10 @@ def test_the_quickstart_timing_quotes_its_log():
     minutes, seconds = re.search(
         r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\d+):(\d+)", log
     ).groups()
-    wall = re.search(
-        r"took (\d+) min (\d+) s of wall time \((\d+) s user \+ (\d+) s system CPU, peak\s+memory ([\d.]+) GB",
+    wall = prose(
+        r"took (\d+) min (\d+) s of wall time \((\d+) s user \+ (\d+) s system CPU, peak memory ([\d.]+) GB",
         text,
     )
-    assert wall is not None, "the quickstart's timing sentence changed: update this test with it"
     assert wall.group(1, 2) == (minutes, seconds)
     assert_quotes(
         "user CPU s", wall.group(3), float(re.search(r"User time \(seconds\): ([\d.]+)", log).group(1))
@@ -193,12 +199,11 @@ def test_the_speed_table_quotes_the_committed_trl_comparison():
 def test_the_idle_row_skip_quotes_its_output():
     raw = (RESULTS / "idle-rows-cpu-1thread.txt").read_text()
     text = readme_section("## Speed")
-    quoted = re.search(
-        r"(\d+)% of the rows had advantage 0, a training step took\s+([\d.]+) CPU seconds against "
+    quoted = prose(
+        r"(\d+)% of the rows had advantage 0, a training step took ([\d.]+) CPU seconds against "
         r"([\d.]+) without the skip \(([\d.]+)x\)",
         text,
     )
-    assert quoted is not None
     assert_quotes("idle rows %", quoted.group(1), float(re.search(r"advantage 0: ([\d.]+)%", raw).group(1)))
     assert_quotes(
         "with the skip",
@@ -215,6 +220,33 @@ def test_the_idle_row_skip_quotes_its_output():
     )
 
 
+def test_the_adamw_and_thread_figures_quote_their_outputs():
+    text = readme_section("## Speed")
+    adamw = re.search(
+        r"tiny-math:.*?fused\s+[\d.]+ ms/step\s+([\d.]+)x",
+        (RESULTS / "adamw-cpu-2core.txt").read_text(),
+        re.DOTALL,
+    )
+    assert_quotes(
+        "fused AdamW speed-up",
+        prose(r"([\d.]+)x faster per optimizer step", text).group(1),
+        float(adamw.group(1)),
+    )
+    threads = (RESULTS / "threads-cpu-2core.txt").read_text().split("# Second run", 1)[0]
+    after = re.search(r"^\.\s+CPU s/step idle ([\d.]+), busy ([\d.]+)", threads, re.MULTILINE).groups()
+    before = re.search(r"^before\s+CPU s/step idle ([\d.]+), busy ([\d.]+)", threads, re.MULTILINE).groups()
+    quoted = prose(
+        r"took ([\d.]+) CPU seconds per step with it against ([\d.]+) without, and beside 2 extra busy processes "
+        r"([\d.]+) against ([\d.]+)",
+        text,
+    )
+    measured = (after[0], before[0], after[1], before[1])
+    for what, printed, value in zip(
+        ("idle, after", "idle, before", "busy, after", "busy, before"), quoted.groups(), measured, strict=True
+    ):
+        assert_quotes(f"CPU s/step {what}", printed, float(value))
+
+
 # The README's own examples, measured by benchmarks/readme_examples.py.
 def committed(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
@@ -226,8 +258,7 @@ def test_the_python_example_quotes_its_committed_run():
         "the README's Python example changed since its figures were measured: re-run " + run["command"]
     )
     text = readme_section("## From Python or a notebook")
-    quoted = re.search(r"It prints `(.*?)` \(([\d.]+) s of CPU time", text)
-    assert quoted is not None
+    quoted = prose(r"It prints `([^`]*)` \(([\d.]+) s of CPU time", text)
     assert quoted.group(1) == run["result"]["printed"]
     assert_quotes("CPU s", quoted.group(2), run["result"]["cpu_s"])
 
@@ -238,11 +269,10 @@ def test_the_evaluate_model_example_quotes_its_committed_run():
         "the README's evaluate_model example changed since its figures were measured: re-run "
         + run["command"]
     )
-    quoted = re.search(
-        r"greedy ([\d.]+),\s+mean@8 ([\d.]+),\s+pass@8 ([\d.]+),\s+maj@8 ([\d.]+),\s+in\s+([\d.]+) s of CPU",
+    quoted = prose(
+        r"greedy ([\d.]+), mean@8 ([\d.]+), pass@8 ([\d.]+), maj@8 ([\d.]+), in ([\d.]+) s of CPU",
         readme_section("## Evaluation"),
     )
-    assert quoted is not None
     figures = run["result"]["figures"]
     for printed, key in zip(quoted.groups()[:4], ("accuracy", "mean@8", "pass@8", "maj@8"), strict=True):
         assert_quotes(key, printed, figures[key])
@@ -254,19 +284,18 @@ def test_the_k_curves_figures_quote_their_committed_run():
     before, after = run["before"], run["after 60 GRPO steps"]
     text = readme_section("## Evaluation")
     for key in ("maj@8", "pass@8", "mean@8"):
-        quoted = re.search(rf"{key} from ([\d.]+) to ([\d.]+)|{key} ([\d.]+) to ([\d.]+)", text)
-        low, high = (group for group in quoted.groups() if group is not None)
+        quoted = prose(rf"{key} (?:from )?([\d.]+) to ([\d.]+)", text)
+        low, high = quoted.groups()
         assert_quotes(f"{key} before", low, before[key])
         assert_quotes(f"{key} after", high, after[key])
 
 
 def test_the_tiny_model_size_quotes_its_committed_output():
     run = committed("readme-tiny-math.json")["result"]
-    quoted = re.search(
-        r"a ([\d.]+)M-parameter character-level Qwen2 model that\s+ships inside the package \(([\d.]+) MB;",
+    quoted = prose(
+        r"a ([\d.]+)M-parameter character-level Qwen2 model that ships inside the package \(([\d.]+) MB;",
         readme_section("## Quickstart (CPU)"),
     )
-    assert quoted is not None
     assert_quotes("parameters (M)", quoted.group(1), run["parameters"] / 1e6)
     assert_quotes("folder MB", quoted.group(2), run["folder_bytes"] / 1e6)
 

@@ -122,6 +122,27 @@ def test_the_learning_prose_quotes_the_optimizer_steps():
     assert skip == intro == budget["GRPO (answers only)"][7]
 
 
+def test_the_learning_prose_quotes_differences_of_the_table():
+    budget, final = learning_tables()
+    grpo, rft, start = "GRPO (answers only)", "RFT (rejection sampling)", "start"
+    text = readme_section("## What learning from rewards adds over supervised fine-tuning")
+    seeds = [[float(seed.split(": ")[1]) for seed in budget[m][6].split(", ")] for m in (grpo, rft)]
+    ahead = prose(r"GRPO is higher on (\d) of (\d) seeds", text).groups()
+    assert ahead == (str(sum(g > r for g, r in zip(*seeds, strict=True))), str(len(seeds[0])))
+    points = prose(r"by ([\d.]+) points on average \(mean@8 \+([\d.]+), maj@8 \+([\d.]+)\)", text).groups()
+    for printed, column in zip(points, (1, 2, 6), strict=True):
+        assert_quotes(
+            f"GRPO - RFT, column {column}",
+            printed,
+            100 * (float(final[grpo][column]) - float(final[rft][column])),
+        )
+    gains = prose(r"GRPO raises maj@8 \(\+([\d.]+)\) far more than pass@8 \(\+([\d.]+)\)", text).groups()
+    for printed, column in zip(gains, (6, 4), strict=True):
+        assert_quotes(
+            f"GRPO's gain, column {column}", printed, float(final[grpo][column]) - float(final[start][column])
+        )
+
+
 # The quickstart: its table and timing against benchmarks/results/quickstart-seed0/.
 def test_the_quickstart_table_quotes_its_metrics_csv():
     rows = markdown_rows(readme_section("## Quickstart (CPU)"))
@@ -159,26 +180,23 @@ def test_the_quickstart_timing_quotes_its_log():
 SPEED_WORKLOADS = {"3M parameters": "3m", "23M parameters": "23m", "Qwen2.5-0.5B shape": "real-vocab"}
 
 
-def trl_comparison() -> dict[str, dict[str, list[float]]]:
-    """Per workload, each case's TRL and grpo_lightning s/step, speed-up, memory ratio and x floor."""
+CASE_FIGURES = ("trl", "ours", "speedup", "trl_floor", "ours_floor", "trl_rss", "ours_rss", "memory")
+
+
+def trl_comparison() -> dict[tuple[str, str, str], dict[str, float]]:
+    """Each case of the run the docs quote, by (workload, beta, mu): both systems' s/step, x floor and
+    peak RSS (MB), the speed-up (median of per-pair ratios) and grpo_lightning's peak RSS over TRL's."""
     raw = (RESULTS / "cpu-2core-torch2.13.txt").read_text()
-    final = raw.split("# Final code. python benchmarks/bench_vs_trl.py --workload all\n", 1)[1].split(
-        "\n# ", 1
-    )[0]
-    cases: dict[str, dict[str, list[float]]] = {}
-    for block in final.split("=== ")[1:]:
-        figures = cases.setdefault(
-            block.split(" ", 1)[0], {k: [] for k in ("trl", "ours", "speedup", "memory", "floor")}
-        )
-        figures["trl"].append(float(re.search(r"^trl\s+([\d.]+)", block, re.MULTILINE).group(1)))
-        ours = re.search(
-            r"^grpo_lightning\[default\]\s+([\d.]+)(?:\s+[\d.]+){4}\s+([\d.]+)", block, re.MULTILINE
-        )
-        figures["ours"].append(float(ours.group(1)))
-        figures["floor"].append(float(ours.group(2)))
-        ratio = re.search(r"vs trl: ([\d.]+)x faster .*peak RSS ([\d.]+)x of TRL's", block)
-        figures["speedup"].append(float(ratio.group(1)))
-        figures["memory"].append(float(ratio.group(2)))
+    run = raw.split("# Final code. python benchmarks/bench_vs_trl.py --workload all\n", 1)[1]
+    cases = {}
+    for block in run.split("\n# ", 1)[0].split("=== ")[1:]:
+        case = re.match(r"(\S+) beta=(\S+) mu=(\d+):", block).groups()
+        row = r"\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+([\d.]+)"  # s/step, cpu s, steps/s, tok/s, RSS, x floor
+        trl = re.search(r"^trl" + row, block, re.MULTILINE).groups()
+        ours = re.search(r"^grpo_lightning\[default\]" + row, block, re.MULTILINE).groups()
+        ratio = re.search(r"vs trl: ([\d.]+)x faster .*peak RSS ([\d.]+)x of TRL's", block).groups()
+        values = (trl[0], ours[0], ratio[0], trl[2], ours[2], trl[1], ours[1], ratio[1])
+        cases[case] = dict(zip(CASE_FIGURES, map(float, values), strict=True))
     return cases
 
 
@@ -187,13 +205,27 @@ def test_the_speed_table_quotes_the_committed_trl_comparison():
     rows = [
         row for row in markdown_rows(readme_section("## Speed")) if row[0].startswith(tuple(SPEED_WORKLOADS))
     ]
-    assert len(rows) == 3 and sum(len(c["trl"]) for c in cases.values()) == 10
+    assert len(rows) == 3 and len(cases) == 10
     for row in rows:
         workload = next(SPEED_WORKLOADS[start] for start in SPEED_WORKLOADS if row[0].startswith(start))
-        for cell, key in zip(row[1:], ("trl", "ours", "speedup", "memory", "floor"), strict=True):
+        of_workload = [figures for case, figures in cases.items() if case[0] == workload]
+        for cell, key in zip(row[1:], ("trl", "ours", "speedup", "memory", "ours_floor"), strict=True):
             low, high = number(cell).split("-")
-            assert_quotes(f"{workload} {key} low", low, min(cases[workload][key]))
-            assert_quotes(f"{workload} {key} high", high, max(cases[workload][key]))
+            assert_quotes(f"{workload} {key} low", low, min(figures[key] for figures in of_workload))
+            assert_quotes(f"{workload} {key} high", high, max(figures[key] for figures in of_workload))
+
+
+def test_the_benchmarks_results_table_quotes_the_committed_trl_comparison():
+    cases = trl_comparison()
+    text = (ROOT / "benchmarks" / "README.md").read_text().split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    rows = [row for row in markdown_rows(text) if tuple(row[:3]) in cases]
+    assert len(rows) == len(cases)
+    for row in rows:
+        figures = cases[row[0], row[1], row[2]]
+        trl_rss, ours_rss = row[8].removesuffix(" MB").split(" / ")
+        printed = (row[3], row[4], number(row[5]), row[6], row[7], trl_rss, ours_rss, row[9])
+        for key, cell in zip(CASE_FIGURES, printed, strict=True):
+            assert_quotes(f"{row[:3]} {key}", cell, figures[key])
 
 
 def test_the_idle_row_skip_quotes_its_output():
@@ -288,6 +320,10 @@ def test_the_k_curves_figures_quote_their_committed_run():
         low, high = quoted.groups()
         assert_quotes(f"{key} before", low, before[key])
         assert_quotes(f"{key} after", high, after[key])
+    training = re.search(r"training ([\d.]+) s", (RESULTS / "k-curves-tiny-math.txt").read_text()).group(1)
+    assert_quotes(
+        "training CPU s", prose(r"problems, ([\d.]+) s of CPU, one seed", text).group(1), float(training)
+    )
 
 
 def test_the_tiny_model_size_quotes_its_committed_output():

@@ -271,7 +271,7 @@ class GRPOModule(LightningModule):
         sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
         refill = self._dynamic_sampling if s.cadence.dynamic_sampling else None
         self.sampler = sampler
-        self.rollouts = SyncRolloutSource(sampler, lambda: self.trainer.global_step, self._seeds, refill)
+        self.rollouts = SyncRolloutSource(sampler, self._policy_version, self._seeds, refill)
         stepping = LightningStepping(self, policy)
         names = self.scorer.names
         self.updater = TrainingStep(policy, ref, s, self.collectives, stepping, self._seeds, names)
@@ -390,6 +390,10 @@ class GRPOModule(LightningModule):
         """``seed(stream, round_)``: this rank's seeds of training step ``index`` (its optimizer step
         count) or of evaluation batch ``index``; read at each call, after any ``seed_everything``."""
         return partial(stream_seed, self.base_seed(), self.global_rank, index)
+
+    def _policy_version(self) -> int:
+        """The optimizer steps taken so far: the version of the weights that sample now."""
+        return self.trainer.global_step
 
     def _dynamic_sampling(self) -> DynamicSampling:
         """This step's dynamic sampling, from the Trainer's current training loader."""

@@ -31,8 +31,8 @@ from grpo_lightning._quiet import quiet_known_noise, quiet_logger_start
 from grpo_lightning.algorithm.advantages import ScaleRewards
 from grpo_lightning.algorithm.losses import ImportanceSamplingLevel, LossType
 from grpo_lightning.algorithm.update import BatchLayout
-from grpo_lightning.evaluation.predict import predict_records
-from grpo_lightning.evaluation.steps import EvalMetrics, correct, evaluate, log_sanity_check
+from grpo_lightning.evaluation.evaluator import Evaluator
+from grpo_lightning.evaluation.steps import EvalMetrics, log_evaluation, log_sanity_check
 from grpo_lightning.hf.model_card import ModelCardInfo, run_card_info
 from grpo_lightning.hf.model_setup import (
     build_models,
@@ -43,17 +43,19 @@ from grpo_lightning.hf.model_setup import (
 from grpo_lightning.hf.models import ModelSource, eos_token_ids, load_tokenizer, push_to_hub, save_pretrained
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.rewards.scorer import RewardErrors, RewardFunc, RewardScorer
-from grpo_lightning.rollout.dynamic_sampling import sample_step
+from grpo_lightning.rollout.dynamic_sampling import DynamicSampling, StepSeed
 from grpo_lightning.rollout.engine import RolloutEngine
 from grpo_lightning.rollout.engines import EngineName, resolve_engine
 from grpo_lightning.rollout.sampler import Sampler, num_prompts
 from grpo_lightning.rollout.seeds import base_seed, stream_seed
+from grpo_lightning.rollout.source import RolloutSource, SyncRolloutSource
+from grpo_lightning.training.collectives import LightningCollectives
 from grpo_lightning.training.optim import configure_optimizers
 from grpo_lightning.training.rollout_stats import global_advantages, rollout_metrics
 from grpo_lightning.training.settings import Settings, unsaved_arguments
 from grpo_lightning.training.step import TrainingStep
+from grpo_lightning.training.stepping import LightningStepping
 from grpo_lightning.training.threads import apply_thread_policy
-from grpo_lightning.training.zero_signal import has_signal, skip_update
 
 quiet_known_noise()
 
@@ -237,7 +239,12 @@ class GRPOModule(LightningModule):
         # A built model is registered right away (Lightning moves it); a named one loads in configure_model.
         self.policy: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.ref_model: nn.Module | None = None
-        self.sampler: Sampler | None = None  # built with the policy in configure_model
+        # Built with the policy in configure_model: sampling, the rollout source, the update, evaluation.
+        self.sampler: Sampler | None = None
+        self.rollouts: RolloutSource | None = None
+        self.updater: TrainingStep | None = None
+        self.evaluator: Evaluator | None = None
+        self.collectives = LightningCollectives(self)
         self._configured = False
         self.sampling = self.settings.sampling
         self.greedy = replace(self.sampling, do_sample=False)
@@ -246,13 +253,13 @@ class GRPOModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = EvalMetrics(self.settings.evaluation.val_num_samples)
         self.test_metrics = EvalMetrics(self.settings.evaluation.val_num_samples)
-        self._train = TrainingStep(self)
 
     # ---- models ----------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Build the policy (and the reference when beta > 0). Idempotent; called by Lightning before
-        fitting (under the strategy's device and sharding context) and by any method that needs it."""
+        """Build the policy (and the reference when beta > 0), and the sampler, rollout source, update
+        and evaluator made from them. Idempotent; called by Lightning before fitting (under the
+        strategy's device and sharding context) and by any method that needs it."""
         if self._configured:
             return
         m = self.settings.model
@@ -267,9 +274,19 @@ class GRPOModule(LightningModule):
             device_mesh=self.device_mesh,
         )
         self.policy, self.ref_model = policy, ref
-        eos, G = eos_token_ids(policy, self.tokenizer), self.settings.cadence.num_generations
-        engine, mask = self.rollout_engine, self.settings.loss.mask_truncated_completions
-        self.sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
+        s, eos = self.settings, eos_token_ids(policy, self.tokenizer)
+        engine, G, mask = self.rollout_engine, s.cadence.num_generations, s.loss.mask_truncated_completions
+        sampler = Sampler(policy, self.tokenizer, engine, eos, self.scorer, self.sampling, G, mask)
+        refill = self._dynamic_sampling if s.cadence.dynamic_sampling else None
+        self.sampler = sampler
+        self.rollouts = SyncRolloutSource(sampler, self._policy_version, self._seeds, refill)
+        stepping = LightningStepping(self, policy)
+        names = self.scorer.names
+        self.updater = TrainingStep(policy, ref, s, self.collectives, stepping, self._seeds, names)
+        e = s.evaluation
+        self.evaluator = Evaluator(
+            sampler, self.greedy, self.accuracy_scorer, e.accuracy_threshold, e.val_num_samples, self.collectives
+        )
         self._configured = True
 
     def setup(self, stage: str) -> None:
@@ -315,24 +332,19 @@ class GRPOModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """One rollout and ``num_iterations * steps_per_rollout`` optimizer steps (see the module docs)."""
-        cadence, step = self.settings.cadence, self.trainer.global_step  # optimizer steps: resume is exact
-        G = cadence.num_generations
+        G = self.settings.cadence.num_generations
+        step = self.trainer.global_step  # optimizer steps: resume is exact
         self.layout(num_prompts(batch))  # settings that do not divide fail here, before any generation
         start = time.perf_counter()
-        seed = partial(stream_seed, self.base_seed(), self.global_rank, step)  # seed(stream, round_)
-        refills = cadence.max_dynamic_sampling_rounds if cadence.dynamic_sampling else None
-        scored, rounds = sample_step(self.sampler, batch, seed, self.trainer, refills)
-        advantages, gathered = global_advantages(self, scored, G, self.settings.loss.scale_rewards)
+        rollout = self.rollouts.next(batch)
+        scale = self.settings.loss.scale_rewards
+        advantages, gathered = global_advantages(rollout.scored, G, scale, self.collectives, self.scorer)
         sampled = time.perf_counter()
-        signal = has_signal(gathered["advantages"])  # every group zero-spread: the weights must not move
-        if signal:
-            losses = self._train.update(scored, advantages, step)
-        else:
-            losses = skip_update(self, cadence.optimizer_steps, gathered, rounds)
+        losses, skipped = self.updater.run(rollout, advantages, gathered, step)
         timings = {"rollout_s": sampled - start, "update_s": time.perf_counter() - sampled}
         metrics = rollout_metrics(gathered, self.scorer.names, G, losses, **timings)
-        self._log_step(metrics, skipped=not signal, batch_size=len(scored.total) // G)
-        return {"loss": losses["loss"], "samples": scored, "advantages": advantages.cpu()}
+        self._log_step(metrics, skipped=skipped, batch_size=len(rollout.scored.total) // G)
+        return {"loss": losses["loss"], "samples": rollout.scored, "advantages": advantages.cpu()}
 
     def _log_step(self, metrics: dict[str, Any], *, skipped: bool, batch_size: int) -> None:
         """Log one training step's metrics (values are global); reward and KL also on the progress bar."""
@@ -346,7 +358,8 @@ class GRPOModule(LightningModule):
         self.log_dict(progress, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        evaluate(self, batch, batch_idx, self.val_metrics, "val")
+        result = self.evaluator.evaluate(batch, self._seeds(batch_idx))
+        log_evaluation(self, self.evaluator, result, self.val_metrics, "val")
 
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
@@ -361,17 +374,14 @@ class GRPOModule(LightningModule):
             log_sanity_check(self, self.val_metrics)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        evaluate(self, batch, batch_idx, self.test_metrics, "test")
+        result = self.evaluator.evaluate(batch, self._seeds(batch_idx))
+        log_evaluation(self, self.evaluator, result, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Records (prompt, completion, rewards, correct, the row's columns) of the greedy completion
         and of ``val_num_samples`` sampled ones; :class:`~grpo_lightning.evaluation.predict.PredictionWriter`
         writes them as JSON lines."""
-        seed = partial(stream_seed, self.base_seed(), self.global_rank, batch_idx)  # seed(stream)
-        k = self.settings.evaluation.val_num_samples
-        return predict_records(
-            self.sampler, batch, seed, self.greedy, k, partial(correct, self), self.accuracy_scorer
-        )
+        return self.evaluator.predict(batch, self._seeds(batch_idx))
 
     # ---- helpers used by the steps ---------------------------------------------------------------
 
@@ -382,6 +392,19 @@ class GRPOModule(LightningModule):
     def base_seed(self) -> int:
         """``seed`` if given, else the ``seed_everything`` seed (0 when none was set)."""
         return base_seed(self.settings.sampling.seed)
+
+    def _seeds(self, index: int) -> StepSeed:
+        """``seed(stream, round_)``: this rank's seeds of training step ``index`` (its optimizer step
+        count) or of evaluation batch ``index``; read at each call, after any ``seed_everything``."""
+        return partial(stream_seed, self.base_seed(), self.global_rank, index)
+
+    def _policy_version(self) -> int:
+        """The optimizer steps taken so far: the version of the weights that sample now."""
+        return self.trainer.global_step
+
+    def _dynamic_sampling(self) -> DynamicSampling:
+        """This step's dynamic sampling, from the Trainer's current training loader."""
+        return DynamicSampling.from_trainer(self.trainer, self.settings.cadence.max_dynamic_sampling_rounds)
 
     # ---- export ----------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from grpo_lightning.rewards.scorer import RewardScorer
 from grpo_lightning.rollout.dynamic_sampling import DynamicSampling, PromptRefill, informative_rows
 from grpo_lightning.rollout.sampler import Sampler
 from grpo_lightning.rollout.seeds import SeedStream, stream_seed
+from grpo_lightning.rollout.source import SyncRolloutSource
 
 # Each batch of 2 holds one flat prompt ("F": constant reward) and one informative one ("L").
 PROMPTS = ["F0=", "L0=", "F1=", "L1=", "F2=", "L2=", "F3=", "L3="]
@@ -105,6 +106,18 @@ def test_all_ranks_take_the_same_number_of_rounds():
     scored, rounds = dynamic.collect(sampler, own, partial(stream_seed, 0, 0, 0))
     assert rounds == 2
     assert scored.prompts[::3] == ["L0=", "L1="]  # the step's own informative groups come first
+
+
+def test_the_rollout_source_tags_refilled_rollouts_with_their_rounds_and_policy_version():
+    sampler = make_sampler()
+    refill = PromptRefill(PROMPTS, PromptsDataModule(sampler.tokenizer)._collate)
+    dynamic = DynamicSampling(refill, max_rounds=4)
+    source = SyncRolloutSource(sampler, lambda: 100, partial(partial, stream_seed, 0, 0), lambda: dynamic)
+    batch = refill.collate_fn(["F0=", "F1="])  # no signal at all: refill rounds
+    rollout = source.next(batch)
+    scored, rounds = dynamic.collect(sampler, batch, partial(stream_seed, 0, 0, 100))  # step 100's seeds
+    assert rollout.policy_version == 100 and rollout.refill_rounds == rounds >= 1
+    assert rollout.scored.completions == scored.completions and rollout.scored.prompts == scored.prompts
 
 
 class Record(Callback):

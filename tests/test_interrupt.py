@@ -23,7 +23,7 @@ from helpers import (
     weights,
 )
 
-from grpo_lightning.rollout.scoring import RewardError
+from grpo_lightning.rewards.scorer import RewardError
 from grpo_lightning.run.interrupt import RunGuard, resume_command
 
 TESTS = Path(__file__).parent

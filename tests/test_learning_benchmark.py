@@ -227,7 +227,7 @@ def test_answers_only_targets_and_epoch_order():
         next(epochs(0, random.Random(0)))
 
 
-def test_rft_keeps_the_correct_completions_that_ended(monkeypatch):
+def test_rft_keeps_the_correct_completions_that_ended():
     # 2 problems x 3 samples: correct = reward says so; truncated ones (no EOS) are not kept.
     prompts = ["P1"] * 3 + ["P2"] * 3
     completions = ["a #### 3", "b #### 4", "c #### 3", "d #### 5", "e #### 5", "f #### 5"]
@@ -242,9 +242,11 @@ def test_rft_keeps_the_correct_completions_that_ended(monkeypatch):
         seen.update(batch=batch, n=num_generations, sampling=sampling, seed=seed, scorer=scorer)
         return scored
 
-    monkeypatch.setattr(sft_methods, "correct", lambda module, s: is_correct)
     sampler = SimpleNamespace(sample=fake_sample)
-    module = SimpleNamespace(sampling="config sampling", accuracy_scorer="accuracy reward", sampler=sampler)
+    evaluator = SimpleNamespace(correct=lambda s: is_correct)
+    module = SimpleNamespace(
+        sampling="config sampling", accuracy_scorer="accuracy reward", sampler=sampler, evaluator=evaluator
+    )
     task = SimpleNamespace(module=module, datamodule=SimpleNamespace(collator=lambda rows: {"rows": rows}))
     kept = sft_methods.sample_correct(task, [{"q": 1}, {"q": 2}], generations=3, seed=7)
     assert kept == [("P1", "a #### 3"), ("P2", "d #### 5"), ("P2", "e #### 5")]

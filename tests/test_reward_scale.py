@@ -31,6 +31,7 @@ from grpo_lightning.algorithm.advantages import (
     zero_spread,
 )
 from grpo_lightning.rewards.scorer import RewardError, RewardScorer
+from grpo_lightning.training.collectives import SingleProcess
 from grpo_lightning.training.rollout_stats import global_advantages, rollout_metrics
 
 NAN = float("nan")
@@ -215,35 +216,34 @@ def test_the_weighted_total_is_summed_in_float64() -> None:
 # ---- scale_rewards="none" names the reward; the step with huge rewards learns -----------------------
 
 
-def _fake_module(scale: float, other_weight: float = 0.5):
-    """What global_advantages reads of a GRPOModule, on one process: rewards [1, -1, -1, -1] * scale from
+ONE = SingleProcess()  # global_advantages on one process
+
+
+def _scored(scale: float, other_weight: float = 0.5):
+    """The scorer and a scored rollout of global_advantages: rewards [1, -1, -1, -1] * scale from
     'big', plus ``other_weight`` times a reward of about 0.4 that varies a little."""
 
     def big(prompts, completions, **columns):
         return [scale, -scale, -scale, -scale]
 
     scorer = RewardScorer([big, char_code_mean], reward_weights=[1.0, other_weight])
-    trainer = SimpleNamespace(world_size=1)
-    module = SimpleNamespace(
-        device=torch.device("cpu"), trainer=trainer, global_rank=0, scorer=scorer, all_gather=lambda x: x
-    )
     per_func = scorer.score(["p"] * 4, ["a", "bb", "ccc", "dddd"])
     rollout = SimpleNamespace(lengths=torch.tensor([1, 2, 3, 4]), truncated=torch.zeros(4, dtype=torch.bool))
     scored = SimpleNamespace(rollout=rollout, per_func=per_func, total=scorer.combine(per_func))
-    return module, scored
+    return scorer, scored
 
 
 @pytest.mark.parametrize(("scale", "limit"), [(1e20, "their squares overflow float32"), (R, "float32 range")])
 def test_no_scaling_with_huge_rewards_is_an_error_naming_the_reward(scale: float, limit: str) -> None:
     # Rewards [1, -1, -1, -1] * scale: mean -scale/2, advantages up to 1.5 * scale: 1.5e20 is beyond
     # 1.8e19, where the squares of gradients that size overflow float32; 4.5e38 is beyond float32 itself.
-    module, scored = _fake_module(scale)
+    scorer, scored = _scored(scale)
     with pytest.raises(AdvantageRangeError, match="scale_rewards='none'") as info:
-        global_advantages(module, scored, 4, "none")
+        global_advantages(scored, 4, "none", ONE, scorer)
     assert limit in str(info.value)
     assert f"reward 'big' (weight 1): [{-scale:.3g}, {scale:.3g}]" in str(info.value)
     assert "reward 'char_code_mean' (weight 0.5)" in str(info.value)
-    advantages, _ = global_advantages(module, scored, 4, "group")  # the same rewards, scaled: fine
+    advantages, _ = global_advantages(scored, 4, "group", ONE, scorer)  # the same rewards, scaled: fine
     assert torch.isfinite(advantages).all() and float(advantages.abs().max()) < 2
 
 
@@ -251,17 +251,17 @@ def test_no_scaling_with_huge_rewards_is_an_error_naming_the_reward(scale: float
 def test_rewards_too_close_for_their_scale_say_the_step_learns_close_to_nothing(scale_rewards: str) -> None:
     # [1, -1, -1, -1] * 1e-30: mean -0.5e-30, squared deviations (2.25 + 3 * 0.25) 1e-60 = 3e-60, / 3:
     # std 1e-30. "group": A = 1.5e-30 / (1e-30 + 1e-4) = 1.5e-26; "none": A = 1.5e-30. The batch is the group.
-    module, scored = _fake_module(1e-30, other_weight=0.0)
+    scorer, scored = _scored(1e-30, other_weight=0.0)
     peak = "1.5e-30" if scale_rewards == "none" else "1.5e-26"
     with pytest.warns(
         UserWarning, match=rf"largest advantage of a training step is {peak}: .* at most 1e-30"
     ) as rec:
-        global_advantages(module, scored, 4, scale_rewards)
+        global_advantages(scored, 4, scale_rewards, ONE, scorer)
     assert ("eps=0.0001" in str(rec[0].message)) == (scale_rewards != "none")
-    module, scored = _fake_module(1e-3, other_weight=0.0)  # 1.5e-3 / (1e-3 + 1e-4) = 1.36: no warning
+    scorer, scored = _scored(1e-3, other_weight=0.0)  # 1.5e-3 / (1e-3 + 1e-4) = 1.36: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        global_advantages(module, scored, 4, scale_rewards)
+        global_advantages(scored, 4, scale_rewards, ONE, scorer)
 
 
 def huge_char_code_mean(prompts, completions, **columns):

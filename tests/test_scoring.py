@@ -14,13 +14,8 @@ from helpers import (
     tiny_tokenizer,
 )
 
-from grpo_lightning.rollout.scoring import (
-    RewardError,
-    RewardScorer,
-    combine_rewards,
-    repeat_columns,
-    reward_name,
-)
+from grpo_lightning.rewards.scorer import RewardError, RewardScorer, combine_rewards, reward_name
+from grpo_lightning.rollout.scoring import repeat_columns
 
 PROMPTS = ["p0", "p0", "p1", "p1"]
 COMPLETIONS = ["a", "bb", "ccc", "dddd"]

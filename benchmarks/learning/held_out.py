@@ -8,12 +8,14 @@ the module's rollout engine, its accuracy reward, validation's seeds), so the fi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 from datasets import Dataset
 
 from grpo_lightning.data import PromptDataModule
+from grpo_lightning.evaluation.evaluator import Evaluator
 from grpo_lightning.evaluation.model_eval import evaluate_batches
 from grpo_lightning.module import GRPOModule
 
@@ -30,7 +32,15 @@ def greedy_accuracy(
     module: GRPOModule, datamodule: PromptDataModule, data: Dataset, batch_size: int
 ) -> float:
     """Share of the problems of ``data`` whose greedy completion is correct: ``val/accuracy``."""
-    return evaluate_batches(module, _on_device(module, datamodule, data, batch_size), 1)["accuracy"]
+    batches = _on_device(module, datamodule, data, batch_size)
+    return evaluate_batches(_evaluator(module, 1), batches, module.base_seed())["accuracy"]
+
+
+def _evaluator(module: GRPOModule, num_samples: int) -> Evaluator:
+    """The module's validation evaluator, with ``num_samples`` samples per problem."""
+    module.configure_model()
+    assert module.evaluator is not None
+    return replace(module.evaluator, num_samples=num_samples)
 
 
 def _on_device(
@@ -60,7 +70,8 @@ def final_evaluation(
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: the final evaluation samples at least 2 per problem.")
     records: list[dict[str, Any]] = []
-    figures = evaluate_batches(module, _on_device(module, datamodule, data, batch_size), num_samples, records)
+    batches = _on_device(module, datamodule, data, batch_size)
+    figures = evaluate_batches(_evaluator(module, num_samples), batches, module.base_seed(), records)
     problems = [
         {
             "answer": r["answer"],

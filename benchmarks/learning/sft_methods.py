@@ -18,7 +18,6 @@ from budget import BudgetClock
 from learning_task import Task
 
 from grpo_lightning.data.synthetic import generate_problems
-from grpo_lightning.evaluation.steps import correct
 from grpo_lightning.recipes.tiny_math_sft import sft_batch
 from grpo_lightning.training.optim import warmup_factor
 
@@ -164,7 +163,7 @@ def sample_correct(task: Task, rows: list[dict[str, Any]], generations: int, see
         sampling=module.sampling,
         scorer=module.accuracy_scorer,
     )
-    keep = correct(module, scored) & ~scored.rollout.truncated.cpu()
+    keep = module.evaluator.correct(scored) & ~scored.rollout.truncated.cpu()
     return [(scored.prompts[i], scored.completions[i]) for i in keep.nonzero().flatten().tolist()]
 
 

@@ -3,7 +3,7 @@ pass@k and maj@k against k for several models.
 
 :func:`evaluate_model` samples with the package's rollout engine (the lean KV-cache loop on CPU),
 exactly as validation does: the same prompt formatting, seeds, rewards and estimators
-(:func:`grpo_lightning.evaluation.steps.evaluate_batch`), so its numbers match ``trainer.validate`` on the
+(:meth:`grpo_lightning.evaluation.evaluator.Evaluator.evaluate`), so its numbers match ``trainer.validate`` on the
 same problems and settings. :func:`plot_k_curves` draws the results of several models (``"before"``,
 ``"after"``) into one PNG; it needs matplotlib (``pip install grpo-lightning[bench]``).
 """
@@ -14,13 +14,16 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo_lightning._quiet import quiet_known_noise
 from grpo_lightning.data.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
     PromptCollator,
@@ -28,12 +31,16 @@ from grpo_lightning.data.prompts import (
     tokenize_prompts,
 )
 from grpo_lightning.data.sources import normalize_columns
+from grpo_lightning.evaluation.evaluator import BatchEvaluation, Evaluator, source_figures
 from grpo_lightning.evaluation.metrics import report_ks
-from grpo_lightning.evaluation.steps import BatchEvaluation, evaluate_batch, source_figures
-from grpo_lightning.hf.models import eval_mode
-
-if TYPE_CHECKING:
-    from grpo_lightning.module import GRPOModule
+from grpo_lightning.hf.model_setup import build_models
+from grpo_lightning.hf.models import eos_token_ids, eval_mode, load_tokenizer
+from grpo_lightning.rewards.scorer import RewardScorer
+from grpo_lightning.rollout.engine import SamplingConfig
+from grpo_lightning.rollout.engines import resolve_engine
+from grpo_lightning.rollout.sampler import Sampler
+from grpo_lightning.rollout.seeds import stream_seed
+from grpo_lightning.training.collectives import SingleProcess
 
 _K_FIGURE = re.compile(r"^(pass|maj)@(\d+)$")
 
@@ -45,6 +52,7 @@ def evaluate_model(
     tokenizer: str | PreTrainedTokenizerBase | None = None,
     num_samples: int = 8,
     reward: Any = "gsm8k_accuracy",
+    accuracy_threshold: float = 1.0,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     system_prompt: str | None = None,
     max_completion_length: int = 256,
@@ -65,6 +73,7 @@ def evaluate_model(
         num_samples: N; 1 gives the greedy figures only.
         reward: the accuracy reward (a registered name, an import path or a callable); maj@k needs
             its ``extract_answer`` method (the shipped accuracy rewards have one).
+        accuracy_threshold: a completion is correct when its reward is at least this.
         prompt_template, system_prompt: as in ``PromptDataModule``.
         max_completion_length, temperature, top_p, seed, rollout_engine: as in ``GRPOModule``.
         batch_size: prompts per generation call.
@@ -76,31 +85,22 @@ def evaluate_model(
         "<source>/accuracy", ...}``: the names of the ``val/`` metrics without the prefix (see
         :mod:`grpo_lightning.evaluation.steps`), each a mean over problems.
     """
-    from grpo_lightning.module import GRPOModule  # the module imports this package's evaluation
-
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1; got {num_samples}.")
+    quiet_known_noise()  # the weights' loading bars, as for a GRPOModule
+    sampling = SamplingConfig(
+        max_completion_length=max_completion_length, temperature=temperature, top_p=top_p
+    )
     was_training = model.training if isinstance(model, torch.nn.Module) else None
     padding_side = getattr(tokenizer, "padding_side", None)
-    module = GRPOModule(
-        model,
-        tokenizer=tokenizer,
-        reward_funcs=[reward],
-        val_num_samples=num_samples,
-        max_completion_length=max_completion_length,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        rollout_engine=rollout_engine,
-        disable_dropout=False,  # never change a model that is not ours
-    )
+    tok = load_tokenizer(tokenizer, model)
     try:
-        module.configure_model()
-        assert module.policy is not None
-        module.to(next(module.policy.parameters()).device)
-        batches = problem_batches(module.tokenizer, problems, prompt_template, system_prompt, batch_size)
-        with eval_mode(module.policy):
-            return evaluate_batches(module, batches, num_samples, records)
+        evaluator = model_evaluator(
+            model, tok, reward, accuracy_threshold, sampling, num_samples, rollout_engine
+        )
+        batches = problem_batches(tok, problems, prompt_template, system_prompt, batch_size)
+        with eval_mode(evaluator.sampler.policy):
+            return evaluate_batches(evaluator, batches, seed, records)
     finally:
         if was_training is not None:
             model.train(was_training)
@@ -108,15 +108,47 @@ def evaluate_model(
             tokenizer.padding_side = padding_side
 
 
-def evaluate_batches(
-    module: GRPOModule,
-    batches: Iterable[dict[str, Any]],
+def model_evaluator(
+    model: str | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward: Any,
+    accuracy_threshold: float,
+    sampling: SamplingConfig,
     num_samples: int,
+    rollout_engine: Any,
+) -> Evaluator:
+    """The evaluator of ``model`` (loaded when a name) on one process, as a ``GRPOModule`` with
+    ``reward`` as its only reward would build it; a model in memory keeps its dropout (never change
+    a model that is not ours)."""
+    policy, _ = build_models(
+        model if isinstance(model, torch.nn.Module) else None,
+        model if isinstance(model, str) else None,
+        model_kwargs=None,
+        no_dropout=False,
+        gradient_checkpointing=False,
+        with_reference=False,
+        lora=None,
+        device_mesh=None,
+    )
+    scorer = RewardScorer([reward])
+    engine = resolve_engine(rollout_engine, sampling)
+    eos = eos_token_ids(policy, tokenizer)
+    sampler = Sampler(policy, tokenizer, engine, eos, scorer, sampling, num_generations=num_samples)
+    greedy = replace(sampling, do_sample=False)
+    collectives = SingleProcess(sampler.device)
+    return Evaluator(sampler, greedy, scorer, accuracy_threshold, num_samples, collectives)
+
+
+def evaluate_batches(
+    evaluator: Evaluator,
+    batches: Iterable[dict[str, Any]],
+    seed: int,
     records: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
-    """The figures of :func:`evaluate_model` for a configured module and collated batches (the data
-    module's, or :func:`problem_batches`): means over problems of each figure, of the greedy reward
-    (NaN left out) and of the greedy length."""
+    """The figures of :func:`evaluate_model` from an evaluator and collated batches (the data module's,
+    or :func:`problem_batches`), with validation's seeds of base ``seed`` on rank 0: means over
+    problems of each figure, of the greedy reward (NaN left out) and of the greedy length."""
+    num_samples = evaluator.num_samples
     ks = report_ks(num_samples) if num_samples > 1 else []
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -126,10 +158,11 @@ def evaluate_batches(
         sums[name] += float(values.sum())
         counts[name] += len(values)
 
+    device = evaluator.sampler.device
     for batch_idx, batch in enumerate(batches):
         for key in ("input_ids", "attention_mask"):  # what Lightning does for a validation batch
-            batch[key] = batch[key].to(module.device)
-        result = evaluate_batch(module, batch, batch_idx, num_samples)
+            batch[key] = batch[key].to(device)
+        result = evaluator.evaluate(batch, partial(stream_seed, seed, 0, batch_idx))
         figures = result.figures(ks)
         for name, values in figures.items():
             add(name, values)

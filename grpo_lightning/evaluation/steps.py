@@ -15,136 +15,19 @@ Lightning reduces it over every batch and every device before it reaches the log
 - with a ``source`` column: ``<source>/accuracy`` and, with N > 1, ``<source>/mean@N``,
   ``<source>/pass@N``, ``<source>/maj@N``.
 
-``module`` below is a ``GRPOModule`` after ``configure_model``: its ``sampler`` samples and scores,
-``greedy`` holds the greedy settings, ``scorer`` / ``accuracy_scorer`` the rewards.
+:class:`~grpo_lightning.evaluation.evaluator.Evaluator` samples and judges a batch; this module
+keeps the running means and logs them through the Lightning module (``module`` below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from grpo_lightning.evaluation.metrics import majority_at_k_batch, mean_at_n, pass_at_k, report_ks
-from grpo_lightning.rollout.scoring import ScoredRollout
-from grpo_lightning.rollout.seeds import SeedStream, stream_seed
-
-#: The optional column that names each row's source; figures are then also given per source.
-SOURCE_COLUMN = "source"
-#: The accuracy reward's method that gives a completion's answer (a hashable; None = no answer).
-ANSWER_METHOD = "extract_answer"
-
-
-@dataclass
-class BatchEvaluation:
-    """The scored completions of one batch of P prompts and their correctness."""
-
-    greedy: ScoredRollout
-    """P rows, scored with every reward function."""
-    greedy_correct: Tensor
-    """[P] bool."""
-    sampled: ScoredRollout | None = None
-    """P * N rows (N per prompt, prompt-major), scored with the accuracy reward; None when N == 1."""
-    sample_correct: Tensor | None = None
-    """[P, N] bool."""
-    answers: list[list[Hashable | None]] | None = None
-    """[P][N] the answer of each sample; None when the accuracy reward extracts none."""
-    sources: list[str] | None = None
-    """[P] each row's source; None without a ``source`` column."""
-
-    def figures(self, ks: list[int]) -> dict[str, Tensor]:
-        """Each figure's ``[P]`` float64 per-problem values: ``accuracy``, then with samples ``mean@N``,
-        ``pass@k`` and ``maj@k`` for each k of ``ks``. Their means over problems are the metrics."""
-        out = {"accuracy": self.greedy_correct.to(torch.float64)}
-        if self.sample_correct is None:
-            return out
-        n = self.sample_correct.shape[1]
-        out[f"mean@{n}"] = mean_at_n(self.sample_correct)
-        passes = pass_at_k(self.sample_correct.sum(dim=1), n)  # [P, N]
-        out.update({f"pass@{k}": passes[:, k - 1] for k in ks})
-        if self.answers is not None:
-            majority = majority_at_k_batch(self.answers, self.sample_correct)  # [P, N]
-            out.update({f"maj@{k}": majority[:, k - 1] for k in ks})
-        return out
-
-
-def source_figures(figures: dict[str, Tensor], num_samples: int) -> list[str]:
-    """The figures also given per source: greedy accuracy, and with samples mean@N, pass@N, maj@N."""
-    wanted = ["accuracy", *(f"{m}@{num_samples}" for m in ("mean", "pass", "maj"))]
-    return [name for name in wanted if name in figures]
-
-
-def answer_extractor(module: LightningModule) -> Callable[[str], Hashable | None] | None:
-    """The accuracy reward's ``extract_answer`` (the shipped accuracy rewards have one), else None."""
-    return getattr(module.accuracy_scorer.funcs[0], ANSWER_METHOD, None)
-
-
-def correct(module: LightningModule, scored: ScoredRollout) -> Tensor:
-    """``[N]`` bool: the accuracy reward of each completion is >= ``accuracy_threshold`` (NaN: wrong)."""
-    scorer = module.accuracy_scorer
-    fn = scorer.funcs[0]
-    if scored.per_func.shape[1] == len(module.scorer) and fn in module.scorer.funcs:
-        values = scored.per_func[:, module.scorer.funcs.index(fn)]  # already computed
-    else:
-        values = scorer.score(scored.prompts, scored.completions, scored.columns)[:, 0]
-    return values >= module.hparams.accuracy_threshold  # NaN compares False
-
-
-def batch_sources(batch: dict[str, Any]) -> list[str] | None:
-    """The batch's ``source`` column as strings (None without one); a missing source is refused."""
-    if SOURCE_COLUMN not in batch:
-        return None
-    values = list(batch[SOURCE_COLUMN])
-    missing = [i for i, v in enumerate(values) if v is None or str(v) == ""]
-    if missing:
-        raise ValueError(
-            f"Rows {missing[:5]} of a batch have no '{SOURCE_COLUMN}' (None or empty): figures per source need "
-            f"one on every row. Fill it in, or drop the '{SOURCE_COLUMN}' column."
-        )
-    return [str(v) for v in values]
-
-
-@torch.no_grad()
-def evaluate_batch(
-    module: LightningModule, batch: dict[str, Any], batch_idx: int, num_samples: int
-) -> BatchEvaluation:
-    """Greedy completions of a batch (scored with every reward) and, when ``num_samples`` > 1, that
-    many sampled ones per prompt (scored with the accuracy reward), with their extracted answers."""
-    # Seeds depend on the batch, not on training progress: the same prompts get the same samples.
-    base, rank = module.base_seed(), module.global_rank
-    seed = stream_seed(base, rank, batch_idx, SeedStream.EVALUATION)
-    sampler = module.sampler
-    greedy = sampler.sample(batch, seed, num_generations=1, sampling=module.greedy)
-    result = BatchEvaluation(greedy, correct(module, greedy), sources=batch_sources(batch))
-    if num_samples > 1:
-        sampled = sampler.sample(
-            batch,
-            stream_seed(base, rank, batch_idx, SeedStream.EVALUATION_SAMPLES),
-            num_generations=num_samples,
-            sampling=sampler.sampling,
-            scorer=module.accuracy_scorer,
-        )
-        result.sampled = sampled
-        ok = sampled.per_func[:, 0] >= module.hparams.accuracy_threshold  # NaN compares False
-        result.sample_correct = ok.view(-1, num_samples)
-        extract = answer_extractor(module)
-        if extract is not None:
-            flat = [extract(c) for c in sampled.completions]
-            result.answers = [flat[i : i + num_samples] for i in range(0, len(flat), num_samples)]
-        else:  # shown once per reward name (the warnings module drops repeats of the same text)
-            rank_zero_warn(
-                f"maj@k is left out: the accuracy reward {module.accuracy_scorer.names[0]!r} has no "
-                f"'{ANSWER_METHOD}(completion)' method giving the answer each completion votes for. Add one "
-                "(returning a hashable answer, or None) to get maj@k."
-            )
-    return result
+from grpo_lightning.evaluation.evaluator import BatchEvaluation, Evaluator, source_figures
+from grpo_lightning.evaluation.metrics import report_ks
 
 
 class EvalMetrics(nn.Module):
@@ -201,23 +84,10 @@ class EvalMetrics(nn.Module):
         self._logged = []
 
 
-def all_sources(local: list[str]) -> list[str]:
-    """The sources of this batch on every device, sorted: each device must log the same metrics in
-    the same order, or the reductions at the end of the loop would pair different metrics (or wait
-    for one that a device never logged)."""
-    names = sorted(set(local))
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list[list[str] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, names)
-        names = sorted({name for part in gathered for name in part or []})
-    return names
-
-
-def evaluate(
-    module: LightningModule, batch: dict[str, Any], batch_idx: int, metrics: EvalMetrics, stage: str
+def log_evaluation(
+    module: LightningModule, evaluator: Evaluator, result: BatchEvaluation, metrics: EvalMetrics, stage: str
 ) -> None:
-    """Score one batch (see :func:`evaluate_batch`), update the running means and log them."""
-    result = evaluate_batch(module, batch, batch_idx, metrics.num_samples)
+    """Update the running means with one batch's evaluation (see :meth:`Evaluator.evaluate`) and log them."""
     size = len(result.greedy.total)
     if module.trainer.state.fn == "fit":
         # Logged at the optimizer step the evaluation follows (Lightning's default counts rollouts).
@@ -233,7 +103,7 @@ def evaluate(
         metrics.mark_logged(name)
     if result.sources is not None:
         rows_of = {s: [i for i, r in enumerate(result.sources) if r == s] for s in set(result.sources)}
-        for source in all_sources(result.sources):
+        for source in evaluator.all_sources(result.sources):
             rows = torch.tensor(rows_of.get(source, []), dtype=torch.long)
             for name in source_figures(figures, metrics.num_samples):
                 _log(module, metrics, stage, f"{source}/{name}", figures[name][rows], size)

@@ -137,25 +137,6 @@ class DynamicSampling:
         return merged.select(informative_rows(merged.total, G, groups)), rounds
 
 
-def sample_step(
-    sampler: Sampler,
-    batch: dict[str, Any],
-    seed: StepSeed,
-    trainer: Trainer,
-    max_rounds: int | None,
-) -> tuple[ScoredRollout, int]:
-    """A training step's scored rollout of ``batch`` and the refill rounds it took.
-
-    ``max_rounds`` None: no dynamic sampling, one round seeded ``seed(SeedStream.ROLLOUT, 0)``.
-    Otherwise dynamic sampling with at most ``max_rounds`` refill rounds from ``trainer``'s training
-    data, looked up at every step (Lightning may rebuild the loader each epoch, and a resumed epoch
-    has no start).
-    """
-    if max_rounds is None:
-        return sampler.rollout(batch, seed(SeedStream.ROLLOUT, 0)), 0
-    return DynamicSampling.from_trainer(trainer, max_rounds).collect(sampler, batch, seed)
-
-
 def _prepare(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Any]:
     """What Lightning does to a training batch before the step: the precision's input conversion, the
     module's batch-transfer hooks, the move to the device."""

@@ -14,13 +14,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.batch import PROMPT_KEYS
-from grpo_lightning.rewards.scorer import (  # noqa: F401 (this module's public names before the split)
-    RewardError,
-    RewardFunc,
-    RewardScorer,
-    combine_rewards,
-    reward_name,
-)
+from grpo_lightning.rewards.scorer import RewardScorer
 from grpo_lightning.rollout.engine import Rollout, concat_rollouts
 
 #: Extra columns the module passes to every reward besides the dataset's own.

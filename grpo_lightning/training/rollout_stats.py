@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -21,8 +20,9 @@ from grpo_lightning.algorithm.advantages import (
     ScaleRewards,
     group_stats,
 )
-from grpo_lightning.rewards.scorer import reward_ranges
+from grpo_lightning.rewards.scorer import RewardScorer, reward_ranges
 from grpo_lightning.rollout.scoring import ScoredRollout
+from grpo_lightning.training.collectives import Collectives
 
 #: Loss-side metrics of the update that are logged as ``train/<key>`` when present.
 LOSS_METRICS = (
@@ -96,36 +96,39 @@ def tiny_advantage_warning(
 
 
 def global_advantages(
-    module: LightningModule, scored: ScoredRollout, num_generations: int, scale_rewards: ScaleRewards
+    scored: ScoredRollout,
+    num_generations: int,
+    scale_rewards: ScaleRewards,
+    collectives: Collectives,
+    scorer: RewardScorer,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """This rank's advantages ``[N]`` from statistics over every rank's rewards, and the gathered values.
 
     The gathered dict holds ``total: [W * N]``, ``per_func: [W * N, K]``, ``lengths``, ``truncated``
-    and ``advantages`` (all ``[W * N]``, rank 0's rows first), on the module's device.
+    and ``advantages`` (all ``[W * N]``, rank 0's rows first), on the collectives' device.
+    ``scorer`` (the rewards' names and weights) only names the rewards in an error.
     """
     rollout = scored.rollout
     local = {
-        "total": scored.total.to(module.device),
-        "per_func": scored.per_func.to(module.device),
+        "total": scored.total.to(collectives.device),
+        "per_func": scored.per_func.to(collectives.device),
         "lengths": rollout.lengths.float(),
         "truncated": rollout.truncated.float(),
     }
-    several = module.trainer.world_size > 1
-    gathered = {k: v.reshape(-1, *v.shape[2:]) if several else v for k, v in module.all_gather(local).items()}
+    gathered = collectives.all_gather(local)
     estimator = ADVANTAGE_ESTIMATORS.get(scale_rewards)
     try:
         advantages = estimator(gathered["total"], num_generations)
         if not estimator.scale_free:
             check_gradient_range(advantages)
     except AdvantageRangeError as err:
-        scorer = module.scorer
         ranges = reward_ranges(gathered["per_func"], scorer.names, scorer.weights.tolist())
         raise AdvantageRangeError(f"{err}\n{ranges}") from None
     tiny = tiny_advantage_warning(advantages, gathered["total"], num_generations, scale_rewards)
     if tiny is not None:
         rank_zero_warn(tiny)
     gathered["advantages"] = advantages
-    n, rank = len(scored.total), module.global_rank
+    n, rank = len(scored.total), collectives.rank
     return advantages[rank * n : (rank + 1) * n], gathered
 
 

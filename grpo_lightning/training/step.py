@@ -1,17 +1,19 @@
 """The update of a training step: the optimizer steps made from one scored rollout.
 
-Everything here goes through the module's Lightning API (``manual_backward``, ``optimizers``,
-``clip_gradients``, the strategy's collectives), so it works unchanged under DDP and FSDP.
+:class:`TrainingStep` is built from what it needs (the policy, the reference, the settings, the
+collectives across ranks and the optimizer side), so it runs under a Trainer (through
+:class:`~grpo_lightning.training.stepping.LightningStepping` and
+:class:`~grpo_lightning.training.collectives.LightningCollectives`, unchanged under DDP and FSDP)
+or without one (a plain torch optimizer on one process).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
-from lightning.pytorch import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 
 from grpo_lightning.algorithm.losses import grpo_loss
 from grpo_lightning.algorithm.update import (
@@ -27,26 +29,14 @@ from grpo_lightning.algorithm.update import (
     split_idle_rows,
 )
 from grpo_lightning.hf.models import reference_context
+from grpo_lightning.rollout.dynamic_sampling import StepSeed
 from grpo_lightning.rollout.engine import Rollout
-from grpo_lightning.rollout.scoring import ScoredRollout
-from grpo_lightning.rollout.seeds import SeedStream, stream_seed
-
-
-@contextmanager
-def _no_grad_sync(module: LightningModule) -> Iterator[None]:
-    """Accumulate gradients locally (no all-reduce) for every micro-batch but a mini-batch's last."""
-    policy = module.policy
-    if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2 module
-        policy.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            policy.set_requires_gradient_sync(True)
-    elif hasattr(module.trainer.strategy, "block_backward_sync"):  # DDP: model.no_sync()
-        with module.trainer.strategy.block_backward_sync():
-            yield
-    else:
-        yield
+from grpo_lightning.rollout.seeds import SeedStream
+from grpo_lightning.rollout.source import StepRollout
+from grpo_lightning.training.collectives import Collectives
+from grpo_lightning.training.settings import Settings
+from grpo_lightning.training.stepping import OptimizerStepping
+from grpo_lightning.training.zero_signal import has_signal, skip_update
 
 
 def _grad_norm(params: list[Tensor]) -> Tensor:
@@ -60,44 +50,94 @@ def _grad_norm(params: list[Tensor]) -> Tensor:
 
 
 class TrainingStep:
-    """The update of ``module`` (a ``GRPOModule``: its policy, reference, settings and optimizer);
-    holds no state of its own between steps."""
+    """The update made from each training step's rollout; holds no state of its own between steps.
 
-    def __init__(self, module: LightningModule) -> None:
-        self.module = module
+    Args:
+        policy: The model being trained.
+        reference: The frozen reference for the KL term (None: beta == 0, or LoRA, whose reference
+            is the policy with its adapter off).
+        settings: The run's settings (loss, cadence, sampling temperature, gradient clipping).
+        collectives: The other ranks (sums of loss normalisers and metrics, the world size).
+        stepping: The optimizer side (backward, clipping, optimizer and scheduler, gradient sync).
+        seeds: ``seeds(step)(stream)``: the seeds of optimizer step ``step`` (the mini-batch shuffle).
+        reward_names: The reward functions' names, for the warning of a step without signal.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        reference: nn.Module | None,
+        settings: Settings,
+        collectives: Collectives,
+        stepping: OptimizerStepping,
+        seeds: Callable[[int], StepSeed],
+        reward_names: Sequence[str],
+    ) -> None:
+        self.policy = policy
+        self.reference = reference
+        self.settings = settings
+        self.collectives = collectives
+        self.stepping = stepping
+        self.seeds = seeds
+        self.reward_names = list(reward_names)
+
+    def run(
+        self, rollout: StepRollout, advantages: Tensor, gathered: dict[str, Tensor], step: int
+    ) -> tuple[dict[str, Tensor], bool]:
+        """Learn from ``rollout`` at optimizer step ``step``: its loss metrics, and whether the update
+        was skipped because every advantage of the global batch (``gathered``) is 0."""
+        cadence, sampling = self.settings.cadence, self.settings.sampling
+        if not has_signal(gathered["advantages"]):  # every group zero-spread: the weights must not move
+            losses = skip_update(
+                self.stepping,
+                cadence.optimizer_steps,
+                gathered,
+                self.reward_names,
+                cadence.num_generations,
+                sampling.max_completion_length,
+                rollout.refill_rounds,
+            )
+            return losses, True
+        return self.update(rollout, advantages, step), False
 
     # ---- update ----------------------------------------------------------------------------------
 
-    def update(self, scored: ScoredRollout, advantages: Tensor, step: int) -> dict[str, Tensor]:
-        """``num_iterations`` passes of ``steps_per_rollout`` optimizer steps over the rollout."""
-        m, cadence, loss_type = self.module, self.module.settings.cadence, self.module.settings.loss.loss_type
-        rollout = scored.rollout
-        layout = m.layout(len(rollout) // cadence.num_generations)
-        batch = UpdateBatch(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, advantages)
-        self._old_and_ref_logprobs(batch, rollout, layout.micro_batch_size)
+    def update(self, rollout: StepRollout, advantages: Tensor, step: int) -> dict[str, Tensor]:
+        """``num_iterations`` passes of ``steps_per_rollout`` optimizer steps over the rollout
+        (``advantages: [N]``, this rank's rows), starting at optimizer step ``step``."""
+        if rollout.policy_version != step:
+            # pi_old below is the current weights: a rollout of older ones would be used as if on-policy.
+            raise ValueError(
+                f"The rollout was sampled by the policy of optimizer step {rollout.policy_version}, and the update "
+                f"is at step {step}: this update takes pi_old to be the current weights. A rollout source that "
+                "samples ahead must give the update its sampling log-probs (see grpo_lightning.rollout.source)."
+            )
+        cadence, loss_type = self.settings.cadence, self.settings.loss.loss_type
+        sampled = rollout.scored.rollout
+        layout = cadence.layout(len(sampled) // cadence.num_generations)
+        batch = UpdateBatch(sampled.input_ids, sampled.attention_mask, sampled.completion_mask, advantages)
+        self._old_and_ref_logprobs(batch, sampled, layout.micro_batch_size)
         # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
-        seed = stream_seed(m.base_seed(), m.global_rank, step, SeedStream.SHUFFLE)
-        plan = minibatch_plan(layout, cadence.num_iterations, seed, rollout.completion_ids.device)
+        seed = self.seeds(step)(SeedStream.SHUFFLE)
+        plan = minibatch_plan(layout, cadence.num_iterations, seed, sampled.completion_ids.device)
         # Each step's loss normaliser counts its whole mini-batch on every rank: one all-reduce for all.
-        counts = m.trainer.strategy.reduce(
-            normalizer_counts(batch.completion_mask, plan, loss_type), reduce_op="sum"
-        )
-        scales = gradient_scales(loss_type, layout.micro_batches_per_step, m.trainer.world_size)
+        counts = self.collectives.reduce_sum(normalizer_counts(batch.completion_mask, plan, loss_type))
+        scales = gradient_scales(loss_type, layout.micro_batches_per_step, self.collectives.world_size)
         return self._optimizer_steps(batch, plan, counts, scales)
 
     def _old_and_ref_logprobs(self, batch: UpdateBatch, rollout: Rollout, micro_batch_size: int) -> None:
         """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and
         ``batch.ref_logp`` (only when beta > 0) with no-grad passes."""
-        m, s = self.module, self.module.settings
+        s = self.settings
         opts = {"temperature": s.sampling.temperature, "chunk_size": s.model.logprob_chunk_size}
         # The sampling pass already computed pi_old when the engine reports its log-probs (one forward saved).
         if s.cadence.policy_moves_before_reuse:
             if s.cadence.reuse_sampling_logprobs and rollout.sampling_logp is not None:
                 batch.old_logp = rollout.sampling_logp.float()
             else:
-                batch.old_logp = full_logprobs(m.policy, batch, micro_batch_size, **opts)
+                batch.old_logp = full_logprobs(self.policy, batch, micro_batch_size, **opts)
         if s.loss.beta > 0:
-            with reference_context(m.policy, m.ref_model) as ref:
+            with reference_context(self.policy, self.reference) as ref:
                 batch.ref_logp = full_logprobs(ref, batch, micro_batch_size, **opts)
 
     def _optimizer_steps(
@@ -105,8 +145,8 @@ class TrainingStep:
     ) -> dict[str, Tensor]:
         """One optimizer step per entry of ``plan``: accumulate its micro-batches' gradients (synced
         on the last one only), clip, step the optimizer and the scheduler."""
-        m, max_grad_norm = self.module, self.module.settings.optimizer.max_grad_norm
-        opt, sched = m.optimizers(), m.lr_schedulers()
+        stepping, max_grad_norm = self.stepping, self.settings.optimizer.max_grad_norm
+        opt, sched = stepping.optimizer(), stepping.scheduler()
         params = [p for group in opt.param_groups for p in group["params"]]
         metrics = StepMetrics()
         norms, lrs = [], []
@@ -120,9 +160,9 @@ class TrainingStep:
             for j, (learn, idle) in enumerate(splits):
                 sync = j == len(splits) - 1
                 if learn.numel():
-                    with nullcontext() if sync else _no_grad_sync(m):
+                    with nullcontext() if sync else stepping.no_grad_sync():
                         loss, parts, entropy, mask = self._micro_loss(batch, learn, normalizer)
-                        m.manual_backward(loss * scales.backward)
+                        stepping.backward(loss * scales.backward)
                     metrics.add(loss * scales.logged, parts, entropy, mask)
                 if idle.numel():
                     # Their gradient is exactly 0: a no-grad pass gives their share of the metrics.
@@ -131,7 +171,7 @@ class TrainingStep:
                     metrics.add(loss * scales.logged, parts, entropy, mask)
             norms.append(_grad_norm(params))
             if max_grad_norm is not None:
-                m.clip_gradients(opt, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+                stepping.clip_gradients(opt, max_grad_norm)
             lrs.append(opt.param_groups[0]["lr"])
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -149,21 +189,21 @@ class TrainingStep:
         One process only: under DDP/FSDP every rank must make the same forward and backward calls,
         and ranks would split their rows differently.
         """
-        s = self.module.settings
+        s = self.settings
         return (
             s.loss.beta == 0
             and s.loss.aggregation.skips_idle_rows_exactly
             and s.loss.top_entropy_quantile >= 1.0
-            and self.module.trainer.world_size == 1
+            and self.collectives.world_size == 1
         )
 
     def _micro_loss(
         self, batch: UpdateBatch, rows: Tensor, normalizer: Tensor
     ) -> tuple[Tensor, dict[str, Tensor], Tensor | None, Tensor]:
-        m, s = self.module, self.module.settings
+        s = self.settings
         # Entropy always: train/entropy is logged every step, and top_entropy_quantile needs it.
         logp, entropy, keep = micro_logprobs(
-            m.policy,
+            self.policy,
             batch,
             rows,
             temperature=s.sampling.temperature,
@@ -181,9 +221,8 @@ class TrainingStep:
     def _reduce_metrics(
         self, metrics: StepMetrics, num_steps: int, norms: Tensor, lr: float
     ) -> dict[str, Tensor]:
-        m = self.module
         keys, values = metrics.packed()
-        values = m.trainer.strategy.reduce(values, reduce_op="sum")  # the step's one metrics collective
+        values = self.collectives.reduce_sum(values)  # the step's one metrics collective
         loss, tokens = values[0], values[1].clamp(min=1)
         out = {"loss": loss / num_steps, "grad_norm": norms.mean(), "lr": torch.tensor(lr)}
         out.update({k: v / tokens for k, v in zip(keys, values[2:], strict=True)})

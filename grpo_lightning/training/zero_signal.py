@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from grpo_lightning.algorithm.advantages import zero_spread
 from grpo_lightning.lightning_compat import count_optimizer_step, mark_optimizer_stepped
+from grpo_lightning.training.stepping import OptimizerStepping
 
 #: The most distinct reward values a warning lists.
 _SHOWN_VALUES = 5
@@ -131,11 +131,18 @@ def no_signal_cause(
 
 
 def skip_update(
-    module: LightningModule, num_steps: int, gathered: Mapping[str, Tensor], refill_rounds: int = 0
+    stepping: OptimizerStepping,
+    num_steps: int,
+    gathered: Mapping[str, Tensor],
+    reward_names: Sequence[str],
+    num_generations: int,
+    max_completion_length: int,
+    refill_rounds: int = 0,
 ) -> dict[str, Tensor]:
-    """Count ``num_steps`` optimizer steps of ``module``'s optimizer without touching the weights or
-    its state, and warn with the cause that ``gathered`` (see :func:`no_signal_cause`) shows;
-    ``refill_rounds``: the dynamic-sampling rounds that found no signal either.
+    """Count ``num_steps`` optimizer steps of ``stepping``'s optimizer (a Lightning one) without
+    touching the weights or its state, and warn with the cause that ``gathered`` (see
+    :func:`no_signal_cause`) shows; ``refill_rounds``: the dynamic-sampling rounds that found no
+    signal either.
 
     Lightning counts an optimizer step in the hooks around ``LightningOptimizer.step``; calling them
     alone keeps ``global_step`` right without running the optimizer (whose moments and weight decay
@@ -143,23 +150,21 @@ def skip_update(
     refuses a step without a backward pass). The LR scheduler steps as usual.
     Returns the step's loss metrics: loss and grad_norm 0, and the learning rate.
     """
-    max_length = module.settings.sampling.max_completion_length
-    G = module.settings.cadence.num_generations
-    cause, fix = no_signal_cause(gathered, module.scorer.names, G, max_length)
+    cause, fix = no_signal_cause(gathered, reward_names, num_generations, max_completion_length)
     rank_zero_warn(
         "A training step had no learning signal"
         + (f", even after {refill_rounds} dynamic-sampling refill rounds" if refill_rounds else "")
         + f": {cause}. The weights were left unchanged (the step is logged as "
         f"train/skipped_zero_advantage). {fix}",
     )
-    opt, sched = module.optimizers(), module.lr_schedulers()
+    opt, sched = stepping.optimizer(), stepping.scheduler()
     lr = opt.param_groups[0]["lr"]
     for _ in range(num_steps):
         count_optimizer_step(opt)
         if sched is not None:
             _count_skipped_optimizer_step(sched)
             sched.step()
-    zero = torch.zeros((), device=module.device)
+    zero = torch.zeros((), device=gathered["total"].device)  # the collectives' device
     return {"loss": zero, "grad_norm": zero.clone(), "lr": torch.tensor(lr)}
 
 

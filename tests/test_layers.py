@@ -42,9 +42,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # conversation column): snippet_example belongs in data/, or its result is the caller's to pass in.
     ("hf.model_card", "data.prompts"): "the card renders the example prompt with the data formatter",
     ("hf.model_card", "data.sources"): "the card reads the conversation column's name",
-    # Evaluating a saved model without a Trainer builds a GRPOModule around it, to be replaced by the
-    # pieces it needs (sampler, scorer) built directly.
-    ("evaluation.model_eval", "module"): "builds a GRPOModule for a saved model",
 }
 
 

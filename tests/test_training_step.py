@@ -17,7 +17,15 @@ from grpo_lightning.rollout.source import StepRollout, SyncRolloutSource
 from grpo_lightning.training.collectives import SingleProcess
 from grpo_lightning.training.optim import OptimizerConfig
 from grpo_lightning.training.rollout_stats import global_advantages
-from grpo_lightning.training.settings import Cadence, Settings
+from grpo_lightning.training.settings import Settings
+from grpo_lightning.training.settings_groups import (
+    Cadence,
+    EvalSettings,
+    LoggingSettings,
+    ModelSettings,
+    RefSync,
+    RewardSettings,
+)
 from grpo_lightning.training.step import TrainingStep
 from grpo_lightning.training.stepping import TorchStepping
 
@@ -43,6 +51,11 @@ def training_step(sampler, **cadence) -> tuple[TrainingStep, torch.optim.Optimiz
         cadence=Cadence(num_generations=G, **cadence),
         optimizer=OptimizerConfig(max_grad_norm=None),
         sampling=sampler.sampling,
+        ref_sync=RefSync(),
+        rewards=RewardSettings(),
+        evaluation=EvalSettings(),
+        logging=LoggingSettings(),
+        model=ModelSettings(),
     )
     optimizer = torch.optim.SGD(policy.parameters(), lr=LR)
     step = TrainingStep(

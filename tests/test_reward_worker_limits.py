@@ -117,7 +117,7 @@ def test_a_worker_that_cannot_import_a_reward_says_which_module_and_where_it_loo
         scorer.pool.close()
         sys.modules.pop("vanishing_reward_module", None)
     message = str(info.value)
-    assert "could not load the reward functions" in message
+    assert "A reward worker process could not load its functions" in message
     assert "ModuleNotFoundError: No module named 'vanishing_reward_module'" in message
     assert "training process's sys.path" in message and "PYTHONPATH" in message
 

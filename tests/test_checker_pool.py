@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import fake_checker
 import pytest
+from processes import gone, ours
 
 from grpo_lightning.isolation import pool as isolation_pool
 from grpo_lightning.isolation.pool import WorkerStartError
@@ -48,7 +48,7 @@ def test_a_request_past_its_limit_is_killed_and_its_process_replaced(checker):
     assert pool.restarts == 1
     new_pid = pool.run([["pid"]], timeout=30)[0]
     assert new_pid != pid
-    assert not _alive(pid)  # the hung process is gone and reaped, not left running or a zombie
+    assert not ours(pid)  # the hung process is gone and reaped, not left running or a zombie
 
 
 def test_no_time_limit_waits(checker):
@@ -156,20 +156,7 @@ def test_checker_processes_die_with_their_parent():
     os.kill(child_pid, 0)  # alive
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    for _ in range(100):  # poll up to 10 s for the kernel to deliver the signal
-        if not _alive(child_pid):
-            break
-        time.sleep(0.1)
-    assert not _alive(child_pid)
-
-
-def _alive(pid):
-    """True while ``pid`` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert gone(child_pid, seconds=10)  # the kernel delivers the signal within 10 s
 
 
 def test_startup_timeout_is_reported(checker, monkeypatch):

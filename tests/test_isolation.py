@@ -16,6 +16,7 @@ import time
 import fake_checker
 import pytest
 from faulty_rewards import completion_length, torch_loaded
+from processes import gone, ours
 
 from grpo_lightning.rewards import _mathcheck
 from grpo_lightning.rewards._checker_pool import CheckerPool
@@ -24,29 +25,6 @@ from grpo_lightning.rewards.workers import CallFailure, RewardWorkerPool
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
-
-
-def _ours(pid: int) -> bool:
-    """``pid`` is a child of this process, running or a zombie (not reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().split(")")[-1].split()[1]) == os.getpid()
-    except FileNotFoundError:
-        return False
-
-
-def _gone(pid: int, seconds: float = 10.0) -> bool:
-    """``pid`` has ended within ``seconds`` (a zombie waiting for init counts as ended)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().split(")")[-1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_math_checker_process_loads_sympy_but_not_torch():
@@ -74,9 +52,9 @@ def test_close_ends_and_reaps_every_child():
     tasks = [(0, {"prompts": ["p"], "completions": ["abc"]})] * 4
     assert pool.map(tasks) == [[3.0]] * 4
     pids = pool.pids
-    assert len(pids) == 2 and all(_ours(pid) for pid in pids)
+    assert len(pids) == 2 and all(ours(pid) for pid in pids)
     pool.close()
-    assert pool.pids == [] and not any(_ours(pid) for pid in pids)  # ended and reaped: no zombie
+    assert pool.pids == [] and not any(ours(pid) for pid in pids)  # ended and reaped: no zombie
 
 
 def test_a_child_killed_between_calls_is_reported_for_its_next_call_and_replaced():
@@ -86,9 +64,9 @@ def test_a_child_killed_between_calls_is_reported_for_its_next_call_and_replaced
         assert pool.map([call]) == [[2.0]]
         (pid,) = pool.pids
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
-        assert _gone(pid)
+        assert gone(pid)
         assert pool.map([call, call]) == [CallFailure("crashed its worker process (exit code -9)"), [2.0]]
-        assert pool.restarts == 1 and pool.pids != [pid] and not _ours(pid)
+        assert pool.restarts == 1 and pool.pids != [pid] and not ours(pid)
     finally:
         pool.close()
 
@@ -130,7 +108,7 @@ def test_a_pool_left_open_ends_its_children_at_exit(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     pids = json.loads(done.stdout)
-    assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+    assert len(pids) == 2 and all(gone(pid) for pid in pids)
 
 
 def test_a_reward_defined_in_the_training_script_runs_without_rerunning_the_script(tmp_path):

@@ -13,6 +13,7 @@ import time
 import pytest
 from faulty_rewards import crashy, sleepy
 
+from grpo_lightning.isolation.pool import WorkerStartError
 from grpo_lightning.rewards.scorer import RewardError, RewardScorer
 
 
@@ -111,7 +112,7 @@ def test_a_worker_that_cannot_import_a_reward_says_which_module_and_where_it_loo
     scorer = RewardScorer([reward], workers=1)
     sys.path.remove(str(tmp_path))  # the workers start with this sys.path: they cannot find the module
     try:
-        with pytest.raises(RuntimeError) as info:  # RewardWorkerStartError
+        with pytest.raises(WorkerStartError) as info:
             scorer.score(["p"], ["c"])
     finally:
         scorer.pool.close()

@@ -142,9 +142,8 @@ class ProcessPool:
         assert self._lock is not None
         with self._lock:
             try:
-                for slot, child in enumerate(
-                    self._children
-                ):  # first use, or after a serve that stopped early
+                # Start the missing children: on first use, or after a serve that stopped early.
+                for slot, child in enumerate(self._children):
                     if child is None:
                         self._children[slot] = Child(self._payload)
                 while not jobs.stopped:

@@ -98,7 +98,9 @@ class Child:
             return None
         if message is not None and message[1]:
             return f"could not load its functions:\n{message[1]}"
-        self.popen.wait(timeout=5)
+        # Its pipe closed but it still runs: the pool's stop() kills it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
         self.relay.join(timeout=5)  # its last words may still be in the pipe
         return f"exited while starting (exit code {self.popen.returncode}). Its error output:\n" + "".join(
             self.errors

@@ -207,10 +207,10 @@ def main() -> None:
     time_serial(warm_completions, warm_golds)
     for k in args.workers:  # start-up, measured on its own
         start = time.perf_counter()
-        shared_pool(_mathcheck.__file__, k).run([["gold", "1"]] * k, None)
+        shared_pool(k).run([["gold", "1"]] * k, None)
         print(f"start-up of {k} checker process(es): {time.perf_counter() - start:.2f} s")
 
-    pool = shared_pool(_mathcheck.__file__, 1)
+    pool = shared_pool(1)
     start = time.perf_counter()
     pool.run([["gold", "1"]] * n, None)  # parsed once, then answered from the process's cache
     print(f"round trip of a request answered from cache: {1000 * (time.perf_counter() - start) / n:.3f} ms")

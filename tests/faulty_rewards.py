@@ -51,3 +51,10 @@ def sigterm_on_third_call(prompts, completions, **columns):
 # like a reward module that imports a large library.
 if os.environ.get("GRPO_TEST_SLOW_IMPORT_S") and os.environ.get("GRPO_TEST_PARENT_PID") != str(os.getpid()):
     time.sleep(float(os.environ["GRPO_TEST_SLOW_IMPORT_S"]))
+
+
+def torch_loaded(prompts, completions, **columns):
+    """1.0 per completion where this process has imported torch, else 0.0: shows what a worker loaded."""
+    import sys
+
+    return [float("torch" in sys.modules)] * len(completions)

@@ -7,50 +7,23 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
+import fake_checker
 import pytest
+from processes import gone, ours
 
-from grpo_lightning.rewards import _checker_pool
-from grpo_lightning.rewards._checker_pool import CheckerPool, CheckerStartError, Failed, _Jobs, shared_pool
-
-# A checker speaking the pool's protocol without math-verify, so each behaviour can be provoked.
-FAKE_CHECKER = textwrap.dedent(
-    """
-    import json, os, sys, time
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    replies.write(json.dumps("ready") + "\\n")
-    for line in sys.stdin:
-        kind, *args = json.loads(line)
-        if kind == "echo":
-            reply = ["ok", args[0]]
-        elif kind == "pid":
-            reply = ["ok", os.getpid()]
-        elif kind == "sleep":
-            time.sleep(args[0])
-            reply = ["ok", "slept"]
-        elif kind == "die":
-            os._exit(3)
-        elif kind == "die_once":  # dies the first time it sees this marker file
-            if not os.path.exists(args[0]):
-                open(args[0], "w").close()
-                os._exit(3)
-            reply = ["ok", "second try"]
-        else:
-            reply = ["error", "ValueError: unknown request"]
-        replies.write(json.dumps(reply) + "\\n")
-    """
-)
+from grpo_lightning.isolation import pool as isolation_pool
+from grpo_lightning.isolation.pool import WorkerStartError
+from grpo_lightning.rewards._checker_pool import CheckerPool, Failed, _Jobs, shared_pool
 
 
 @pytest.fixture
-def checker(tmp_path):
-    path = tmp_path / "fake_checker.py"
-    path.write_text(FAKE_CHECKER)
+def checker():
+    """``checker(num_workers, setup=None)``: a pool of fake checkers, closed at the end."""
     pools = []
 
-    def make(num_workers=1):
-        pools.append(CheckerPool(str(path), num_workers))
+    def make(num_workers=1, setup=None):
+        pools.append(CheckerPool(num_workers, fake_checker.handle, setup))
         return pools[-1]
 
     yield make
@@ -60,10 +33,10 @@ def checker(tmp_path):
 
 def test_replies_come_back_in_order_across_processes(checker):
     pool = checker(num_workers=2)
-    requests = [["echo", f"é{i}"] for i in range(50)]  # non-ASCII survives the ASCII pipe
+    requests = [["echo", f"é{i}"] for i in range(50)]
     assert pool.run(requests, timeout=30) == [f"é{i}" for i in range(50)]
     pids = pool.run([["pid"]] * 20, timeout=30, keys=[0] * 10 + [1] * 10)
-    assert len(set(pids)) <= 2
+    assert len(set(pids)) <= 2 and set(pids) <= set(pool.pids)
 
 
 def test_a_request_past_its_limit_is_killed_and_its_process_replaced(checker):
@@ -75,8 +48,7 @@ def test_a_request_past_its_limit_is_killed_and_its_process_replaced(checker):
     assert pool.restarts == 1
     new_pid = pool.run([["pid"]], timeout=30)[0]
     assert new_pid != pid
-    with pytest.raises(ProcessLookupError):  # the hung process is gone, not left running
-        os.kill(pid, 0)
+    assert not ours(pid)  # the hung process is gone and reaped, not left running or a zombie
 
 
 def test_no_time_limit_waits(checker):
@@ -98,19 +70,27 @@ def test_an_error_in_the_checker_is_a_failed_reply(checker):
     assert replies[0] == Failed("the checker raised ValueError: unknown request") and replies[1] == 1
 
 
-def test_a_checker_that_cannot_start_is_a_clear_error(tmp_path):
-    script = tmp_path / "broken.py"
-    script.write_text("import no_such_module_here\n")
-    pool = CheckerPool(str(script), 1)
+def test_a_checker_that_cannot_load_its_library_is_a_clear_error(checker):
+    pool = checker(setup=fake_checker.import_missing)
     with pytest.raises(
-        CheckerStartError,
-        match=r"(?s)exited with code 1 while starting.*Is math-verify installed.*No module named 'no_such_module_here'",
+        WorkerStartError,
+        match=r"(?s)A math checker process could not load its functions.*No module named 'no_such_module_here'"
+        r".*PYTHONPATH.*Is math-verify installed",
+    ):
+        pool.run([["echo", 1]], timeout=30)
+    assert pool.pids == []  # the process that failed was reaped
+
+
+def test_a_checker_that_exits_while_starting_shows_its_error_output(checker):
+    pool = checker(setup=fake_checker.exit_at_start)
+    with pytest.raises(
+        WorkerStartError, match=r"(?s)exited while starting \(exit code 1\).*the native library failed to load"
     ):
         pool.run([["echo", 1]], timeout=30)
 
 
 def test_requests_are_grouped_by_key_and_idle_processes_steal():
-    jobs = _Jobs(keys=[0, 0, 0, 1, 5, 3], slots=2)  # keys 0 (even) to slot 0, odd to slot 1
+    jobs = _Jobs([["echo", i] for i in range(6)], keys=[0, 0, 0, 1, 5, 3], slots=2)  # even keys to slot 0
     assert [list(q) for q in jobs.queues] == [[0, 1, 2], [3, 4, 5]]
     assert jobs.take(0) == 0  # its own queue, from the front
     assert jobs.take(1) == 3
@@ -118,33 +98,31 @@ def test_requests_are_grouped_by_key_and_idle_processes_steal():
     assert jobs.take(1) == 5
     assert jobs.take(1) == 2  # its queue is empty: it steals from the back of the longest
     jobs.put_back(5)
-    assert [list(q) for q in jobs.queues] == [[1], [5]] and bool(jobs)
+    assert [list(q) for q in jobs.queues] == [[1], [5]] and jobs.waiting()
+    assert jobs.take(0) == 1 and jobs.take(1) == 5 and jobs.take(0) is None and not jobs.waiting()
 
 
-def test_one_pool_per_process_and_settings(monkeypatch, tmp_path):
-    script = str(tmp_path / "x.py")
-    assert shared_pool(script, 2) is shared_pool(script, 2)
-    assert shared_pool(script, 2) is not shared_pool(script, 3)
-    parent_pool = shared_pool(script, 2)
+def test_one_pool_per_process_and_settings(monkeypatch):
+    assert shared_pool(2, fake_checker.handle, None) is shared_pool(2, fake_checker.handle, None)
+    assert shared_pool(2, fake_checker.handle, None) is not shared_pool(3, fake_checker.handle, None)
+    parent_pool = shared_pool(2, fake_checker.handle, None)
     monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked child: its own pool, not the parent's
-    assert shared_pool(script, 2) is not parent_pool
+    assert shared_pool(2, fake_checker.handle, None) is not parent_pool
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_uses_its_own_processes(tmp_path):
+def test_a_forked_child_uses_its_own_processes():
     # As in a DataLoader worker: the child must not write into its parent's pipes.
-    script = tmp_path / "fake_checker.py"
-    script.write_text(FAKE_CHECKER)
-    parent_pool = shared_pool(str(script), 1)
+    parent_pool = shared_pool(1, fake_checker.handle, None)
     parent_checker = parent_pool.run([["pid"]], timeout=30)[0]
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # the child: report which checker answered it, then leave without cleanup
         try:
-            pool = shared_pool(str(script), 1)
-            os.write(
-                write_end, json.dumps([pool is parent_pool, pool.run([["pid"]], timeout=30)[0]]).encode()
-            )
+            pool = shared_pool(1, fake_checker.handle, None)
+            os.write(write_end, json.dumps([pool is parent_pool, pool.run([["pid"]], timeout=30)[0]]).encode())
+            pool.close()
+            parent_pool.close()  # a forked copy: must leave the parent's processes alone
         finally:
             os._exit(0)
     os.close(write_end)
@@ -153,23 +131,23 @@ def test_a_forked_child_uses_its_own_processes(tmp_path):
     os.waitpid(child, 0)
     assert not same_pool and child_checker != parent_checker
     assert parent_pool.run([["echo", "parent still served"]], timeout=30) == ["parent still served"]
+    assert parent_pool.pids == [parent_checker]
     parent_pool.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_checker_processes_die_with_their_parent(tmp_path):
+def test_checker_processes_die_with_their_parent():
     # The parent is killed while its checker is busy (a request that would run for a minute): the
     # kernel kills the checker too, instead of leaving it to finish on its own.
-    script = tmp_path / "fake_checker.py"
-    script.write_text(FAKE_CHECKER)
     parent_code = textwrap.dedent(
         f"""
-        import json, sys, threading
-        sys.path.insert(0, {os.getcwd()!r})
+        import json, sys
+        sys.path[:0] = [{os.getcwd()!r}, {os.path.dirname(__file__)!r}]
+        import fake_checker
         from grpo_lightning.rewards._checker_pool import CheckerPool
-        pool = CheckerPool({str(script)!r}, 1)
+        pool = CheckerPool(1, fake_checker.handle, None)
         pool.run([["echo", 0]], None)
-        print(json.dumps([w.proc.pid for w in pool._workers.values()]), flush=True)
+        print(json.dumps(pool.pids), flush=True)
         pool.run([["sleep", 60]], None)
         """
     )
@@ -178,27 +156,12 @@ def test_checker_processes_die_with_their_parent(tmp_path):
     os.kill(child_pid, 0)  # alive
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    for _ in range(100):  # poll up to 10 s for the kernel to deliver the signal
-        if not _alive(child_pid):
-            break
-        time.sleep(0.1)
-    assert not _alive(child_pid)
+    assert gone(child_pid, seconds=10)  # the kernel delivers the signal within 10 s
 
 
-def _alive(pid):
-    """True while ``pid`` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def test_startup_timeout_is_reported(checker, monkeypatch, tmp_path):
-    script = tmp_path / "slow_start.py"
-    script.write_text("import time\ntime.sleep(60)\n")
-    monkeypatch.setattr(_checker_pool, "STARTUP_TIMEOUT", 0.5)
-    pool = CheckerPool(str(script), 1)
-    with pytest.raises(CheckerStartError, match=r"did not start within 0\.5 s"):
+def test_startup_timeout_is_reported(checker, monkeypatch):
+    monkeypatch.setattr(isolation_pool, "STARTUP_S", 0.5)
+    pool = checker(setup=fake_checker.hang_at_start)
+    with pytest.raises(WorkerStartError, match=r"did not start within 0\.5 s"):
         pool.run([["echo", 1]], timeout=30)
-    assert not pool._workers  # the stuck process was killed
+    assert pool.pids == []  # the stuck process was killed

@@ -13,6 +13,7 @@ import time
 import pytest
 from faulty_rewards import crashy, sleepy
 
+from grpo_lightning.isolation.pool import WorkerStartError
 from grpo_lightning.rewards.scorer import RewardError, RewardScorer
 
 
@@ -111,13 +112,13 @@ def test_a_worker_that_cannot_import_a_reward_says_which_module_and_where_it_loo
     scorer = RewardScorer([reward], workers=1)
     sys.path.remove(str(tmp_path))  # the workers start with this sys.path: they cannot find the module
     try:
-        with pytest.raises(RuntimeError) as info:  # RewardWorkerStartError
+        with pytest.raises(WorkerStartError) as info:
             scorer.score(["p"], ["c"])
     finally:
         scorer.pool.close()
         sys.modules.pop("vanishing_reward_module", None)
     message = str(info.value)
-    assert "could not load the reward functions" in message
+    assert "A reward worker process could not load its functions" in message
     assert "ModuleNotFoundError: No module named 'vanishing_reward_module'" in message
     assert "training process's sys.path" in message and "PYTHONPATH" in message
 

@@ -114,7 +114,7 @@ def test_the_module_settings_reach_the_scorer():
 
     module = make_module(reward_funcs=[sleepy], reward_workers=2, reward_timeout=3.0, reward_errors="none")
     assert module.scorer.pool.num_workers == 2 and module.scorer.pool.timeout == 3.0
-    assert module.scorer.errors == "none" and not module.scorer.pool._workers  # started on first use
+    assert module.scorer.errors == "none" and not module.scorer.pool.pids  # started on first use
     # Validation's scorer (sampled pass@k) is guarded the same way.
     accuracy = module.accuracy_scorer
     assert accuracy.pool.num_workers == 2 and accuracy.pool.timeout == 3.0 and accuracy.errors == "none"
@@ -130,4 +130,4 @@ def test_a_fit_with_reward_workers_trains_and_ends_its_workers():
     trainer = make_trainer(max_steps=1)
     trainer.fit(module, datamodule=PromptsDataModule(tok))
     assert trainer.global_step == 1
-    assert module.scorer.pool._workers == []  # closed at the end of fit
+    assert module.scorer.pool.pids == []  # closed at the end of fit

@@ -266,7 +266,7 @@ def test_a_gold_past_the_time_limit_scores_none(monkeypatch):
         def run(self, requests, timeout, keys=None):
             return [Failed("it took longer than the 1 s time limit")] * len(requests)
 
-    monkeypatch.setattr(math_reward, "shared_pool", lambda script, n: SlowPool())
+    monkeypatch.setattr(math_reward, "shared_pool", lambda n: SlowPool())
     reward = MathAccuracy(timeout_seconds=1)
     with pytest.warns(RuntimeWarning, match="could not be read: it took longer than the 1 s"):
         assert reward(["", ""], [r"\boxed{1}", r"\boxed{2}"], answer=["1", "1"]) == [None, None]
@@ -289,7 +289,7 @@ def test_a_gold_that_timed_out_once_is_checked_again_next_time(monkeypatch):
                 return [_mathcheck.GOLD_OK] * len(requests)
             return [1.0 if r[2] == r[1] else 0.0 for r in requests]
 
-    monkeypatch.setattr(math_reward, "shared_pool", lambda script, n: OnceSlowPool())
+    monkeypatch.setattr(math_reward, "shared_pool", lambda n: OnceSlowPool())
     reward = MathAccuracy(timeout_seconds=1)
     with pytest.warns(RuntimeWarning):
         assert reward([""], [r"\boxed{1}"], answer=["1"]) == [None]

@@ -1,8 +1,8 @@
 """math-verify's comparison of one normalised answer with one gold answer, and the checker process.
 
-This file imports nothing from grpo_lightning, so the checker process (:func:`main`, started by
-``grpo_lightning.rewards._checker_pool``) loads only math-verify and sympy, not torch. math-verify is
-imported on first use, never when the package is imported.
+This file imports nothing from grpo_lightning, so a checker process (``_checker_pool``: it calls
+:func:`prepare`, then :func:`handle` per request) loads only math-verify and sympy, not torch.
+math-verify is imported on first use, never when the package is imported.
 
 On top of math-verify, six readings it gets wrong are guarded:
 
@@ -25,18 +25,14 @@ On top of math-verify, six readings it gets wrong are guarded:
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 import re
-import signal
-import sys
 from functools import lru_cache
 from typing import Any
 
 GOLD_OK = "ok"
 GOLD_UNPARSEABLE = "unparseable"
 GOLD_NOT_FINITE = "not_finite"
-READY = "ready"
 
 # Greek letters latex2sympy turns into constants or functions, written as an accented letter, which it
 # reads as a plain symbol in every position (``\check{\gamma}^2``, ``2\check{\gamma}``, ``\check{\gamma}_1``).
@@ -197,29 +193,8 @@ def handle(request: list[Any]) -> Any:
     raise ValueError(f"unknown checker request {kind!r}")
 
 
-def main() -> None:
-    """The checker process: one JSON request per line on stdin, one JSON reply per line on stdout.
-
-    The first line written is ``"ready"`` (after the imports). Replies are ``["ok", result]`` or
-    ``["error", message]``. It exits when stdin closes (its parent is gone).
-    """
-    import logging
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
-    replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="ascii")
-    os.dup2(2, 1)
-    # The parent enforces the time limit, so math-verify's "Timeout is disabled" notice is noise.
+def prepare() -> None:
+    """A checker process's start: math-verify imported before the first request's time limit runs."""
+    # The pool enforces the time limit, so math-verify's "Timeout is disabled" notice is noise.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     _math_verify()
-    replies.write(json.dumps(READY) + "\n")
-    for line in sys.stdin:
-        try:
-            reply = ["ok", handle(json.loads(line))]
-        except Exception as err:  # reported to the parent, which names the completion
-            reply = ["error", f"{type(err).__name__}: {err}"]
-        replies.write(json.dumps(reply) + "\n")
-
-
-if __name__ == "__main__":
-    main()

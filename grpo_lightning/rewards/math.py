@@ -115,7 +115,7 @@ class MathAccuracy:
                 rewards[i] = 0.0
             else:
                 todo.append(i)
-        pool = shared_pool(_mathcheck.__file__, self.num_workers)
+        pool = shared_pool(self.num_workers)
         requests = [["check", golds[i], answers[i], self.float_rounding] for i in todo]
         keys = [_gold_key(golds[i]) for i in todo]
         for i, reply in zip(todo, pool.run(requests, self.timeout_seconds, keys), strict=True):
@@ -142,7 +142,7 @@ class MathAccuracy:
             return {}
         if len(self._gold_status) + len(new) > _GOLD_CACHE_SIZE:
             self._gold_status.clear()
-        pool = shared_pool(_mathcheck.__file__, self.num_workers)
+        pool = shared_pool(self.num_workers)
         replies = pool.run([["gold", g] for g in new], self.timeout_seconds, [_gold_key(g) for g in new])
         failed: dict[str, str] = {}
         for gold, reply in zip(new, replies, strict=True):

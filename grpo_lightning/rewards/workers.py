@@ -19,37 +19,25 @@ A batch's time stays bounded however badly a reward behaves:
   on every input costs about two time limits and one restart (one time limit with two workers or
   more), not one per completion, while one that hangs on a few inputs still scores the others.
 
-Each worker is a fresh interpreter (safe with CUDA and threads) that imports the rewards' modules
-with the training process's ``sys.path``, and nothing else: the reward functions must be picklable,
-i.e. defined at module level (registered rewards and import paths are). One defined in the training
-script makes the workers import that script, as ``multiprocessing``'s spawn does, so the script
-must keep its entry point under ``if __name__ == "__main__":``.
+The processes are :mod:`grpo_lightning.isolation`'s: each worker is a fresh interpreter (safe with
+CUDA and threads) that imports the rewards' modules with the training process's ``sys.path``, and
+nothing else: the reward functions must be picklable, i.e. defined at module level (registered
+rewards and import paths are). One defined in the training script makes the workers import that
+script, as ``multiprocessing``'s spawn does, so the script must keep its entry point under
+``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import ctypes
-import multiprocessing as mp
-import os
 import pickle
-import signal
-import socket
-import subprocess
 import sys
-import time
-import traceback
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import spawn
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
-#: Seconds a worker process may take to start and import the reward functions.
-STARTUP_S = 300.0
+from grpo_lightning.isolation.pool import Crashed, ProcessPool, Raised, TimedOut
+
 #: Timeouts and crashes of one reward in a batch after which, when they also outnumber its answered
 #: calls, its remaining calls of the batch are not made (they fail, and the first failure says why).
 STRIKES = 2
@@ -72,171 +60,27 @@ class NotCalled(CallFailure):
     calls: int = 0
 
 
-class RewardWorkerStartError(RuntimeError):
-    """A worker process could not start or could not load the reward functions."""
+@dataclass(frozen=True)
+class _Values:
+    """A reward as called in a worker: its values as a list (a tensor, an array or a generator cannot
+    all be sent back as they are)."""
 
+    fn: Callable[..., Any]
 
-def _serve(conn: Connection, payload: bytes) -> None:
-    """A worker's loop: load the pickled functions, then receive ``(task, k, kwargs)`` and answer
-    ``(task, ok, value)``; ``None`` stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the training process to handle
-    if sys.platform.startswith("linux"):  # die with the training process, even in the middle of a hung call
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    try:
-        # Unpickling imports the rewards' modules: done here, so that a failure is reported, not just printed.
-        funcs: Sequence[Callable[..., Any]] = pickle.loads(payload)
-    except BaseException as err:
-        conn.send(("error", _load_error(err)))
-        return
-    conn.send("ready")  # time limits start counting from the first call, not from the process start
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:  # the training process ended without closing the pool: so does the worker
-            return
-        if message is None:
-            return
-        task, k, kwargs = message
-        try:
-            values = funcs[k](**kwargs)
-            values = values.tolist() if hasattr(values, "tolist") else list(values)
-            conn.send((task, True, values))
-        except Exception as err:  # reported with the sample by the parent
-            conn.send((task, False, f"raised {type(err).__name__}: {err}"))
-
-
-def _load_error(err: BaseException) -> str:
-    """What a worker says when it cannot import the reward functions: the error, and where it looked."""
-    text = "".join(traceback.format_exception_only(type(err), err)).strip()
-    if isinstance(err, ImportError):
-        cwd = os.getcwd()
-        on_path = any(os.path.abspath(p or ".") == cwd for p in sys.path)
-        text += (
-            f"\nThe worker imports the rewards' modules by name with the training process's sys.path "
-            f"(the current folder {cwd} is {'' if on_path else 'not '}on it). Give the reward as an import "
-            "path ('my_module:my_reward') run from the folder that holds my_module.py, or add that folder "
-            "to PYTHONPATH."
-        )
-    return text
-
-
-# A worker is a fresh interpreter that imports only what the rewards need: multiprocessing's spawn
-# would also import the training script again (torch, Lightning: seconds per worker and per
-# restart). Where the rewards are defined in that script, it is imported as spawn does.
-_BOOT = """
-import sys
-from multiprocessing import spawn
-from multiprocessing.connection import Connection
-conn = Connection(int(sys.argv[1]))
-spawn.prepare(conn.recv())
-from grpo_lightning.rewards.workers import _serve
-_serve(conn, conn.recv_bytes())
-"""
-#: What a worker takes from the training process (see ``multiprocessing.spawn.get_preparation_data``).
-_PREPARED = ("sys_path", "sys_argv", "dir", "orig_dir", "name")
-_MAIN = ("init_main_from_name", "init_main_from_path")
-
-
-class _Child:
-    """A worker started with ``subprocess``, with the ``multiprocessing.Process`` methods used here."""
-
-    def __init__(self, payload: bytes) -> None:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno())], pass_fds=[theirs.fileno()]
-            )
-        self.conn = Connection(ours.detach())
-        prepared = spawn.get_preparation_data("reward-worker")
-        wanted = _PREPARED + (_MAIN if b"__main__" in payload else ())  # a reward defined in the script
-        with contextlib.suppress(OSError):  # it died at once: reported as a failed start
-            self.conn.send({k: v for k, v in prepared.items() if k in wanted})
-            self.conn.send_bytes(payload)
-
-    def is_alive(self) -> bool:
-        return self.popen.poll() is None
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.popen.poll()
-
-    def kill(self) -> None:
-        self.popen.kill()
-
-    def join(self, timeout: float | None = None) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout)
-
-
-class _Worker:
-    """One worker process: starting (not ``ready``), idle, or on ``task`` since ``started``."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.process: Any
-        if os.name == "posix":
-            self.process = _Child(payload)
-            self.conn = self.process.conn
-        else:  # no file descriptors to pass: multiprocessing's spawn
-            self.conn, child = mp.get_context("spawn").Pipe()
-            self.process = mp.get_context("spawn").Process(target=_serve, args=(child, payload), daemon=True)
-            self.process.start()
-            child.close()
-        self.spawned = time.monotonic()
-        self.ready = False
-        self.task: int | None = None
-        self.started = 0.0
-
-    @property
-    def waited_on(self) -> bool:
-        """Starting or busy: an answer (or its end) is due."""
-        return not self.ready or self.task is not None
-
-    def take_ready(self) -> None:
-        """Read the start-up message if it came; raise when the process cannot serve."""
-        message: Any = None
-        try:
-            if self.conn.poll():
-                message = self.conn.recv()
-        except (EOFError, OSError):
-            message = ("error", None)
-        if message == "ready":
-            self.ready = True
-            return
-        if message is None and self.process.is_alive():
-            if time.monotonic() - self.spawned < STARTUP_S:
-                return  # still importing
-            why = f"did not start within {STARTUP_S:g}s"
-        elif message is not None and message[1]:
-            why = f"could not load the reward functions:\n{message[1]}"
-        else:
-            self.process.join(timeout=5)
-            why = f"exited while starting (exit code {self.process.exitcode}); its error is printed above"
-        self.stop(kill=True)
-        raise RewardWorkerStartError(
-            f"A reward worker process {why}\nThe reward functions must be importable in a fresh process "
-            "(or set reward_workers=0 to score in the training process)."
-        )
-
-    def stop(self, kill: bool = False) -> None:
-        if not kill:
-            try:
-                self.conn.send(None)
-                self.process.join(timeout=2)
-            except (OSError, BrokenPipeError):
-                pass
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
-        self.conn.close()
+    def __call__(self, **kwargs: Any) -> list[Any]:
+        values = self.fn(**kwargs)
+        return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 @dataclass
 class _Batch:
-    """One :meth:`RewardWorkerPool.map`: the tasks still to send, the results, and per function the
-    calls that failed hard (timed out, crashed their worker) and those that answered."""
+    """One :meth:`RewardWorkerPool.map`, as the pool's :class:`~grpo_lightning.isolation.pool.Jobs`:
+    the calls still to send, the results, and per function the calls that failed hard (timed out,
+    crashed their worker) and those that answered."""
 
     tasks: Sequence[tuple[int, dict[str, Any]]]
     fail_fast: bool
+    calls: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = field(init=False)
     results: list[Any] = field(init=False)
     pending: deque[int] = field(init=False)
     hard: Counter[int] = field(default_factory=Counter)
@@ -244,8 +88,22 @@ class _Batch:
     stopped: bool = False  # fail_fast and a call failed
 
     def __post_init__(self) -> None:
+        self.calls = [(k, (), kwargs) for k, kwargs in self.tasks]
         self.results = [None] * len(self.tasks)
         self.pending = deque(range(len(self.tasks)))
+
+    def settle(self, task: int, outcome: Any) -> None:
+        """Record a call's values or why it gave none (in the words of the reward's failure report)."""
+        if isinstance(outcome, TimedOut):
+            self.record(task, CallFailure(f"timed out after {outcome.seconds:g}s"), hard=True)
+        elif isinstance(outcome, Crashed):
+            self.record(
+                task, CallFailure(f"crashed its worker process (exit code {outcome.exit_code})"), hard=True
+            )
+        elif isinstance(outcome, Raised):
+            self.record(task, CallFailure(f"raised {outcome.error}"))
+        else:
+            self.record(task, outcome)
 
     def record(self, task: int, result: Any, hard: bool = False) -> None:
         k = self.tasks[task][0]
@@ -260,8 +118,9 @@ class _Batch:
         """Function ``k`` timed out or crashed too often in this batch to be called again."""
         return self.hard[k] >= STRIKES and self.hard[k] > self.answered[k]
 
-    def next_task(self) -> int | None:
-        """The next task to send; those of a function given up on fail here without a call."""
+    def take(self, slot: int) -> int | None:
+        """The next task to send (any worker takes any); those of a function given up on fail here
+        without a call."""
         while self.pending and not self.stopped:
             task = self.pending.popleft()
             k = self.tasks[task][0]
@@ -276,12 +135,11 @@ class _Batch:
             )
         return None
 
-    def running(self, workers: Sequence[_Worker]) -> bool:
-        """Calls are still to be made or answered."""
-        return bool(self.pending) or any(w.task is not None for w in workers)
+    def waiting(self) -> bool:
+        return bool(self.pending)
 
 
-class RewardWorkerPool:
+class RewardWorkerPool(ProcessPool):
     """``num_workers`` processes that call ``funcs`` with a per-call time limit.
 
     Args:
@@ -291,7 +149,6 @@ class RewardWorkerPool:
     """
 
     def __init__(self, funcs: Sequence[Callable[..., Any]], num_workers: int, timeout: float | None) -> None:
-        self._workers: list[_Worker] = []
         if num_workers < 1:
             raise ValueError(f"reward_workers={num_workers}: a worker pool needs at least 1 process.")
         if timeout is not None and not timeout > 0:
@@ -312,115 +169,25 @@ class RewardWorkerPool:
                     "worker process cannot import. Put it in a .py file beside the notebook and import it from "
                     "there (or give its import path, 'my_rewards:my_reward'), or set reward_workers=0."
                 )
+        super().__init__(
+            [_Values(fn) for fn in funcs],
+            num_workers,
+            "reward worker",
+            hint="The reward functions must be importable in a fresh process: give a reward as an import path "
+            "('my_module:my_reward') run from the folder that holds my_module.py, or add that folder to "
+            "PYTHONPATH (or set reward_workers=0 to score in the training process).",
+        )
         self.funcs = list(funcs)
-        self._payload = pickle.dumps(self.funcs)
-        self.num_workers = num_workers
         self.timeout = timeout
-        self.restarts = 0  # workers replaced after a call timed out or crashed them
-        _live_pools.add(self)
-
-    def close(self) -> None:
-        for worker in self._workers:
-            worker.stop()
-        self._workers = []
-
-    def __del__(self) -> None:
-        if not sys.is_finalizing():  # at exit, _close_pools already did (the pipes' modules are gone now)
-            self.close()
 
     def map(self, tasks: Sequence[tuple[int, dict[str, Any]]], fail_fast: bool = False) -> list[Any]:
         """Run ``funcs[k](**kwargs)`` for every ``(k, kwargs)``; one result per task, in order: the
         returned list of values, or a :class:`CallFailure`. With ``fail_fast`` the batch stops at the
         first failure: the tasks it did not finish are None (see the module docstring for the bounds).
-        Raises :class:`RewardWorkerStartError` when a worker cannot start."""
+        Raises :class:`~grpo_lightning.isolation.pool.WorkerStartError` when a worker cannot start."""
         batch = _Batch(tasks, fail_fast)
-        try:
-            while len(self._workers) < self.num_workers:  # first use, or after a batch that stopped early
-                self._workers.append(_Worker(self._payload))
-            while not batch.stopped:
-                self._dispatch(batch)
-                if not batch.running(self._workers):
-                    break
-                wait([w.conn for w in self._workers if w.waited_on], timeout=self._wait_time())
-                for i in range(len(self._workers)):
-                    self._check(i, batch)
-        finally:
-            # Stopped early or interrupted: a call still running would answer into the next batch.
-            for worker in [w for w in self._workers if w.task is not None]:
-                worker.stop(kill=True)
-                self._workers.remove(worker)
+        self.serve(batch, self.timeout)
         return batch.results
-
-    def _dispatch(self, batch: _Batch) -> None:
-        for i, worker in enumerate(self._workers):
-            if worker.ready and worker.task is None:
-                task = batch.next_task()
-                if task is None:
-                    return
-                worker.task, worker.started = task, time.monotonic()
-                try:
-                    worker.conn.send((task, *batch.tasks[task]))
-                except OSError:  # it died while idle
-                    self._lost(i, batch)
-
-    def _wait_time(self) -> float | None:
-        """Seconds until the nearest deadline (a call's time limit, a start-up's); None: there is none."""
-        deadlines = [w.spawned + STARTUP_S for w in self._workers if not w.ready]
-        if self.timeout is not None:
-            deadlines += [w.started + self.timeout for w in self._workers if w.task is not None]
-        return max(0.0, min(deadlines) - time.monotonic()) + 0.01 if deadlines else None
-
-    def _check(self, i: int, batch: _Batch) -> None:
-        """Take worker ``i``'s message if there is one; replace it when it died or ran out of time."""
-        worker = self._workers[i]
-        if not worker.ready:
-            try:
-                worker.take_ready()
-            except RewardWorkerStartError:
-                self._workers.pop(i)  # stopped already; the next batch starts another
-                raise
-            return
-        if worker.task is None:
-            return
-        gone = False
-        try:
-            if worker.conn.poll():
-                got, ok, value = worker.conn.recv()
-                batch.record(got, value if ok else CallFailure(value))
-                worker.task = None
-                return
-        except (EOFError, OSError):
-            gone = True  # the pipe closed: the process died (or is dying)
-        if gone or not worker.process.is_alive():
-            self._lost(i, batch)
-        elif self.timeout is not None and time.monotonic() - worker.started > self.timeout:
-            batch.record(worker.task, CallFailure(f"timed out after {self.timeout:g}s"), hard=True)
-            self._replace(i)
-
-    def _lost(self, i: int, batch: _Batch) -> None:
-        """Worker ``i`` died on its task: the task failed; a new worker starts in the background."""
-        worker = self._workers[i]
-        assert worker.task is not None
-        worker.process.join(timeout=5)
-        reason = f"crashed its worker process (exit code {worker.process.exitcode})"
-        batch.record(worker.task, CallFailure(reason), hard=True)
-        self._replace(i)
-
-    def _replace(self, i: int) -> None:
-        """Kill worker ``i`` and start another in its place; it takes calls once it is ready."""
-        self._workers[i].stop(kill=True)
-        self._workers[i] = _Worker(self._payload)
-        self.restarts += 1
-
-
-_live_pools: weakref.WeakSet[RewardWorkerPool] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_pools() -> None:
-    """Stop the workers of the pools nobody closed, while the interpreter can still talk to them."""
-    for pool in list(_live_pools):
-        pool.close()
 
 
 class PoolView:

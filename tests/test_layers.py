@@ -22,7 +22,7 @@ ROOT = Path(grpo_lightning.__file__).parent
 
 #: The layers, lowest first: a module may import its own layer and those below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_checks", "_lazy", "_quiet", "lightning_compat", "batch"),
+    ("_checks", "_lazy", "_quiet", "lightning_compat", "batch", "isolation"),
     ("hf",),
     ("logprobs", "algorithm", "rewards"),
     ("data",),

@@ -135,3 +135,24 @@ def test_the_synchronous_source_tags_each_rollout_with_the_policy_version_that_s
         # Sampled with that step's rollout seed: a resumed run at that step samples the same completions.
         same = sampler.rollout(batch, stream_seed(0, 0, version, SeedStream.ROLLOUT))
         assert_same_fields(rollout.scored.rollout, same.rollout, ["completion_ids", "completion_mask"])
+
+
+def test_a_step_without_signal_leaves_the_weights_and_steps_the_scheduler_without_a_trainer():
+    # Every advantage 0 (as when each group's completions scored the same): the step is skipped, the
+    # SGD momentum buffers stay empty, and the scheduler still counts each optimizer step.
+    sampler, rollout = sampled()
+    advantages, gathered = global_advantages(rollout.scored, G, "group", SingleProcess(), sampler.scorer)
+    gathered = {**gathered, "advantages": torch.zeros_like(gathered["advantages"])}
+    optimizer = torch.optim.SGD(sampler.policy.parameters(), lr=LR, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0 / (n + 1))
+    step, _ = training_step(sampler, steps_per_rollout=2)
+    step.stepping = TorchStepping(optimizer, scheduler)
+    before = {k: v.clone() for k, v in sampler.policy.state_dict().items()}
+
+    with pytest.warns(UserWarning, match="no learning signal"):
+        losses, skipped = step.run(rollout, torch.zeros_like(advantages), gathered, 0)
+
+    assert skipped and float(losses["loss"]) == 0.0
+    assert all(torch.equal(v, before[k]) for k, v in sampler.policy.state_dict().items())
+    assert not optimizer.state  # the optimizer never ran
+    assert scheduler.last_epoch == 2 and optimizer.param_groups[0]["lr"] == LR / 3  # two steps counted

@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from grpo_lightning.lightning_compat import count_optimizer_step, mark_optimizer_stepped
+
 
 class OptimizerStepping(Protocol):
     """The optimizer side of an update."""
@@ -42,6 +44,28 @@ class OptimizerStepping(Protocol):
         """A block whose backward passes accumulate locally, without the all-reduce across ranks."""
         ...
 
+    def skip_step(self) -> None:
+        """Count one optimizer step that leaves the weights and the optimizer's state alone (a step
+        without learning signal), and step the LR scheduler as after any optimizer step."""
+        ...
+
+
+def _step_scheduler_after_skip(sched: Any | None) -> None:
+    """Step ``sched`` after a skipped optimizer step, without PyTorch's "lr_scheduler.step() before
+    optimizer.step()" warning.
+
+    PyTorch's ``LRScheduler`` wraps ``optimizer.step`` to set a flag on the optimizer, and its first
+    ``step()`` warns when the flag is unset. A skipped step is an optimizer step that left the weights
+    alone, so it sets the flag as the wrapper would; user code that really steps the scheduler first
+    still gets the warning.
+    """
+    if sched is None:
+        return
+    optimizer = getattr(sched, "optimizer", None)
+    if optimizer is not None:
+        mark_optimizer_stepped(optimizer)
+    sched.step()
+
 
 class LightningStepping:
     """:class:`OptimizerStepping` through a Lightning module (manual optimization) and its policy."""
@@ -61,6 +85,14 @@ class LightningStepping:
 
     def clip_gradients(self, optimizer: Any, max_norm: float) -> None:
         self._module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+
+    def skip_step(self) -> None:
+        # Lightning counts an optimizer step in the hooks around LightningOptimizer.step; calling them
+        # alone keeps global_step right without running the optimizer (whose moments and weight decay
+        # would move the weights even with zero gradients) or the precision plugin (a gradient scaler
+        # refuses a step without a backward pass).
+        count_optimizer_step(self._module.optimizers())
+        _step_scheduler_after_skip(self._module.lr_schedulers())
 
     @contextmanager
     def no_grad_sync(self) -> Iterator[None]:
@@ -99,3 +131,6 @@ class TorchStepping:
 
     def no_grad_sync(self) -> AbstractContextManager[None]:
         return nullcontext()  # one process: nothing to sync
+
+    def skip_step(self) -> None:
+        _step_scheduler_after_skip(self.lr_scheduler)  # a plain optimizer keeps no step count

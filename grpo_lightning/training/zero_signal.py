@@ -26,7 +26,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from grpo_lightning.algorithm.advantages import zero_spread
-from grpo_lightning.lightning_compat import count_optimizer_step, mark_optimizer_stepped
 from grpo_lightning.training.stepping import OptimizerStepping
 
 #: The most distinct reward values a warning lists.
@@ -139,15 +138,10 @@ def skip_update(
     max_completion_length: int,
     refill_rounds: int = 0,
 ) -> dict[str, Tensor]:
-    """Count ``num_steps`` optimizer steps of ``stepping``'s optimizer (a Lightning one) without
-    touching the weights or its state, and warn with the cause that ``gathered`` (see
-    :func:`no_signal_cause`) shows; ``refill_rounds``: the dynamic-sampling rounds that found no
-    signal either.
-
-    Lightning counts an optimizer step in the hooks around ``LightningOptimizer.step``; calling them
-    alone keeps ``global_step`` right without running the optimizer (whose moments and weight decay
-    would move the weights even with zero gradients) or the precision plugin (a gradient scaler
-    refuses a step without a backward pass). The LR scheduler steps as usual.
+    """Count ``num_steps`` optimizer steps of ``stepping`` without touching the weights or the
+    optimizer's state (:meth:`OptimizerStepping.skip_step`), and warn with the cause that ``gathered``
+    (see :func:`no_signal_cause`) shows; ``refill_rounds``: the dynamic-sampling rounds that found no
+    signal either. The LR scheduler steps as usual.
     Returns the step's loss metrics: loss and grad_norm 0, and the learning rate.
     """
     cause, fix = no_signal_cause(gathered, reward_names, num_generations, max_completion_length)
@@ -157,25 +151,8 @@ def skip_update(
         + f": {cause}. The weights were left unchanged (the step is logged as "
         f"train/skipped_zero_advantage). {fix}",
     )
-    opt, sched = stepping.optimizer(), stepping.scheduler()
-    lr = opt.param_groups[0]["lr"]
+    lr = stepping.optimizer().param_groups[0]["lr"]
     for _ in range(num_steps):
-        count_optimizer_step(opt)
-        if sched is not None:
-            _count_skipped_optimizer_step(sched)
-            sched.step()
+        stepping.skip_step()
     zero = torch.zeros((), device=gathered["total"].device)  # the collectives' device
     return {"loss": zero, "grad_norm": zero.clone(), "lr": torch.tensor(lr)}
-
-
-def _count_skipped_optimizer_step(sched: object) -> None:
-    """Record on the scheduler's optimizer that this step counts as an optimizer step.
-
-    PyTorch's ``LRScheduler`` wraps ``optimizer.step`` to set a flag on the optimizer, and its first
-    ``step()`` warns "lr_scheduler.step() before optimizer.step()" when the flag is unset. A skipped
-    step is an optimizer step that left the weights alone, so it sets the flag as the wrapper would;
-    user code that really steps the scheduler first still gets the warning.
-    """
-    optimizer = getattr(sched, "optimizer", None)
-    if optimizer is not None:
-        mark_optimizer_stepped(optimizer)

@@ -109,7 +109,7 @@ class GRPOModule(LightningModule):
         loss_type: Aggregation of the per-token loss: ``dapo`` (over the mini-batch's tokens), ``grpo``
             (per sequence, then mean), ``bnpo`` (local micro-batch tokens), ``dr_grpo`` (constant length).
         scale_rewards: Advantage scaling: ``group`` (divide by the group's std), ``batch`` (by the batch's
-            std), ``none`` (Dr. GRPO: only subtract the group mean).
+            std), ``none`` (Dr. GRPO: only subtract the group mean); TRL's ``true``/``false`` mean ``group``/``none``.
         importance_sampling_level: ``token`` ratios, or ``sequence`` (GSPO: one length-normalised ratio per completion).
         num_iterations: Passes over each rollout (mu); pi_old is then needed.
         steps_per_rollout: Optimizer steps per pass (mini-batches of the rollout).
@@ -124,7 +124,10 @@ class GRPOModule(LightningModule):
             over ``warmup_steps``, then constant (a non-default ``warmup_steps`` is then refused).
         learning_rate: AdamW learning rate (default optimizer only).
         weight_decay: AdamW weight decay on matrices (default optimizer only).
-        warmup_steps: Linear warmup, in optimizer steps (default scheduler only).
+        warmup_steps: Linear warmup (default scheduler only): optimizer steps, or a fraction of the run's
+            optimizer steps when a float below 1 (``0.1``), as transformers' ``TrainingArguments``.
+        warmup_ratio: The warmup as a fraction of the run's optimizer steps (the name in transformers 4 and
+            older TRL; the same as ``warmup_steps`` below 1). Give it or ``warmup_steps``, not both.
         max_grad_norm: Clip the gradient norm to this (None = no clipping); use it instead of the
             Trainer's ``gradient_clip_val``.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, more time).
@@ -143,8 +146,10 @@ class GRPOModule(LightningModule):
             ``val/maj@k`` (1 = greedy only; see :mod:`grpo_lightning.evaluation.steps`).
         accuracy_reward: The reward that decides ``val/accuracy`` (default: the first reward function).
         accuracy_threshold: A completion is correct when its accuracy reward is at least this.
+        log_completions: TRL's switch: with ``log_completions_every_n_steps`` 0, show sample completions
+            every ``Trainer(log_every_n_steps=...)`` optimizer steps, as TRL does every ``logging_steps``.
         log_completions_every_n_steps: Print sample completions and log them as a table every n
-            optimizer steps (0 = never).
+            optimizer steps (0 = never, unless ``log_completions``).
         num_completions_to_log: How many completions each table shows (spread over different prompts).
         logprob_chunk_size: Token positions per LM-head chunk in the log-prob passes; lower it to save
             memory with a large vocabulary.
@@ -177,7 +182,7 @@ class GRPOModule(LightningModule):
         epsilon_high: float | None = None,
         delta: float | None = None,
         loss_type: LossType = "dapo",
-        scale_rewards: ScaleRewards = "group",
+        scale_rewards: ScaleRewards | bool = "group",
         importance_sampling_level: ImportanceSamplingLevel = "token",
         num_iterations: int = 1,
         steps_per_rollout: int = 1,
@@ -188,7 +193,8 @@ class GRPOModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
-        warmup_steps: int = 10,
+        warmup_steps: int | float = 10,
+        warmup_ratio: float | None = None,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
@@ -202,6 +208,7 @@ class GRPOModule(LightningModule):
         val_num_samples: int = 1,
         accuracy_reward: str | Callable[..., Any] | None = None,
         accuracy_threshold: float = 1.0,
+        log_completions: bool = False,
         log_completions_every_n_steps: int = 0,
         num_completions_to_log: int = 4,
         logprob_chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -315,9 +322,17 @@ class GRPOModule(LightningModule):
         in the optimizer."""
         self.configure_model()
         assert self.policy is not None
-        return configure_optimizers(
-            self.policy, self.settings.optimizer, self.optimizer_factory, self.lr_scheduler_factory
-        )
+        config = self.settings.optimizer
+        total = self._run_optimizer_steps() if config.warmup_fraction is not None else None
+        return configure_optimizers(self.policy, config, self.optimizer_factory, self.lr_scheduler_factory, total)
+
+    def _run_optimizer_steps(self) -> int | float:
+        """The run's optimizer steps: ``max_steps`` (it counts them), else Lightning's estimate of the
+        training steps (from the epochs) times the optimizer steps each makes."""
+        trainer = self.trainer
+        if trainer.max_steps > 0:
+            return trainer.max_steps
+        return trainer.estimated_stepping_batches * self.settings.cadence.optimizer_steps
 
     def configure_callbacks(self) -> list[Any]:
         """The checks before any step, callbacks that the settings ask for (reference sync, completion

@@ -70,12 +70,15 @@ class LossConfig:
     """The generation length limit; ``dr_grpo`` divides by it."""
     top_entropy_quantile: float = 1.0
     """Keep the policy term only on this fraction of highest-entropy active tokens; 1.0 keeps all."""
-    scale_rewards: ScaleRewards = "group"
-    """Advantage scaling (``compute_advantages``): ``group`` std, ``batch`` std, or ``none``."""
+    scale_rewards: ScaleRewards | bool = "group"
+    """Advantage scaling (``compute_advantages``): ``group`` std, ``batch`` std, or ``none``; TRL's
+    booleans too (``True`` = ``group``, ``False`` = ``none``), stored as the name."""
     mask_truncated_completions: bool = False
     """Leave completions that hit the length limit without an EOS out of the loss (the sampler masks them)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.scale_rewards, bool):  # TRL's spelling: True = "group", False = "none"
+            object.__setattr__(self, "scale_rewards", "group" if self.scale_rewards else "none")
         aggregation = AGGREGATIONS.get(self.loss_type)
         ADVANTAGE_ESTIMATORS.get(self.scale_rewards)  # raises for an unknown name, listing the valid ones
         check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)

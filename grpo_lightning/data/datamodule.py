@@ -17,6 +17,7 @@ from grpo_lightning.data.fingerprint import content_digest, questions_digest
 from grpo_lightning.data.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
     EpochRandomSampler,
+    EpochSequentialSampler,
     LongPromptPolicy,
     PromptCollator,
     PromptFormatter,
@@ -88,6 +89,8 @@ class PromptDataModule(LightningDataModule):
         synthetic: for ``dataset="synthetic"``: ``train_size``, ``val_size``, ``test_size`` and the knobs of
             :func:`grpo_lightning.data.synthetic.generate_problems` (``max_steps``, ``max_operand``, ...).
         data_seed: seeds the synthetic problems, the held-out split, the caps and the shuffling.
+        shuffle_dataset: visit the training rows in a new random order each epoch (TRL's name); False = in
+            the data's own order (under DDP each process takes every world-size-th row).
         num_workers: DataLoader workers (0 is right for prompts: collation is trivial).
         load_kwargs: extra ``datasets.load_dataset`` arguments (``revision``, ``cache_dir``, ...).
     """
@@ -118,6 +121,7 @@ class PromptDataModule(LightningDataModule):
         max_test_samples: int | None = None,
         synthetic: dict[str, Any] | None = None,
         data_seed: int = 0,
+        shuffle_dataset: bool = True,
         num_workers: int = 0,
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -201,7 +205,11 @@ class PromptDataModule(LightningDataModule):
         return ResumableDataLoader(
             data,
             batch_size=self.hparams.batch_size,
-            sampler=EpochRandomSampler(data, seed=self.hparams.data_seed),
+            sampler=(
+                EpochRandomSampler(data, seed=self.hparams.data_seed)
+                if self.hparams.shuffle_dataset
+                else EpochSequentialSampler(data)
+            ),
             # Every step gets exactly batch_size prompts: the rollout's mini-batch split depends on it.
             drop_last=True,
             collate_fn=self.collator,
@@ -241,9 +249,12 @@ class PromptDataModule(LightningDataModule):
         }
         return {"train_batches": batches, "train_content": self._train_digests[1]}
 
-    def _order_seed(self) -> int:
+    def _order_seed(self) -> int | None:
         """The seed of the training order: ``data_seed`` (EpochRandomSampler), or under DDP the seed of
-        the DistributedSampler Lightning puts in its place, which is the ``seed_everything`` seed."""
+        the DistributedSampler Lightning puts in its place, which is the ``seed_everything`` seed; None
+        when the rows are not shuffled (``shuffle_dataset=False``)."""
+        if not self.hparams.shuffle_dataset:
+            return None
         trainer = self.trainer
         distributed = trainer is not None and distributed_sampler_enabled(trainer)
         if distributed and trainer.world_size > 1:

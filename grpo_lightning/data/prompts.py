@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
 from grpo_lightning._checks import check_choice
@@ -249,6 +249,19 @@ class EpochRandomSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class EpochSequentialSampler(SequentialSampler):
+    """The rows in file order every epoch (``shuffle_dataset=False``). It keeps the epoch Lightning sets,
+    as :class:`EpochRandomSampler` does, for the resumable loader's position; being a
+    ``SequentialSampler``, it is replaced by ``DistributedSampler(shuffle=False)`` under DDP."""
+
+    def __init__(self, data_source: Any) -> None:
+        super().__init__(data_source)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
 
 class ResumableDataLoader(DataLoader):

@@ -222,7 +222,7 @@ def module_callbacks(trainer: Trainer, settings: Settings) -> list[Callback]:
         callbacks.append(bar)
     if (ref_sync := settings.ref_sync).sync_ref_model:
         callbacks.append(RefModelSync(ref_sync.ref_model_mixup_alpha, ref_sync.ref_model_sync_steps))
-    if (every := settings.logging.log_completions_every_n_steps) > 0:
+    if (every := settings.logging.completions_every(trainer.log_every_n_steps)) > 0:
         callbacks.append(CompletionLogger(every, settings.logging.num_completions_to_log))
     if not any(isinstance(c, RunGuard) for c in trainer.callbacks):
         callbacks.append(RunGuard())

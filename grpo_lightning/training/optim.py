@@ -33,8 +33,10 @@ class OptimizerConfig:
     """AdamW learning rate (default optimizer only)."""
     weight_decay: float = 0.0
     """AdamW weight decay on matrices (default optimizer only)."""
-    warmup_steps: int = 10
-    """Linear warmup, in optimizer steps (default scheduler only)."""
+    warmup_steps: int | float = 10
+    """Linear warmup (default scheduler only): optimizer steps, or a float below 1: that fraction of the run's."""
+    warmup_ratio: float | None = None
+    """The warmup as a fraction of the run's optimizer steps (transformers 4's name); None = ``warmup_steps``."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this; None = no clipping."""
     custom_optimizer: bool = False
@@ -49,8 +51,21 @@ class OptimizerConfig:
             )
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0 (0 = no decay).")
-        if self.warmup_steps < 0:
+        if not (self.warmup_steps >= 0 and math.isfinite(self.warmup_steps)):
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0 (0 = no warmup).")
+        if isinstance(self.warmup_steps, float) and self.warmup_steps >= 1 and not self.warmup_steps.is_integer():
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps}: a number of optimizer steps is a whole number, and a fraction "
+                "of the run is below 1 (0.1 = the first tenth)."
+            )
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1) (0.1 = the first tenth).")
+            if self.warmup_steps != _default("warmup_steps"):
+                raise ValueError(
+                    f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup: "
+                    "give one of them (warmup_steps below 1 is a fraction of the run too)."
+                )
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0, or None for no clipping.")
         if self.custom_optimizer:
@@ -63,11 +78,36 @@ class OptimizerConfig:
             )
         if self.custom_lr_scheduler:
             _refuse_ignored(
-                {"warmup_steps": self.warmup_steps},
+                {"warmup_steps": self.warmup_steps, "warmup_ratio": self.warmup_ratio},
                 "linear warmup",
                 "lr_scheduler",
                 "the scheduler (e.g. a torch.optim.lr_scheduler.LinearLR warmup inside a SequentialLR)",
             )
+
+
+    @property
+    def warmup_fraction(self) -> float | None:
+        """The warmup as a fraction of the run (``warmup_ratio``, or ``warmup_steps`` below 1), else None."""
+        if self.warmup_ratio is not None:
+            return self.warmup_ratio
+        return self.warmup_steps if 0 < self.warmup_steps < 1 else None
+
+    def warmup(self, total_steps: int | float | None) -> int:
+        """Warmup length in optimizer steps; a fraction is of ``total_steps`` (the run's optimizer steps),
+        rounded up as transformers does."""
+        fraction = self.warmup_fraction
+        if fraction is None:
+            return int(self.warmup_steps)
+        if total_steps is None or not math.isfinite(total_steps):
+            raise ValueError(
+                f"The warmup is given as a fraction of the run ({fraction}), but the run's length is unknown: "
+                "set Trainer(max_steps=...), or give warmup_steps as a number of optimizer steps."
+            )
+        return math.ceil(fraction * total_steps)
+
+
+def _default(name: str) -> Any:
+    return {f.name: f.default for f in fields(OptimizerConfig)}[name]
 
 
 def _refuse_ignored(values: dict[str, Any], default: str, callable_name: str, where: str) -> None:
@@ -94,10 +134,12 @@ def configure_optimizers(
     config: OptimizerConfig,
     optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
     lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    total_steps: int | float | None = None,
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer for the trainable parameters of ``policy``: the
     ``optimizer`` / ``lr_scheduler`` callables when given, else AdamW (weight decay on matrices
-    only) with linear warmup; the scheduler steps once per optimizer step."""
+    only) with linear warmup; the scheduler steps once per optimizer step. ``total_steps``: the run's
+    optimizer steps, for a warmup given as a fraction of them."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The policy has no trainable parameter (all frozen?): nothing to optimize.")
@@ -121,7 +163,7 @@ def configure_optimizers(
                 "optimizer step. Choose a step-based scheduler."
             )
     else:
-        warmup = config.warmup_steps
+        warmup = config.warmup(total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

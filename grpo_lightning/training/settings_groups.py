@@ -141,14 +141,22 @@ class EvalSettings:
 class LoggingSettings:
     """Sample-completion tables (:class:`~grpo_lightning.training.callbacks.CompletionLogger`)."""
 
+    log_completions: bool = False
+    """TRL's switch: with ``log_completions_every_n_steps`` 0, show them every ``log_every_n_steps`` steps."""
     log_completions_every_n_steps: int = 0
-    """Show sample completions every n optimizer steps (0 = never)."""
+    """Show sample completions every n optimizer steps (0 = never, unless ``log_completions``)."""
     num_completions_to_log: int = 4
     """How many completions each table shows."""
 
     def __post_init__(self) -> None:
         at_least("log_completions_every_n_steps", self.log_completions_every_n_steps, 0)
         at_least("num_completions_to_log", self.num_completions_to_log)
+
+    def completions_every(self, log_every_n_steps: int) -> int:
+        """Optimizer steps between completion tables (0 = none), given the Trainer's ``log_every_n_steps``."""
+        if self.log_completions_every_n_steps > 0:
+            return self.log_completions_every_n_steps
+        return max(log_every_n_steps, 1) if self.log_completions else 0
 
 
 @dataclass(frozen=True)

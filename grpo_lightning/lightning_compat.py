@@ -118,14 +118,15 @@ def progress_bar_arguments(bar: TQDMProgressBar | RichProgressBar) -> dict[str, 
 
 
 class TrainDescriptionHook:
-    """Progress bar mixin: the label of an epoch's training bar comes from :meth:`train_description`,
-    which a subclass overrides (``super().train_description`` is Lightning's). Only the Rich bar asks
+    """Progress bar mixin: the label of an epoch's training bar comes from :meth:`epoch_label`,
+    which a subclass overrides (``super().epoch_label`` is Lightning's). Not named
+    ``train_description``: the TQDM bar holds its label under that name. Only the Rich bar asks
     for one; the TQDM bar writes "Epoch N" itself."""
 
     def _get_train_description(self, current_epoch: int) -> str:
-        return self.train_description(current_epoch)
+        return self.epoch_label(current_epoch)
 
-    def train_description(self, current_epoch: int) -> str:
+    def epoch_label(self, current_epoch: int) -> str:
         """The label of the training bar of epoch ``current_epoch`` (Lightning's: "Epoch N/M")."""
         return super()._get_train_description(current_epoch)  # type: ignore[misc]
 

@@ -153,12 +153,12 @@ def test_progress_bar_arguments_build_a_twin_with_the_same_settings(bar, argumen
     assert compat.progress_bar_arguments(bar(**built)) == arguments
 
 
-def test_the_rich_bar_takes_its_epoch_label_from_train_description(tmp_path):
+def test_the_rich_bar_takes_its_epoch_label_from_epoch_label(tmp_path):
     labels: list[tuple[int, str]] = []
 
     class Labelled(compat.TrainDescriptionHook, RichProgressBar):
-        def train_description(self, current_epoch: int) -> str:
-            labels.append((current_epoch, super().train_description(current_epoch)))
+        def epoch_label(self, current_epoch: int) -> str:
+            labels.append((current_epoch, super().epoch_label(current_epoch)))
             return f"Round {current_epoch}"
 
     bar = Labelled()

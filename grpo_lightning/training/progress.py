@@ -49,10 +49,10 @@ class StepProgressBarMixin(TrainDescriptionHook):
         done = trainer.global_step - self._epoch_start_step
         super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)  # type: ignore[misc]
 
-    def train_description(self, current_epoch: int) -> str:
+    def epoch_label(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:  # type: ignore[attr-defined]
             return f"Epoch {current_epoch}"
-        return super().train_description(current_epoch)
+        return super().epoch_label(current_epoch)
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]

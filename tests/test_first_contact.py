@@ -354,7 +354,7 @@ ALLOWED = re.compile(
             r"(GPU|TPU) available: ",
             r"`Trainer\(val_check_interval=1\)` was configured so validation will run after every batch\.",
             r"the synthetic problems, (train|validation|test|predict) split: \d+ prompts\.",
-            r"CPU: \d+ threads ",
+            r"CPU: \d+ threads? ",
             r"Validation before training \(step 0\): val/accuracy=",
             r".*zero_signal\.py:\d+: A training step had no learning signal: ",
             r"step \d+/\d+ \(\d+%\) \| ",

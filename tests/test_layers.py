@@ -37,12 +37,7 @@ MODULE_IMPORTERS = ("cli", "__init__")
 
 #: Known violations, (importer, imported): each says why it is still there. Any other fails the test,
 #: and so does an entry here that no longer happens (remove it with the import).
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # The model card's example prompt is rendered as the data module renders it (its formatter and
-    # conversation column): snippet_example belongs in data/, or its result is the caller's to pass in.
-    ("hf.model_card", "data.prompts"): "the card renders the example prompt with the data formatter",
-    ("hf.model_card", "data.sources"): "the card reads the conversation column's name",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

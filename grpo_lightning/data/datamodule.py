@@ -22,6 +22,7 @@ from grpo_lightning.data.prompts import (
     PromptCollator,
     PromptFormatter,
     ResumableDataLoader,
+    card_example,
     check_template,
     tokenize_prompts,
     warn_typed_newlines,
@@ -264,6 +265,15 @@ class PromptDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: the data are rebuilt from the settings, and RunGuard compares the saved
         :meth:`state_dict` with the current one before the loader position is applied."""
+
+    def card_example(self) -> tuple[str | None, list[dict[str, str]] | None]:
+        """How an exported model card's loading snippet sends the first validation prompt:
+        ``(prompt, None)``, ``(None, messages)`` for a chat template, or ``(None, None)`` (see
+        :func:`~grpo_lightning.data.prompts.card_example`)."""
+        val = self.val_dataset
+        if val is None or not len(val) or "prompt" not in val.column_names:
+            return None, None
+        return card_example(self.tokenizer, self.hparams, val[0])
 
     def longest_prompt(self) -> int:
         """Tokens of the longest prompt among the splits loaded so far (0 when none is)."""

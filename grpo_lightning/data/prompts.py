@@ -303,3 +303,32 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+
+
+def card_example(
+    tokenizer: Any, settings: Mapping[str, Any], row: Mapping[str, Any]
+) -> tuple[str | None, list[dict[str, str]] | None]:
+    """``(prompt, messages)``: how a model card's loading snippet sends the prompt ``row``, rendered with
+    a data module's ``settings`` (its hyperparameters) and ``tokenizer``.
+
+    A prompt rendered by the chat template goes back as the conversation it was rendered from
+    (pipelines apply the template themselves: sending the rendered text as a user message would
+    apply it twice); that conversation is used only when the template renders it to the very
+    prompt trained on, else there is no example. A prompt without a template is sent as its text.
+    """
+    if getattr(tokenizer, "chat_template", None) is None or settings.get("use_chat_template") is False:
+        return row["prompt"], None
+    messages = [dict(m) for m in row.get(CONVERSATION_COLUMN) or []]
+    if not messages:
+        template = settings.get("prompt_template")
+        fill = PromptFormatter(tokenizer, template, use_chat_template=False).fill if template else None
+        messages = [{"role": "user", "content": fill(row) if fill else row.get("question", "")}]
+    system = settings.get("system_prompt")
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    kwargs = settings.get("chat_template_kwargs") or {}
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception:  # a template that refuses the conversation: no example rather than a wrong one
+        return None, None
+    return (None, messages) if rendered == row["prompt"] else (None, None)

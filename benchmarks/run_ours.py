@@ -57,7 +57,7 @@ def main(case: Case, variant: str) -> None:
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer, seed=case.seed)
     rollouts = case.rollouts_warmup + case.rollouts_measured
-    prompts = make_prompts(case.prompts_per_step * rollouts, seed=case.seed)
+    prompts = make_prompts(case.prompts_per_step * rollouts, case.seed, spec, tokenizer)
     loader = DataLoader(
         prompts, batch_size=case.prompts_per_step, collate_fn=lambda rows: {"prompt": list(rows)}
     )

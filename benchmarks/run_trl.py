@@ -58,7 +58,7 @@ def main(case: Case) -> None:
     model = build_model(spec, tokenizer, seed=case.seed)
     rollouts = case.rollouts_warmup + case.rollouts_measured
     n_prompts = case.prompts_per_step * rollouts
-    dataset = Dataset.from_dict({"prompt": make_prompts(n_prompts, seed=case.seed)})
+    dataset = Dataset.from_dict({"prompt": make_prompts(n_prompts, case.seed, spec, tokenizer)})
     batch = case.prompts_per_step * case.num_generations
 
     timer = PhaseTimer()

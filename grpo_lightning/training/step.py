@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.algorithm.losses import grpo_loss
+from grpo_lightning.algorithm.micro_batch import activation_bytes_per_token
 from grpo_lightning.algorithm.update import (
     GradientScales,
     Plan,
@@ -114,7 +115,8 @@ class TrainingStep:
             )
         cadence, loss_type = self.settings.cadence, self.settings.loss.loss_type
         sampled = rollout.scored.rollout
-        layout = cadence.layout(len(sampled) // cadence.num_generations)
+        prompts = len(sampled) // cadence.num_generations
+        layout = cadence.layout(prompts, *self._row_tokens_and_bytes(sampled))
         batch = UpdateBatch(sampled.input_ids, sampled.attention_mask, sampled.completion_mask, advantages)
         self._old_and_ref_logprobs(batch, sampled, layout.micro_batch_size)
         # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
@@ -124,6 +126,19 @@ class TrainingStep:
         counts = self.collectives.reduce_sum(normalizer_counts(batch.completion_mask, plan, loss_type))
         scales = gradient_scales(loss_type, layout.micro_batches_per_step, self.collectives.world_size)
         return self._optimizer_steps(batch, plan, counts, scales)
+
+    def _row_tokens_and_bytes(self, rollout: Rollout) -> tuple[int | None, int | None]:
+        """What the default micro-batch is chosen from: the rows' padded width (the widest rank's,
+        so that every rank makes the same number of forward calls, as FSDP needs) and the policy's
+        activation bytes per token. ``(None, None)`` when ``micro_batch_size`` is set."""
+        if self.settings.cadence.micro_batch_size is not None:
+            return None, None
+        width = rollout.prompt_ids.shape[1] + rollout.completion_ids.shape[1]
+        if self.collectives.world_size > 1:
+            mine = torch.tensor([width], device=self.collectives.device)
+            width = int(self.collectives.all_gather({"width": mine})["width"].max())
+        checkpointing = self.settings.model.gradient_checkpointing
+        return width, activation_bytes_per_token(self.policy, checkpointing)
 
     def _old_and_ref_logprobs(self, batch: UpdateBatch, rollout: Rollout, micro_batch_size: int) -> None:
         """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and

@@ -1,0 +1,94 @@
+"""The default micro-batch (``micro_batch_size=None``): as many rows as fit the activation budget."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+from helpers import PromptsDataModule, make_module, make_trainer, one_thread, tiny_tokenizer  # noqa: F401
+from torch import nn
+from transformers import LlamaConfig, Qwen2Config
+
+import grpo_lightning.algorithm.micro_batch as micro_batch
+import grpo_lightning.algorithm.update as update
+from grpo_lightning.algorithm.micro_batch import activation_bytes_per_token, default_micro_batch_size
+from grpo_lightning.training.settings_groups import Cadence
+
+
+class Configured(nn.Module):
+    """A module with a Hugging Face config and one parameter of ``dtype``: all the rule reads."""
+
+    def __init__(self, config, dtype=torch.float32) -> None:
+        super().__init__()
+        self.config = config
+        self.weight = nn.Parameter(torch.zeros(1, dtype=dtype))
+
+
+def smollm2_135m() -> Configured:
+    return Configured(LlamaConfig(num_hidden_layers=30, hidden_size=576, intermediate_size=1536))
+
+
+def tiny_math() -> Configured:
+    config = json.loads((resources.files("grpo_lightning") / "assets/tiny-math/config.json").read_text())
+    return Configured(Qwen2Config(**config))
+
+
+def test_bytes_per_token_follow_depth_width_dtype_and_checkpointing():
+    model = smollm2_135m()
+    assert activation_bytes_per_token(model, checkpointing=False) == 30 * 576 * 25 * 4
+    assert activation_bytes_per_token(model, checkpointing=True) == 30 * 576 * 1 * 4
+    half = Configured(model.config, dtype=torch.bfloat16)
+    assert activation_bytes_per_token(half, checkpointing=False) == 30 * 576 * 25 * 2
+    assert activation_bytes_per_token(nn.Linear(2, 2), checkpointing=False) is None  # no config
+
+
+def test_the_largest_divisor_within_the_budget():
+    # 10 bytes a token, 10 tokens a row: 100 bytes a row.
+    assert default_micro_batch_size(16, 10, 10, budget=1600) == 16
+    assert default_micro_batch_size(16, 10, 10, budget=1599) == 8
+    assert default_micro_batch_size(16, 10, 10, budget=700) == 4  # 7 rows fit; 4 is the divisor below
+    assert default_micro_batch_size(12, 10, 10, budget=700) == 6
+    assert default_micro_batch_size(16, 10, 10, budget=50) == 1  # not even one row fits: one row
+    assert default_micro_batch_size(16, 10, None, budget=1) == 16  # unknown model: the whole mini-batch
+
+
+def test_the_quickstart_keeps_one_micro_batch_and_a_135m_model_is_split():
+    # The quickstart: 16 prompts x 8 completions, prompts of at most 36 tokens, completions of 48.
+    tiny = activation_bytes_per_token(tiny_math(), checkpointing=False)
+    assert default_micro_batch_size(128, 36 + 48, tiny) == 128
+    # The real-model step of benchmarks/bench_memory.py: 4 x 4 rows of 40 + 96 tokens, float32.
+    smol = activation_bytes_per_token(smollm2_135m(), checkpointing=False)
+    assert default_micro_batch_size(16, 40 + 96, smol) == 4
+    # Activation checkpointing keeps 1/25 of it: the whole mini-batch fits.
+    assert default_micro_batch_size(16, 40 + 96, activation_bytes_per_token(smollm2_135m(), True)) == 16
+
+
+def test_cadence_layout_uses_the_rule_only_without_micro_batch_size():
+    smol = activation_bytes_per_token(smollm2_135m(), checkpointing=False)
+    assert Cadence(num_generations=4).layout(4).micro_batch_size == 16  # no rollout yet: whole mini-batch
+    assert Cadence(num_generations=4).layout(4, 136, smol).micro_batch_size == 4
+    assert Cadence(num_generations=4, micro_batch_size=8).layout(4, 136, smol).micro_batch_size == 8
+    halves = Cadence(num_generations=4, steps_per_rollout=2).layout(4, 136, smol)
+    assert (halves.mini_batch_size, halves.micro_batch_size) == (8, 4)
+
+
+@pytest.mark.parametrize(("budget", "per_step"), [(None, 1), (1, 8)])
+def test_the_update_runs_the_chosen_micro_batches(monkeypatch, budget, per_step):
+    """A budget no row fits cuts each step's 8 rows into 8 forward passes; the default budget keeps one."""
+    if budget is not None:
+        monkeypatch.setattr(micro_batch, "MICRO_BATCH_ACTIVATION_BUDGET", budget)
+    calls = []
+    original = update.shared_prefix_logprobs
+
+    def counting(model, input_ids, *args, **kwargs):
+        if torch.is_grad_enabled():
+            calls.append(len(input_ids))
+        return original(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(update, "shared_prefix_logprobs", counting)
+    tok = tiny_tokenizer()
+    module = make_module(tok, beta=0.1)  # beta > 0: every row takes the backward pass
+    make_trainer(max_steps=2).fit(module, datamodule=PromptsDataModule(tok, batch_size=2))
+    assert calls == [8 // per_step] * (2 * per_step)

@@ -1,4 +1,4 @@
-"""The default micro-batch (``micro_batch_size=None``): as many rows as fit the activation budget."""
+"""The default micro-batch (``micro_batch_size=None``): as many rows as fit the step memory target."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from transformers import LlamaConfig, Qwen2Config
 
 import grpo_lightning.algorithm.micro_batch as micro_batch
 import grpo_lightning.algorithm.update as update
-from grpo_lightning.algorithm.micro_batch import activation_bytes_per_token, default_micro_batch_size
+from grpo_lightning.algorithm.micro_batch import (
+    StepMemory,
+    activation_bytes_per_token,
+    default_micro_batch_size,
+    training_state_bytes,
+)
 from grpo_lightning.training.settings_groups import Cadence
 
 
@@ -44,41 +49,60 @@ def test_bytes_per_token_follow_depth_width_dtype_and_checkpointing():
     assert activation_bytes_per_token(nn.Linear(2, 2), checkpointing=False) is None  # no config
 
 
-def test_the_largest_divisor_within_the_budget():
-    # 10 bytes a token, 10 tokens a row: 100 bytes a row.
-    assert default_micro_batch_size(16, 10, 10, budget=1600) == 16
-    assert default_micro_batch_size(16, 10, 10, budget=1599) == 8
-    assert default_micro_batch_size(16, 10, 10, budget=700) == 4  # 7 rows fit; 4 is the divisor below
-    assert default_micro_batch_size(12, 10, 10, budget=700) == 6
-    assert default_micro_batch_size(16, 10, 10, budget=50) == 1  # not even one row fits: one row
-    assert default_micro_batch_size(16, 10, None, budget=1) == 16  # unknown model: the whole mini-batch
+def test_the_largest_divisor_within_what_the_target_leaves_beside_the_state():
+    # 10 bytes a token, 10 tokens a row: 100 bytes a row; 400 bytes of state.
+    assert default_micro_batch_size(16, 10, 10, 400, target=2000) == 16
+    assert default_micro_batch_size(16, 10, 10, 401, target=2000) == 8
+    assert default_micro_batch_size(16, 10, 10, 400, target=1100) == 4  # 7 rows fit; 4 is the divisor below
+    assert default_micro_batch_size(12, 10, 10, 400, target=1100) == 6
+    assert default_micro_batch_size(16, 10, 10, 400, target=450) == 1  # not even one row fits: one row
+    assert default_micro_batch_size(16, 10, 10, 4000, target=450) == 1  # the state alone is over the target
+    assert default_micro_batch_size(16, 10, None, 400, target=1) == 16  # unknown model: the whole mini-batch
+
+
+def test_training_state_counts_four_copies_of_what_trains_and_one_of_what_does_not():
+    policy, reference = nn.Linear(10, 10), nn.Linear(10, 10)  # 110 parameters each, float32
+    assert training_state_bytes(policy, None) == 4 * 110 * 4
+    assert training_state_bytes(policy, reference) == 4 * 110 * 4 + 110 * 4
+    policy.bias.requires_grad_(False)
+    assert training_state_bytes(policy, None) == 4 * 100 * 4 + 10 * 4
+
+
+def smollm2_state(lora: bool = False) -> int:
+    params = 134_515_008  # SmolLM2-135M-Instruct, tied embeddings
+    return params * 4 if lora else 4 * params * 4
 
 
 def test_the_quickstart_keeps_one_micro_batch_and_a_135m_model_is_split():
     # The quickstart: 16 prompts x 8 completions, prompts of at most 36 tokens, completions of 48.
-    tiny = activation_bytes_per_token(tiny_math(), checkpointing=False)
-    assert default_micro_batch_size(128, 36 + 48, tiny) == 128
+    model = tiny_math()
+    tiny = activation_bytes_per_token(model, checkpointing=False)
+    state = 4 * 2_400_000 * 4
+    assert default_micro_batch_size(128, 36 + 48, tiny, state) == 128
     # The real-model step of benchmarks/bench_memory.py: 4 x 4 rows of 40 + 96 tokens, float32.
     smol = activation_bytes_per_token(smollm2_135m(), checkpointing=False)
-    assert default_micro_batch_size(16, 40 + 96, smol) == 4
-    # Activation checkpointing keeps 1/25 of it: the whole mini-batch fits.
-    assert default_micro_batch_size(16, 40 + 96, activation_bytes_per_token(smollm2_135m(), True)) == 16
+    assert default_micro_batch_size(16, 40 + 96, smol, smollm2_state()) == 1
+    # LoRA trains a few adapters: the frozen base leaves room for 4 rows.
+    assert default_micro_batch_size(16, 40 + 96, smol, smollm2_state(lora=True)) == 4
+    # Activation checkpointing keeps 1/25 of the activations: 16 rows fit.
+    checkpointed = activation_bytes_per_token(smollm2_135m(), checkpointing=True)
+    assert default_micro_batch_size(16, 40 + 96, checkpointed, smollm2_state()) == 16
 
 
 def test_cadence_layout_uses_the_rule_only_without_micro_batch_size():
-    smol = activation_bytes_per_token(smollm2_135m(), checkpointing=False)
+    smol = StepMemory(136, activation_bytes_per_token(smollm2_135m(), checkpointing=False), smollm2_state(lora=True))
     assert Cadence(num_generations=4).layout(4).micro_batch_size == 16  # no rollout yet: whole mini-batch
-    assert Cadence(num_generations=4).layout(4, 136, smol).micro_batch_size == 4
-    assert Cadence(num_generations=4, micro_batch_size=8).layout(4, 136, smol).micro_batch_size == 8
-    halves = Cadence(num_generations=4, steps_per_rollout=2).layout(4, 136, smol)
+    assert Cadence(num_generations=4).layout(4, smol).micro_batch_size == 4
+    assert Cadence(num_generations=4, micro_batch_size=8).layout(4, smol).micro_batch_size == 8
+    halves = Cadence(num_generations=4, steps_per_rollout=2).layout(4, smol)
     assert (halves.mini_batch_size, halves.micro_batch_size) == (8, 4)
 
 
-@pytest.mark.parametrize(("budget", "per_step"), [(None, 1), (1, 8)])
-def test_the_update_runs_the_chosen_micro_batches(monkeypatch, budget, per_step):
-    """A budget no row fits cuts each step's 8 rows into 8 forward passes; the default budget keeps one."""
-    if budget is not None:
-        monkeypatch.setattr(micro_batch, "MICRO_BATCH_ACTIVATION_BUDGET", budget)
+@pytest.mark.parametrize(("target", "per_step"), [(None, 1), (1, 8)])
+def test_the_update_runs_the_chosen_micro_batches(monkeypatch, target, per_step):
+    """A target no row fits cuts each step's 8 rows into 8 forward passes; the default target keeps one."""
+    if target is not None:
+        monkeypatch.setattr(micro_batch, "STEP_MEMORY_TARGET", target)
     calls = []
     original = update.shared_prefix_logprobs
 

@@ -9,7 +9,7 @@ The rollout layout: each device takes P prompts per training step and samples
 G = ``num_generations`` completions of each, N = P * G rows. Each of the ``num_iterations`` passes
 splits them into ``steps_per_rollout`` mini-batches (one optimizer step each), and every mini-batch
 into micro-batches of ``micro_batch_size`` rows (one forward/backward each; by default as many as
-fit an activation budget, :mod:`~grpo_lightning.algorithm.micro_batch`).
+fit a memory target, :mod:`~grpo_lightning.algorithm.micro_batch`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from grpo_lightning.algorithm.micro_batch import default_micro_batch_size
+from grpo_lightning.algorithm.micro_batch import StepMemory
 from grpo_lightning.algorithm.update import BatchLayout, batch_layout
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.rewards.scorer import RewardErrors
@@ -42,7 +42,7 @@ class Cadence:
     steps_per_rollout: int = 1
     """Optimizer steps per pass: the rollout is cut into this many mini-batches."""
     micro_batch_size: int | None = None
-    """Rows per forward/backward; None = as many as fit the activation budget of
+    """Rows per forward/backward; None = as many as fit the step memory target of
     :mod:`~grpo_lightning.algorithm.micro_batch` (the whole mini-batch for small models)."""
     reuse_sampling_logprobs: bool = True
     """Take pi_old from the sampling pass when the engine reports it, instead of a no-grad pass."""
@@ -73,22 +73,18 @@ class Cadence:
         """True when an optimizer step comes before the rollout's last use, so pi_old != pi."""
         return self.optimizer_steps > 1
 
-    def layout(
-        self, prompts_per_device: int, row_tokens: int | None = None, bytes_per_token: int | None = None
-    ) -> BatchLayout:
+    def layout(self, prompts_per_device: int, memory: StepMemory | None = None) -> BatchLayout:
         """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked).
 
-        Without ``micro_batch_size``, the micro-batch is :func:`~grpo_lightning.algorithm.micro_batch.default_micro_batch_size`
-        of the rows' padded width ``row_tokens`` and the model's ``bytes_per_token``; without
-        ``row_tokens`` (before any rollout) it is the whole mini-batch.
+        Without ``micro_batch_size``, the micro-batch is the one ``memory`` chooses (the rollout's
+        width and the model's sizes); without ``memory`` (before any rollout), the whole mini-batch.
         """
         layout = batch_layout(
             prompts_per_device, self.num_generations, self.steps_per_rollout, self.micro_batch_size
         )
-        if self.micro_batch_size is not None or row_tokens is None:
+        if self.micro_batch_size is not None or memory is None:
             return layout
-        micro = default_micro_batch_size(layout.mini_batch_size, row_tokens, bytes_per_token)
-        return replace(layout, micro_batch_size=micro)
+        return replace(layout, micro_batch_size=memory.micro_batch_size(layout.mini_batch_size))
 
 
 @dataclass(frozen=True)

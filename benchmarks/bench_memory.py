@@ -240,7 +240,8 @@ def report(results: list[dict[str, Any]]) -> str:
         for name, value in m.items():
             lines.append(f"{name:<28}{value:>12.0f}{c.get(name, float('nan')):>12.0f}")
         lines.append(
-            "peak by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["peak_rss_mb_by_phase"].items()))
+            "peak by phase: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["peak_rss_mb_by_phase"].items()))
         )
     return "\n".join(lines) + "\n"
 

@@ -43,7 +43,7 @@ def tiny_math() -> Configured:
 def test_bytes_per_token_follow_depth_width_dtype_and_checkpointing():
     model = smollm2_135m()
     assert activation_bytes_per_token(model, checkpointing=False) == 30 * 576 * 25 * 4
-    assert activation_bytes_per_token(model, checkpointing=True) == 30 * 576 * 1 * 4
+    assert activation_bytes_per_token(model, checkpointing=True) == (30 * 1 + 25) * 576 * 4
     half = Configured(model.config, dtype=torch.bfloat16)
     assert activation_bytes_per_token(half, checkpointing=False) == 30 * 576 * 25 * 2
     assert activation_bytes_per_token(nn.Linear(2, 2), checkpointing=False) is None  # no config
@@ -84,13 +84,15 @@ def test_the_quickstart_keeps_one_micro_batch_and_a_135m_model_is_split():
     assert default_micro_batch_size(16, 40 + 96, smol, smollm2_state()) == 1
     # LoRA trains a few adapters: the frozen base leaves room for 4 rows.
     assert default_micro_batch_size(16, 40 + 96, smol, smollm2_state(lora=True)) == 4
-    # Activation checkpointing keeps 1/25 of the activations: 16 rows fit.
+    # Activation checkpointing keeps each layer's input and one layer's activations: 8 rows fit.
     checkpointed = activation_bytes_per_token(smollm2_135m(), checkpointing=True)
-    assert default_micro_batch_size(16, 40 + 96, checkpointed, smollm2_state()) == 16
+    assert default_micro_batch_size(16, 40 + 96, checkpointed, smollm2_state()) == 8
 
 
 def test_cadence_layout_uses_the_rule_only_without_micro_batch_size():
-    smol = StepMemory(136, activation_bytes_per_token(smollm2_135m(), checkpointing=False), smollm2_state(lora=True))
+    smol = StepMemory(
+        136, activation_bytes_per_token(smollm2_135m(), checkpointing=False), smollm2_state(lora=True)
+    )
     assert Cadence(num_generations=4).layout(4).micro_batch_size == 16  # no rollout yet: whole mini-batch
     assert Cadence(num_generations=4).layout(4, smol).micro_batch_size == 4
     assert Cadence(num_generations=4, micro_batch_size=8).layout(4, smol).micro_batch_size == 8
@@ -116,3 +118,31 @@ def test_the_update_runs_the_chosen_micro_batches(monkeypatch, target, per_step)
     module = make_module(tok, beta=0.1)  # beta > 0: every row takes the backward pass
     make_trainer(max_steps=2).fit(module, datamodule=PromptsDataModule(tok, batch_size=2))
     assert calls == [8 // per_step] * (2 * per_step)
+
+
+class TwoRanks:
+    """The collectives of rank 0 of two, whose other rank's rollout is ``other_width`` tokens wide."""
+
+    world_size, rank, device = 2, 0, torch.device("cpu")
+
+    def __init__(self, other_width: int) -> None:
+        self.other_width = other_width
+
+    def all_gather(self, tensors):
+        return {k: torch.cat([v, torch.tensor([self.other_width])]) for k, v in tensors.items()}
+
+
+def test_every_rank_chooses_from_the_widest_rollout():
+    # FSDP gathers weights in every forward: ranks must agree on the number of micro-batches.
+    from test_training_step import sampled, training_step
+
+    sampler, rollout = sampled()
+    step, _ = training_step(sampler)
+    rows = rollout.scored.rollout
+    width = rows.prompt_ids.shape[1] + rows.completion_ids.shape[1]
+    assert step._step_memory(rows).row_tokens == width
+    step.collectives = TwoRanks(width + 50)
+    memory = step._step_memory(rows)
+    assert memory.row_tokens == width + 50
+    assert memory.state_bytes == training_state_bytes(sampler.policy, None)
+    assert training_step(sampler, micro_batch_size=2)[0]._step_memory(rows) is None  # set: no rule

@@ -21,8 +21,8 @@ from torch import nn
 
 #: Values kept for the backward per token, per decoder layer, per unit of hidden size (measured, float32).
 ACTIVATION_VALUES_PER_UNIT = 25
-#: With activation checkpointing a layer keeps only its input (one value per unit); the one layer
-#: being recomputed in the backward is small next to the budget.
+#: With activation checkpointing a layer keeps only its input (one value per unit), and the layer
+#: being recomputed in the backward all of its :data:`ACTIVATION_VALUES_PER_UNIT`.
 CHECKPOINTED_VALUES_PER_UNIT = 1
 #: Training state plus one default micro-batch's estimated activations (bytes).
 STEP_MEMORY_TARGET = 9 * 2**28  # 2.25 GiB
@@ -47,8 +47,9 @@ def activation_bytes_per_token(model: nn.Module, checkpointing: bool) -> int | N
         return None
     param = next(model.parameters(), None)
     element = param.element_size() if param is not None and param.is_floating_point() else 4
-    values = CHECKPOINTED_VALUES_PER_UNIT if checkpointing else ACTIVATION_VALUES_PER_UNIT
-    return layers * hidden * values * element
+    if checkpointing:
+        return (layers * CHECKPOINTED_VALUES_PER_UNIT + ACTIVATION_VALUES_PER_UNIT) * hidden * element
+    return layers * ACTIVATION_VALUES_PER_UNIT * hidden * element
 
 
 def default_micro_batch_size(
@@ -83,4 +84,6 @@ class StepMemory:
     """:func:`training_state_bytes` of the policy and its reference."""
 
     def micro_batch_size(self, mini_batch_size: int) -> int:
-        return default_micro_batch_size(mini_batch_size, self.row_tokens, self.bytes_per_token, self.state_bytes)
+        return default_micro_batch_size(
+            mini_batch_size, self.row_tokens, self.bytes_per_token, self.state_bytes
+        )

@@ -117,7 +117,8 @@ class GRPOModule(LightningModule):
             default): the most rows whose activations, estimated from the rollout's padded width and
             the model's layers and hidden size, fit beside the training state (weights, gradients,
             AdamW, reference) in 2.25 GiB, and at least one (:mod:`~grpo_lightning.algorithm.micro_batch`:
-            the whole mini-batch for small models, one row for a 135M model in float32).
+            the whole mini-batch for small models, one row for a 135M model in float32). With
+            ``loss_type="bnpo"``, whose loss is a mean per micro-batch, None is the whole mini-batch.
         mask_truncated_completions: Leave completions that hit the length limit without EOS out of the loss.
         top_entropy_quantile: Keep only this fraction of the highest-entropy tokens in the loss (1.0 = all).
         optimizer: An optimizer callable (LightningCLI ``class_path``); default AdamW. When given, the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib import resources
 
 import pytest
@@ -13,6 +14,7 @@ from transformers import LlamaConfig, Qwen2Config
 
 import grpo_lightning.algorithm.micro_batch as micro_batch
 import grpo_lightning.algorithm.update as update
+from grpo_lightning.algorithm.losses import LossConfig
 from grpo_lightning.algorithm.micro_batch import (
     StepMemory,
     activation_bytes_per_token,
@@ -146,3 +148,12 @@ def test_every_rank_chooses_from_the_widest_rollout():
     assert memory.row_tokens == width + 50
     assert memory.state_bytes == training_state_bytes(sampler.policy, None)
     assert training_step(sampler, micro_batch_size=2)[0]._step_memory(rows) is None  # set: no rule
+
+
+def test_bnpo_keeps_the_whole_mini_batch_whose_split_would_change_its_loss():
+    from test_training_step import sampled, training_step
+
+    sampler, rollout = sampled()
+    step, _ = training_step(sampler)
+    step.settings = replace(step.settings, loss=LossConfig(loss_type="bnpo"))
+    assert step._step_memory(rollout.scored.rollout) is None

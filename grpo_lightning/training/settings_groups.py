@@ -43,7 +43,8 @@ class Cadence:
     """Optimizer steps per pass: the rollout is cut into this many mini-batches."""
     micro_batch_size: int | None = None
     """Rows per forward/backward; None = as many as fit the step memory target of
-    :mod:`~grpo_lightning.algorithm.micro_batch` (the whole mini-batch for small models)."""
+    :mod:`~grpo_lightning.algorithm.micro_batch` (the whole mini-batch for small models, and for
+    ``bnpo``, whose loss depends on the split)."""
     reuse_sampling_logprobs: bool = True
     """Take pi_old from the sampling pass when the engine reports it, instead of a no-grad pass."""
     dynamic_sampling: bool = False

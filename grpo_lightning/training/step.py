@@ -130,8 +130,9 @@ class TrainingStep:
     def _step_memory(self, rollout: Rollout) -> StepMemory | None:
         """What the default micro-batch is chosen from: the rows' padded width (the widest rank's, so
         that every rank makes the same number of forward calls, as FSDP needs) and the models' sizes.
-        None when ``micro_batch_size`` is set."""
-        if self.settings.cadence.micro_batch_size is not None:
+        None when ``micro_batch_size`` is set, or when the loss depends on the split (``bnpo``, a
+        token mean per micro-batch): the default must not change what is optimized."""
+        if self.settings.cadence.micro_batch_size is not None or self.settings.loss.aggregation.local:
             return None
         width = rollout.prompt_ids.shape[1] + rollout.completion_ids.shape[1]
         if self.collectives.world_size > 1:

@@ -37,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -167,6 +168,7 @@ def run_variant(variant: str, steps: int, settings: dict[str, Any]) -> dict[str,
     )  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu",
+        default_root_dir=tempfile.mkdtemp(prefix="bench-memory-"),  # an interrupted run saves last.ckpt there
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,

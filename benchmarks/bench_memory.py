@@ -6,12 +6,16 @@ prompts rendered by the chat template, float32, one thread, the default optimize
 reference is the base model with the adapter off) and ``full-beta`` (full fine-tuning, beta 0.04: a
 frozen copy of the weights as reference). Each variant runs in its own process (its peak is its own):
 
-    python benchmarks/bench_memory.py --variants full lora full-beta --steps 2 \
-        --out benchmarks/results/memory-after.txt
+    python benchmarks/bench_memory.py --variants full lora full-beta --steps 2 --out memory.txt
+
+``--set micro_batch_size=16`` measures the earlier default (the whole mini-batch in one pass);
+``benchmarks/results/memory-smollm2-cpu-1thread.txt`` holds both.
 
 Measured, not only computed: a thread samples the resident set (RSS) every 5 ms, attributed to the
 phase running (``PhaseTimer.trace_memory`` of ``workloads.py``, the sampler of ``BENCH_MEMTRACE``),
-and the RSS is also read when each phase starts and ends. The breakdown:
+and the RSS is also read when each phase starts and ends, after ``malloc_trim`` has returned freed
+heap pages to the system (``--no-trim`` skips it), so that it counts live memory. The breakdown is
+the first step's:
 
 - ``libraries``: RSS after importing torch, transformers, Lightning and this package (interpreter included);
 - ``weights``: RSS growth over loading the model (and the peak while loading: the GGUF file is

@@ -135,8 +135,11 @@ def run_variant(variant: str, steps: int, settings: dict[str, Any]) -> dict[str,
     trainable = sum(p.numel() for p in module.policy.parameters() if p.requires_grad)
     module.rollout_engine.generate = entered(module.rollout_engine.generate, "sampling")
 
-    def logp_label(model: Any, *args: Any, **kwargs: Any) -> str:
+    rows_per_pass: set[int] = set()  # the micro-batch sizes the update ran with gradients
+
+    def logp_label(model: Any, input_ids: Any, *args: Any, **kwargs: Any) -> str:
         if torch.is_grad_enabled():
+            rows_per_pass.add(len(input_ids))
             return "policy_logp"
         return "ref_logp" if model is module.ref_model or module.ref_model is None else "old_logp"
 
@@ -210,6 +213,7 @@ def run_variant(variant: str, steps: int, settings: dict[str, Any]) -> dict[str,
         "variant": variant,
         "settings": {**VARIANTS[variant], **settings},
         "micro_batch_size": module.settings.cadence.micro_batch_size,
+        "rows_per_backward_pass": sorted(rows_per_pass),
         "parameters": params,
         "trainable_parameters": trainable,
         "peak_rss_mb": peak_rss_mb(),
@@ -238,7 +242,8 @@ def report(results: list[dict[str, Any]]) -> str:
         c, m = r["computed_mb"], r["measured_mb"]
         lines += [
             "",
-            f"## {r['variant']} {json.dumps(r['settings'])}  micro_batch_size={r['micro_batch_size']}",
+            f"## {r['variant']} {json.dumps(r['settings'])}  micro_batch_size={r['micro_batch_size']}: "
+            f"{r['rows_per_backward_pass']} rows per forward/backward",
             f"peak RSS {r['peak_rss_mb']:.0f} MB; weights + reference + gradients + AdamW = {r['floor_mb']:.0f} MB "
             f"(ratio {r['peak_rss_mb'] / r['floor_mb']:.2f}); step seconds {[round(s, 1) for s in r['step_s']]}",
             f"{'part':<28}{'measured MB':>12}{'computed MB':>12}",

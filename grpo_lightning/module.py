@@ -113,8 +113,12 @@ class GRPOModule(LightningModule):
         importance_sampling_level: ``token`` ratios, or ``sequence`` (GSPO: one length-normalised ratio per completion).
         num_iterations: Passes over each rollout (mu); pi_old is then needed.
         steps_per_rollout: Optimizer steps per pass (mini-batches of the rollout).
-        micro_batch_size: Rows per forward/backward (default: the whole mini-batch); the gradient does
-            not depend on it.
+        micro_batch_size: Rows per forward/backward; the gradient does not depend on it. None (the
+            default): the most rows whose activations, estimated from the rollout's padded width and
+            the model's layers and hidden size, fit beside the training state (weights, gradients,
+            AdamW, reference) in 2.25 GiB, and at least one (:mod:`~grpo_lightning.algorithm.micro_batch`:
+            the whole mini-batch for small models, one row for a 135M model in float32). With
+            ``loss_type="bnpo"``, whose loss is a mean per micro-batch, None is the whole mini-batch.
         mask_truncated_completions: Leave completions that hit the length limit without EOS out of the loss.
         top_entropy_quantile: Keep only this fraction of the highest-entropy tokens in the loss (1.0 = all).
         optimizer: An optimizer callable (LightningCLI ``class_path``); default AdamW. When given, the

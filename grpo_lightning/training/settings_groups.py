@@ -8,16 +8,18 @@ group checks its values when built, and every message names the setting and how 
 The rollout layout: each device takes P prompts per training step and samples
 G = ``num_generations`` completions of each, N = P * G rows. Each of the ``num_iterations`` passes
 splits them into ``steps_per_rollout`` mini-batches (one optimizer step each), and every mini-batch
-into micro-batches of ``micro_batch_size`` rows (one forward/backward each).
+into micro-batches of ``micro_batch_size`` rows (one forward/backward each; by default as many as
+fit a memory target, :mod:`~grpo_lightning.algorithm.micro_batch`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from grpo_lightning.algorithm.micro_batch import StepMemory
 from grpo_lightning.algorithm.update import BatchLayout, batch_layout
 from grpo_lightning.logprobs import DEFAULT_CHUNK_SIZE
 from grpo_lightning.rewards.scorer import RewardErrors
@@ -40,7 +42,9 @@ class Cadence:
     steps_per_rollout: int = 1
     """Optimizer steps per pass: the rollout is cut into this many mini-batches."""
     micro_batch_size: int | None = None
-    """Rows per forward/backward; None = the whole mini-batch."""
+    """Rows per forward/backward; None = as many as fit the step memory target of
+    :mod:`~grpo_lightning.algorithm.micro_batch` (the whole mini-batch for small models, and for
+    ``bnpo``, whose loss depends on the split)."""
     reuse_sampling_logprobs: bool = True
     """Take pi_old from the sampling pass when the engine reports it, instead of a no-grad pass."""
     dynamic_sampling: bool = False
@@ -70,11 +74,18 @@ class Cadence:
         """True when an optimizer step comes before the rollout's last use, so pi_old != pi."""
         return self.optimizer_steps > 1
 
-    def layout(self, prompts_per_device: int) -> BatchLayout:
-        """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked)."""
-        return batch_layout(
+    def layout(self, prompts_per_device: int, memory: StepMemory | None = None) -> BatchLayout:
+        """The rows / mini-batch / micro-batch sizes for this many prompts per device (checked).
+
+        Without ``micro_batch_size``, the micro-batch is the one ``memory`` chooses (the rollout's
+        width and the model's sizes); without ``memory`` (before any rollout), the whole mini-batch.
+        """
+        layout = batch_layout(
             prompts_per_device, self.num_generations, self.steps_per_rollout, self.micro_batch_size
         )
+        if self.micro_batch_size is not None or memory is None:
+            return layout
+        return replace(layout, micro_batch_size=memory.micro_batch_size(layout.mini_batch_size))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.algorithm.losses import grpo_loss
+from grpo_lightning.algorithm.micro_batch import StepMemory, activation_bytes_per_token, training_state_bytes
 from grpo_lightning.algorithm.update import (
     GradientScales,
     Plan,
@@ -114,7 +115,8 @@ class TrainingStep:
             )
         cadence, loss_type = self.settings.cadence, self.settings.loss.loss_type
         sampled = rollout.scored.rollout
-        layout = cadence.layout(len(sampled) // cadence.num_generations)
+        prompts = len(sampled) // cadence.num_generations
+        layout = cadence.layout(prompts, self._step_memory(sampled))
         batch = UpdateBatch(sampled.input_ids, sampled.attention_mask, sampled.completion_mask, advantages)
         self._old_and_ref_logprobs(batch, sampled, layout.micro_batch_size)
         # Mini-batches of every optimizer step, shuffled per pass with a seed fixed by the step.
@@ -124,6 +126,20 @@ class TrainingStep:
         counts = self.collectives.reduce_sum(normalizer_counts(batch.completion_mask, plan, loss_type))
         scales = gradient_scales(loss_type, layout.micro_batches_per_step, self.collectives.world_size)
         return self._optimizer_steps(batch, plan, counts, scales)
+
+    def _step_memory(self, rollout: Rollout) -> StepMemory | None:
+        """What the default micro-batch is chosen from: the rows' padded width (the widest rank's, so
+        that every rank makes the same number of forward calls, as FSDP needs) and the models' sizes.
+        None when ``micro_batch_size`` is set, or when the loss depends on the split (``bnpo``, a
+        token mean per micro-batch): the default must not change what is optimized."""
+        if self.settings.cadence.micro_batch_size is not None or self.settings.loss.aggregation.local:
+            return None
+        width = rollout.prompt_ids.shape[1] + rollout.completion_ids.shape[1]
+        if self.collectives.world_size > 1:
+            mine = torch.tensor([width], device=self.collectives.device)
+            width = int(self.collectives.all_gather({"width": mine})["width"].max())
+        per_token = activation_bytes_per_token(self.policy, self.settings.model.gradient_checkpointing)
+        return StepMemory(width, per_token, training_state_bytes(self.policy, self.reference))
 
     def _old_and_ref_logprobs(self, batch: UpdateBatch, rollout: Rollout, micro_batch_size: int) -> None:
         """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and

@@ -60,6 +60,15 @@ def test_the_largest_divisor_within_what_the_target_leaves_beside_the_state():
     assert default_micro_batch_size(16, 10, 10, 400, target=450) == 1  # not even one row fits: one row
     assert default_micro_batch_size(16, 10, 10, 4000, target=450) == 1  # the state alone is over the target
     assert default_micro_batch_size(16, 10, None, 400, target=1) == 16  # unknown model: the whole mini-batch
+    # A CUDA device's budget (its free memory's share) replaces target - state: 350 bytes fit 3 rows -> 2.
+    assert default_micro_batch_size(16, 10, 10, 4000, target=450, budget=350) == 2
+    assert default_micro_batch_size(16, 10, 10, 4000, budget=10**9) == 16
+
+
+def test_the_device_budget_is_a_share_of_a_cuda_devices_free_memory(monkeypatch):
+    assert micro_batch.device_budget(torch.device("cpu")) is None  # the host target applies
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10_000, 80_000))
+    assert micro_batch.device_budget(torch.device("cuda", 0)) == int(10_000 * micro_batch.CUDA_FREE_SHARE)
 
 
 def test_training_state_counts_four_copies_of_what_trains_and_one_of_what_does_not():
@@ -123,15 +132,16 @@ def test_the_update_runs_the_chosen_micro_batches(monkeypatch, target, per_step)
 
 
 class TwoRanks:
-    """The collectives of rank 0 of two, whose other rank's rollout is ``other_width`` tokens wide."""
+    """The collectives of rank 0 of two, whose other rank's rollout is ``other_width`` tokens wide (and
+    whose device budget is ``other_budget``, -1 for none)."""
 
     world_size, rank, device = 2, 0, torch.device("cpu")
 
-    def __init__(self, other_width: int) -> None:
-        self.other_width = other_width
+    def __init__(self, other_width: int, other_budget: int = -1) -> None:
+        self.other = torch.tensor([[other_width, other_budget]])
 
     def all_gather(self, tensors):
-        return {k: torch.cat([v, torch.tensor([self.other_width])]) for k, v in tensors.items()}
+        return {k: torch.cat([v, self.other.to(v.dtype)]) for k, v in tensors.items()}
 
 
 def test_every_rank_chooses_from_the_widest_rollout():
@@ -146,7 +156,7 @@ def test_every_rank_chooses_from_the_widest_rollout():
     step.collectives = TwoRanks(width + 50)
     memory = step._step_memory(rows)
     assert memory.row_tokens == width + 50
-    assert memory.state_bytes == training_state_bytes(sampler.policy, None)
+    assert memory.state_bytes == training_state_bytes(sampler.policy, None) and memory.budget is None
     assert training_step(sampler, micro_batch_size=2)[0]._step_memory(rows) is None  # set: no rule
 
 
@@ -157,3 +167,17 @@ def test_bnpo_keeps_the_whole_mini_batch_whose_split_would_change_its_loss():
     step, _ = training_step(sampler)
     step.settings = replace(step.settings, loss=LossConfig(loss_type="bnpo"))
     assert step._step_memory(rollout.scored.rollout) is None
+
+
+def test_ranks_agree_on_the_smallest_device_budget(monkeypatch):
+    from test_training_step import sampled, training_step
+
+    import grpo_lightning.training.step as step_module
+
+    sampler, rollout = sampled()
+    step, _ = training_step(sampler)
+    monkeypatch.setattr(step_module, "device_budget", lambda device: 500)  # as on a CUDA device
+    step.collectives = TwoRanks(1, other_budget=300)
+    assert step._step_memory(rollout.scored.rollout).budget == 300
+    step.collectives = TwoRanks(1, other_budget=900)
+    assert step._step_memory(rollout.scored.rollout).budget == 500

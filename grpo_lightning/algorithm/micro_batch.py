@@ -11,12 +11,17 @@ training state (weights, gradients, AdamW moments, the reference: :func:`trainin
 at least one row. Small models keep the whole mini-batch (the built-in tiny model's 128 rows of at
 most 84 tokens: 1.1 GB of 2.2 GiB left); a 135M model in float32 (2 GiB of state) takes one row
 at a time, which keeps its peak near 1.5x its state.
+
+On a CUDA device the budget is instead a share (:data:`CUDA_FREE_SHARE`) of the memory the device has
+free when the update starts (the state is already there): a fixed host-sized target would cut a GPU's
+micro-batches to a row or two and waste the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 #: Values kept for the backward per token, per decoder layer, per unit of hidden size (measured, float32).
@@ -24,8 +29,11 @@ ACTIVATION_VALUES_PER_UNIT = 25
 #: With activation checkpointing a layer keeps only its input (one value per unit), and the layer
 #: being recomputed in the backward all of its :data:`ACTIVATION_VALUES_PER_UNIT`.
 CHECKPOINTED_VALUES_PER_UNIT = 1
-#: Training state plus one default micro-batch's estimated activations (bytes).
+#: Training state plus one default micro-batch's estimated activations (bytes), on the CPU.
 STEP_MEMORY_TARGET = 9 * 2**28  # 2.25 GiB
+#: On a CUDA device, the share of its free memory the activations of one micro-batch may take (the
+#: rest is headroom for the logits chunks, the allocator's fragmentation and the optimizer step).
+CUDA_FREE_SHARE = 0.6
 
 
 def training_state_bytes(policy: nn.Module, reference: nn.Module | None) -> int:
@@ -58,16 +66,20 @@ def default_micro_batch_size(
     bytes_per_token: int | None,
     state_bytes: int,
     target: int | None = None,
+    budget: int | None = None,
 ) -> int:
     """The largest divisor ``d`` of ``mini_batch_size`` with ``d * row_tokens * bytes_per_token`` within
     ``target - state_bytes`` (at least 1); the whole mini-batch when ``bytes_per_token`` is None (unknown model).
 
     ``row_tokens``: the rows' padded width (prompt + completion), the same for every row of a rollout.
     ``state_bytes``: :func:`training_state_bytes`. ``target``: bytes (default :data:`STEP_MEMORY_TARGET`).
+    ``budget``: the bytes the activations may take, given directly (a CUDA device's free share); it
+    replaces ``target - state_bytes``.
     """
     if bytes_per_token is None:
         return mini_batch_size
-    budget = (STEP_MEMORY_TARGET if target is None else target) - state_bytes
+    if budget is None:
+        budget = (STEP_MEMORY_TARGET if target is None else target) - state_bytes
     fits = max(budget // max(row_tokens * bytes_per_token, 1), 1)
     return max(d for d in range(1, mini_batch_size + 1) if mini_batch_size % d == 0 and d <= fits)
 
@@ -82,8 +94,19 @@ class StepMemory:
     """:func:`activation_bytes_per_token` of the policy; None when unknown."""
     state_bytes: int
     """:func:`training_state_bytes` of the policy and its reference."""
+    budget: int | None = None
+    """The activations' bytes on a CUDA device (:func:`device_budget`); None on the CPU."""
 
     def micro_batch_size(self, mini_batch_size: int) -> int:
         return default_micro_batch_size(
-            mini_batch_size, self.row_tokens, self.bytes_per_token, self.state_bytes
+            mini_batch_size, self.row_tokens, self.bytes_per_token, self.state_bytes, budget=self.budget
         )
+
+
+def device_budget(device: torch.device) -> int | None:
+    """The activations' budget on ``device``: :data:`CUDA_FREE_SHARE` of a CUDA device's free memory;
+    None elsewhere (the host target applies)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free * CUDA_FREE_SHARE)

@@ -16,7 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.algorithm.losses import grpo_loss
-from grpo_lightning.algorithm.micro_batch import StepMemory, activation_bytes_per_token, training_state_bytes
+from grpo_lightning.algorithm.micro_batch import (
+    StepMemory,
+    activation_bytes_per_token,
+    device_budget,
+    training_state_bytes,
+)
 from grpo_lightning.algorithm.update import (
     GradientScales,
     Plan,
@@ -135,11 +140,14 @@ class TrainingStep:
         if self.settings.cadence.micro_batch_size is not None or self.settings.loss.aggregation.local:
             return None
         width = rollout.prompt_ids.shape[1] + rollout.completion_ids.shape[1]
+        budget = device_budget(rollout.completion_ids.device)
         if self.collectives.world_size > 1:
-            mine = torch.tensor([width], device=self.collectives.device)
-            width = int(self.collectives.all_gather({"width": mine})["width"].max())
+            # Every rank takes the widest rollout and the smallest device budget: the same split everywhere.
+            mine = torch.tensor([width, -1 if budget is None else budget], device=self.collectives.device)
+            both = self.collectives.all_gather({"both": mine.unsqueeze(0)})["both"]
+            width, budget = int(both[:, 0].max()), (None if budget is None else int(both[:, 1].min()))
         per_token = activation_bytes_per_token(self.policy, self.settings.model.gradient_checkpointing)
-        return StepMemory(width, per_token, training_state_bytes(self.policy, self.reference))
+        return StepMemory(width, per_token, training_state_bytes(self.policy, self.reference), budget)
 
     def _old_and_ref_logprobs(self, batch: UpdateBatch, rollout: Rollout, micro_batch_size: int) -> None:
         """Fill ``batch.old_logp`` (only when the policy moves before the rollout is used again) and

@@ -283,7 +283,7 @@ def test_sft_learning_rate_warms_up_linearly_then_stays_constant():
 def test_comparison_end_to_end_shortened(tmp_path):
     out = tmp_path / "learning"
     tiny = ["data.max_val_samples=10", "data.batch_size=4", "model.num_generations=4"]
-    compare.main(
+    args = (
         [
             "--config",
             CONFIG,
@@ -302,6 +302,7 @@ def test_comparison_end_to_end_shortened(tmp_path):
         + ["--sft-batch-size", "8", "--worked-pool", "300", "--rft-chunk", "8", "--rft-generations", "2"]
         + ["--rft-prompts-per-call", "4", "--final-samples", "2"]
     )
+    compare.main(args)
     results = json.loads((out / "results.json").read_text())
     runs = {r["method"]: r for r in results["runs"]}
     assert sorted(runs) == sorted(compare.METHODS)
@@ -318,12 +319,25 @@ def test_comparison_end_to_end_shortened(tmp_path):
         assert final["pass@2"] >= final["mean@2"] and len(final["problems"]) == 10
         # The final evaluation's greedy pass sees the same weights and problems as the last snapshot's.
         assert final["greedy"] == run["snapshots"][-1]["accuracy"]
+        # A right answer is a marked one: the format rate bounds the accuracy, and counts the marks.
+        assert final["greedy"] <= final["greedy_format"] <= 1.0
+        texts = [p["greedy_completion"] for p in final["problems"]]
+        marked = ["####" in t or "\\boxed{" in t for t in texts]
+        assert all(m for m, p in zip(marked, final["problems"], strict=True) if p["greedy_correct"])
+        assert final["greedy_format"] <= sum(marked) / len(marked)
     # Same start checkpoint, same held-out problems: the same start accuracy for every method.
     starts = {run["snapshots"][0]["accuracy"] for run in runs.values()}
     assert len(starts) == 1
     assert sum("final_start" in r for r in runs.values()) == 1  # the start weights are final-evaluated once
     assert next(r for r in runs.values() if "final_start" in r)["final_start"]["greedy"] == starts.pop()
     table = (out / "table.md").read_text()
+    assert "| weights | greedy | greedy_format |" in table
     for label in ("GRPO", "SFT, worked solutions", "SFT, answers only", "RFT"):
         assert f"| {label}" in table
     assert (out / "accuracy_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A comparison stopped before its last run is reported from the records of the runs that finished.
+    (out / "runs" / "rft-seed0.json").unlink()
+    reported = compare.main([*args, "--report-only"])
+    assert reported["runs"] == [r for r in results["runs"] if r["method"] != "rft"]
+    table = (out / "table.md").read_text()
+    assert "| GRPO" in table and "| RFT" not in table

@@ -77,6 +77,20 @@ def launch(args: argparse.Namespace, method: str, seed: int, first: bool) -> dic
         return json.load(f)
 
 
+def finished_runs(out: str, order: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The records in ``<out>/runs/`` of the runs of ``order`` that finished (a comparison stopped
+    before its last seeds can still be reported); refuses when none has."""
+    paths = [os.path.join(out, "runs", f"{method}-seed{seed}.json") for method, seed in order]
+    runs = []
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path) as f:
+                runs.append(json.load(f))
+    if not runs:
+        raise FileNotFoundError(f"--report-only: none of {paths} exists; run the comparison first.")
+    return runs
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Run every (method, seed) and write the results, table and plot; returns the results."""
     for sub in ("runs", "logs"):
@@ -97,10 +111,13 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{method} seed {seed}: {first_acc:.3f} -> {last_acc:.3f} in {run['steps']} steps", flush=True)
         return run
 
-    # With --jobs 2, two runs share the machine at any time; consecutive runs in ``order`` are
-    # different methods, so each method meets the same company.
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(one, range(len(order))))
+    if args.report_only:
+        runs = finished_runs(args.out, order)
+    else:
+        # With --jobs 2, two runs share the machine at any time; consecutive runs in ``order`` are
+        # different methods, so each method meets the same company.
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            runs = list(pool.map(one, range(len(order))))
     meta["loadavg_end"] = os.getloadavg()
     summary = summarize(runs)
     results = {"meta": meta, "settings": vars(args), "summary": summary, "runs": runs}
@@ -123,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="runs at once (each with --threads threads); 1 = one after another",
     )
     parser.add_argument("--out", default="benchmarks/results/learning", help="folder for the results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the results, table and plot from the runs already in --out/runs/",
+    )
     args = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else list(argv)
     args.command = " ".join(["python benchmarks/learning/compare.py", *given])

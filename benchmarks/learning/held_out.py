@@ -18,6 +18,7 @@ from grpo_lightning.data import PromptDataModule
 from grpo_lightning.evaluation.evaluator import Evaluator
 from grpo_lightning.evaluation.model_eval import evaluate_batches
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.rewards.gsm8k import final_answer_text
 
 
 def batches(datamodule: PromptDataModule, data: Dataset, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -65,7 +66,8 @@ def final_evaluation(
     Returns validation's figures (:func:`grpo_lightning.evaluation.model_eval.evaluate_batches`): ``accuracy``
     (greedy), ``mean@N``, unbiased ``pass@k`` and exact ``maj@k`` for k <= N; plus ``greedy`` (the
     same accuracy, under the name the report uses), ``num_samples`` and ``problems``: per problem its
-    answer, greedy correctness, each sample's correctness and the sampled completions.
+    answer, greedy completion and correctness, each sample's correctness and the sampled completions;
+    ``greedy_format``: the share of greedy completions with a marked final answer (``####`` or ``\\boxed{}``).
     """
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: the final evaluation samples at least 2 per problem.")
@@ -76,9 +78,18 @@ def final_evaluation(
         {
             "answer": r["answer"],
             "greedy_correct": r["correct"],
+            "greedy_completion": r["greedy"],
             "correct": r["samples_correct"],
             "completions": r["samples"],
         }
         for r in records
     ]
-    return {**figures, "greedy": figures["accuracy"], "num_samples": num_samples, "problems": problems}
+    # The format the accuracy reward reads: a "####" answer line or a \boxed{} (whether right or not).
+    marked = [final_answer_text(r["greedy"]) is not None for r in records]
+    return {
+        **figures,
+        "greedy": figures["accuracy"],
+        "greedy_format": sum(marked) / len(marked),
+        "num_samples": num_samples,
+        "problems": problems,
+    }

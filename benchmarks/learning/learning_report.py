@@ -150,13 +150,16 @@ def mean_final(runs: Sequence[dict[str, Any]], method: str) -> dict[str, float]:
 
 
 def final_markdown(runs: Sequence[dict[str, Any]]) -> str:
-    """With ``--final-samples N``: greedy, mean@N, pass@k and maj@k at k = 1 and N for the start
-    weights and each method's end of budget (mean over seeds); empty without a final evaluation."""
+    """With ``--final-samples N``: greedy, the share of greedy completions with a marked answer
+    (``greedy_format``), mean@N, pass@k and maj@k at k = 1 and N for the start weights and each
+    method's end of budget (mean over seeds); empty without a final evaluation."""
     start = next((r["final_start"] for r in runs if "final_start" in r), None)
     if start is None:
         return ""
     n = start["num_samples"]
     columns = _final_columns(n)
+    if "greedy_format" in start:  # runs recorded before the format rate existed lack it
+        columns.insert(1, "greedy_format")
     lines = [
         f"Final evaluation: greedy, and {n} samples per held-out problem (temperature as in training); "
         "pass@k unbiased, maj@k the exact mean over k-subsets of the samples; mean over seeds.",

@@ -94,6 +94,7 @@ FIXED_VERSION = [*CSV, "--trainer.logger.init_args.version=v"]
             ["--trainer.default_root_dir={tmp}/root", "--export.enabled=false", "--export.dir={tmp}/m"],
             "nothing is exported",
         ),
+        (["--trainer.default_root_dir={tmp}/root", "--export.merge_lora=true"], "there is nothing to merge"),
     ],
     ids=[
         "save_dir",
@@ -106,6 +107,7 @@ FIXED_VERSION = [*CSV, "--trainer.logger.init_args.version=v"]
         "below-file",
         "unwritable",
         "disabled",
+        "merge-without-lora",
     ],
 )
 def test_an_export_folder_that_could_delete_or_mix_with_other_files_is_refused_at_the_start(
@@ -221,6 +223,10 @@ def test_an_export_from_the_checkpoint_is_the_export_fit_wrote(finished_run, mon
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(ValueError, match=r"--export\.overwrite true"):
         console_entry()  # the folder holds fit's export
+    monkeypatch.setattr(sys, "argv", [*argv, "--export.overwrite", "true", "--export.merge_lora", "true"])
+    with pytest.raises(ValueError, match="trained no LoRA adapter: there is nothing to merge"):
+        console_entry()  # a full fine-tuning checkpoint has no adapter to merge
+    assert snapshot(target) == by_fit  # and fit's export is left as it was
     monkeypatch.setattr(sys, "argv", [*argv, "--export.overwrite", "true"])
     console_entry()
     from_checkpoint = snapshot(target)

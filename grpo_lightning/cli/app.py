@@ -209,8 +209,13 @@ class GRPOLightningCLI(HookedLightningCLI):
 
     def before_fit(self) -> None:
         export = self.config[self.subcommand].export
+        if export.merge_lora and not self.model.settings.lora:
+            raise ValueError(
+                "--export.merge_lora is true, but the model trains no LoRA adapter (model.lora is not set): "
+                "there is nothing to merge. Drop --export.merge_lora, or set model.lora to train an adapter."
+            )
         if not export.enabled:
-            given = [f"--export.{k}" for k in ("dir", "overwrite") if export[k]]
+            given = [f"--export.{k}" for k in ("dir", "overwrite", "merge_lora") if export[k]]
             if given:
                 raise ValueError(
                     f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set, but --export.enabled is "

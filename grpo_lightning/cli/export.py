@@ -58,6 +58,11 @@ def export_checkpoint(
     check_export_target(export_dir, overwrite)
     checkpoint = read_checkpoint(path)
     module = GRPOModule.load_from_checkpoint(path, map_location="cpu")
+    if merge_lora and not module.settings.lora:
+        raise ValueError(
+            f"--export.merge_lora is true, but {path} trained no LoRA adapter: there is nothing to merge. "
+            "Drop --export.merge_lora."
+        )
     card = checkpoint_card(module, checkpoint)
     with staged_export(export_dir) as folder:
         write_policy(module, folder, export_dir, merge_lora, card)

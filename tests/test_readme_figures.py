@@ -348,3 +348,23 @@ def test_the_evaluate_model_figures_are_reproduced():
         readme_examples.run_evaluate_model()["figures"]
         == committed("readme-evaluate-model.json")["result"]["figures"]
     )
+
+
+def test_the_real_model_recipe_table_quotes_its_committed_run():
+    budget, final = (RESULTS / "smollm2-arithmetic" / "table.md").read_text().split("Final evaluation")
+    seeds = {row[0]: row for row in markdown_rows(budget)}["GRPO (answers only)"][6]  # "0: 0.410, 1: ..."
+    rows = {row[0]: row for row in markdown_rows(final)}  # weights | greedy | format | mean@4 | pass@1 | pass@4 | ...
+    start, end = rows["start"], rows["GRPO (answers only)"]
+    section = readme_section("## Second step: a real pretrained model on the CPU")
+    readme = {row[0]: row for row in markdown_rows(section)}
+    greedy = readme["greedy accuracy"]
+    assert_quotes("start greedy accuracy", greedy[1], float(start[1]))
+    assert_quotes("end greedy accuracy", re.findall(r"[0-9.]+", greedy[2])[0], float(end[1]))
+    assert re.findall(r"0\.\d+", greedy[2])[1:] == re.findall(r"\d: ([0-9.]+)", seeds)  # the seeds, in order
+    fmt = readme["greedy answers in the `####` format"]
+    assert_quotes("start format", fmt[1], float(start[2]))
+    assert_quotes("end format", fmt[2], float(end[2]))
+    k_figures = readme["mean@4 / pass@4 / maj@4 (temperature 0.7)"]
+    for cell, row in ((k_figures[1], start), (k_figures[2], end)):
+        for value, index in zip(cell.split(" / "), (3, 5, 7), strict=True):  # mean@4, pass@4, maj@4
+            assert_quotes("mean@4 / pass@4 / maj@4", value, float(row[index]))

@@ -76,3 +76,23 @@ def test_format_fn_label_index_and_errors():
     assert reward.__name__ == "rm"
     with pytest.raises(ValueError, match="no tokenizer"):
         RewardModel(model)
+
+
+def test_a_reward_model_named_by_its_folder_in_reward_funcs(tmp_path):
+    # TRL takes a reward model's id or folder in reward_funcs; so does the module's reward list.
+    from grpo_lightning.rewards import resolve_reward
+    from grpo_lightning.rewards.registry import names_a_model
+    from grpo_lightning.rewards.scorer import RewardScorer
+
+    model, tokenizer = tiny_classifier()
+    model.save_pretrained(tmp_path / "my-rm")
+    tokenizer.save_pretrained(tmp_path / "my-rm")
+    scorer = RewardScorer([str(tmp_path / "my-rm"), "format_reward"])
+    assert scorer.names == ["my-rm", "format_reward"]
+    expected = RewardModel(model, tokenizer)(PROMPTS, COMPLETIONS)
+    assert scorer.funcs[0](PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-5)
+    # A Hub id has a slash, which registered names and import paths do not.
+    assert names_a_model("Skywork/Skywork-Reward-V2-Qwen3-0.6B") and names_a_model(str(tmp_path / "my-rm"))
+    assert not any(names_a_model(s) for s in ("gsm8k_accuracy", "my_pkg.rewards:fn", "my_pkg.rewards.fn"))
+    with pytest.raises(ValueError, match="Unknown reward 'no_such_reward'"):
+        resolve_reward("no_such_reward")

@@ -8,7 +8,9 @@ one value per completion, ``None`` meaning "not applicable" (ignored by the stat
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from grpo_lightning.rewards._import_path import import_reward_module, reward_attribute
@@ -18,6 +20,7 @@ from grpo_lightning.rewards._import_path import import_reward_module, reward_att
 RewardFunc = Callable[..., Sequence[float | None]]
 
 _REGISTRY: dict[str, RewardFunc] = {}
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 #: The built-in rewards and the module that registers each. A module is imported when one of its
 #: names is first resolved, so math-verify (``math_accuracy``) loads only for runs that use it.
@@ -53,11 +56,21 @@ def available_rewards() -> list[str]:
     return sorted({*_REGISTRY, *BUILTIN_REWARDS})
 
 
+def names_a_model(spec: str) -> bool:
+    """Whether ``spec`` names a model rather than a function: a local folder, or a Hub id (``org/name``:
+    a slash, which neither registry names nor import paths have)."""
+    return Path(spec).expanduser().is_dir() or (":" not in spec and _HUB_ID.fullmatch(spec) is not None)
+
+
 def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
-    """Turn a registry name, an import path (``pkg.mod:fn`` or ``pkg.mod.fn``) or a callable into a callable.
+    """Turn a registry name, an import path (``pkg.mod:fn`` or ``pkg.mod.fn``), a reward model (a Hub id
+    ``org/name`` or a local folder, as TRL's ``reward_funcs`` takes them) or a callable into a callable.
 
     An import path's module is also looked for in the current folder, as ``python -m`` does (see
-    :func:`~grpo_lightning.rewards._import_path.import_reward_module`).
+    :func:`~grpo_lightning.rewards._import_path.import_reward_module`). A reward model is a
+    sequence-classification model scoring prompt + completion
+    (:class:`~grpo_lightning.rewards.reward_model.RewardModel` with its defaults; build one yourself for
+    other settings).
     """
     if callable(spec):
         return spec
@@ -67,6 +80,10 @@ def resolve_reward(spec: str | RewardFunc | Any) -> RewardFunc:
         importlib.import_module(BUILTIN_REWARDS[spec])  # registers the names it defines
     if spec in _REGISTRY:
         return _REGISTRY[spec]
+    if names_a_model(spec):
+        from grpo_lightning.rewards.reward_model import RewardModel  # transformers' model classes, when used
+
+        return RewardModel(spec, name=Path(spec.rstrip("/")).name)
     module_name, sep, attr = spec.partition(":")
     if not sep:
         module_name, _, attr = spec.rpartition(".")

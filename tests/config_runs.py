@@ -74,8 +74,10 @@ def shrink_args(configs: list[Path], data_dir: Path) -> list[str]:
         "--data.max_val_samples=4",
         "--data.use_chat_template=false",  # the tiny model has no chat template
         # A recipe's LoRA names its own model's layers (layers_to_transform), which the tiny model lacks;
-        # test_smollm2_recipe.py trains that recipe's adapter on its real model.
+        # test_smollm2_recipe.py trains that recipe's adapter on its real model. Without the adapter
+        # there is nothing to merge on export (a merge_lora the recipe sets would be refused).
         "--model.lora=null",
+        "--export.merge_lora=false",
     ]
     for key in ("dataset", "val_dataset"):
         source = data.get(key)

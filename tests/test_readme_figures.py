@@ -368,3 +368,25 @@ def test_the_real_model_recipe_table_quotes_its_committed_run():
     for cell, row in ((k_figures[1], start), (k_figures[2], end)):
         for value, index in zip(cell.split(" / "), (3, 5, 7), strict=True):  # mean@4, pass@4, maj@4
             assert_quotes("mean@4 / pass@4 / maj@4", value, float(row[index]))
+
+
+def test_the_real_model_speed_figures_quote_their_committed_run():
+    out = (RESULTS / "vs-trl-smollm2-cpu-2core.txt").read_text()
+    step = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(r"^(trl|grpo_lightning\[default\])\s+([\d.]+)\s+[\d.]+"
+                                                                  r"\s+[\d.]+\s+\d+\s+(\d+)", out, re.MULTILINE)}  # fmt: skip
+    ratios = re.search(r"([\d.]+)x faster .* by CPU time ([\d.]+)x.*peak RSS ([\d.]+)x", out)
+    floors = dict(re.findall(r"^(trl|grpo_lightning\[default\]) .* ([\d.]+)\s+sampling=", out, re.MULTILINE))
+    said = prose(
+        r"TRL ([\d.]+) s/step, grpo-lightning ([\d.]+) \(([\d.]+)x; ([\d.]+)x by CPU time\), peak memory "
+        r"([\d.]+) GB against TRL's ([\d.]+) GB \(([\d.]+)x\), ([\d.]+)x of the floor against TRL's ([\d.]+)x",
+        README.read_text(),
+    )
+    assert_quotes("TRL s/step", said[1], step["trl"][0])
+    assert_quotes("grpo-lightning s/step", said[2], step["grpo_lightning[default]"][0])
+    assert_quotes("speed-up", said[3], float(ratios[1]))
+    assert_quotes("speed-up by CPU time", said[4], float(ratios[2]))
+    assert_quotes("peak memory", said[5], step["grpo_lightning[default]"][1] / 1000)
+    assert_quotes("TRL's peak memory", said[6], step["trl"][1] / 1000)
+    assert_quotes("memory ratio", said[7], float(ratios[3]))
+    assert_quotes("x floor", said[8], float(floors["grpo_lightning[default]"]))
+    assert_quotes("TRL x floor", said[9], float(floors["trl"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -30,9 +31,13 @@ def handle(request):
     raise ValueError("unknown request")
 
 
+#: A module no environment has: the library a checker's setup fails to find.
+MISSING_LIBRARY = "no_such_module_here"
+
+
 def import_missing():
-    """A setup that fails as a checker without its library does."""
-    import no_such_module_here  # noqa: F401
+    """A setup that fails as a checker without its library does (``import`` of a missing module)."""
+    importlib.import_module(MISSING_LIBRARY)
 
 
 def exit_at_start():

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
+from helpers import PeakMemory
 from torch import nn
 from torch.testing import assert_close
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
 from grpo_lightning.logprobs import (
@@ -29,44 +26,6 @@ def naive(
     logp = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return logp, entropy
-
-
-class PeakMemory(TorchDispatchMode):
-    """Peak bytes of tensors allocated by ops run inside it (forward and backward), live at once.
-
-    A storage counts from the op that creates it until it is freed (PyTorch keeps one Python object
-    per live storage, so a finalizer on it fires on the free). Storages that already existed (the
-    inputs, the parameters) and views of them count 0. No timing, no allocator internals.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def _track(self, t: torch.Tensor, allocated: bool) -> None:
-        storage = t.untyped_storage()
-        key = id(storage)
-        if key in self.sizes:
-            return
-        self.sizes[key] = storage.nbytes() if allocated else 0
-        self.live += self.sizes[key]
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key)
-
-    def _free(self, key: int) -> None:
-        self.live -= self.sizes.pop(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor):
-                self._track(t, allocated=False)
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self._track(t, allocated=True)
-        return out
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 5, 7, 64])  # T = 5: cut along T, exact, grouped rows

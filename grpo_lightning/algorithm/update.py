@@ -107,7 +107,9 @@ def micro_logprobs(
     """Log-probs ``[n, K]`` (and entropy) of the completion tokens of ``rows`` after trimming; returns K.
 
     Rows that share a prompt (a group's G samples) compute it once, in the forward and the backward
-    (:func:`~grpo_lightning.logprobs.shared_prefix_logprobs`; same values and gradients).
+    (:func:`~grpo_lightning.logprobs.shared_prefix_logprobs`; same values and gradients). The
+    gradients are only ever taken by ``.backward()`` into ``.grad`` (micro-batch accumulation), so a
+    tied LM head adds its weight gradient there directly (``backward_into_grad``).
     """
     columns, keep = trim(batch.input_ids[rows], batch.attention_mask[rows], batch.completion_width)
     logp, entropy = shared_prefix_logprobs(
@@ -119,6 +121,7 @@ def micro_logprobs(
         chunk_size=chunk_size,
         with_entropy=with_entropy,
         entropy_grad=False,  # a metric and a token filter (top_entropy_quantile); never differentiated
+        backward_into_grad=True,
     )
     return logp, entropy, keep
 

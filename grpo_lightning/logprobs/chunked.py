@@ -117,6 +117,7 @@ def token_logprobs(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = False,
     entropy_grad: bool = True,
+    accumulate_head_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each label and (optionally) the entropy of each position's distribution.
 
@@ -128,6 +129,9 @@ def token_logprobs(
             applied chunk by chunk, so only [chunk_size, V] logits exist at any time.
         entropy_grad: keep the entropy differentiable; False when it is a metric, which saves memory
             and backward time.
+        accumulate_head_grad: ``lm_head``'s weight is tied to the input embedding of the forward
+            that made ``x``, and the backward will be a ``.backward()``: the head's weight gradient
+            may then go straight into ``.grad`` (:func:`~grpo_lightning.logprobs.fused_head.linear_logprobs`).
 
     Returns:
         ``logp: [B, T]`` float32 and ``entropy: [B, T]`` float32 (None unless ``with_entropy``), both
@@ -152,6 +156,7 @@ def token_logprobs(
             temperature=temperature,
             chunk_size=chunk_size,
             with_entropy=with_entropy,
+            accumulate_into_grad=accumulate_head_grad,
         )
         return logp.view(batch, length), (entropy.view(batch, length) if entropy is not None else None)
     # preserve_rng_state: an adapter on the LM head may apply dropout; the recompute must match.

@@ -56,6 +56,18 @@ def _head_reproduces(head: nn.Module, last_hidden: Tensor, last_logits: Tensor) 
     return mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=1e-3, atol=1e-5)
 
 
+def _head_options(model: nn.Module, head: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for :func:`token_logprobs` with ``backward_into_grad`` turned into its
+    ``accumulate_head_grad``, which holds only when the head's weight is the input embedding's (tied)."""
+    options = dict(options)
+    into_grad = options.pop("backward_into_grad", False)
+    get_input = getattr(model, "get_input_embeddings", None)
+    embedding = get_input() if callable(get_input) else None
+    tied = getattr(embedding, "weight", None) is getattr(head, "weight", False)
+    options["accumulate_head_grad"] = bool(into_grad and tied)
+    return options
+
+
 def _valid_shapes(input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int) -> bool:
     return (
         input_ids.shape == attention_mask.shape
@@ -75,6 +87,7 @@ def sequence_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = True,
     from_hidden: bool = True,
+    backward_into_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs of the last ``logits_to_keep`` tokens of each row under a causal LM.
 
@@ -88,6 +101,10 @@ def sequence_logprobs(
         from_hidden: take the final hidden states and apply the LM head chunk by chunk (no
             [B, K, V] logits). It falls back to the model's logits (``logits_to_keep=K + 1``) when
             the model cannot give them, or post-processes its logits (soft-capping, scaling).
+        backward_into_grad: the result's backward will be a ``.backward()`` that accumulates into
+            ``.grad`` (a training micro-batch, not ``torch.autograd.grad``): with tied embeddings the
+            LM head's weight gradient then goes straight into ``.grad``, which saves a [V, H]
+            buffer held through the whole backward (:mod:`~grpo_lightning.logprobs.fused_head`).
 
     Returns:
         ``logp: [B, K]`` and ``entropy: [B, K] | None``, float32. Positions are numbered from the
@@ -122,7 +139,8 @@ def sequence_logprobs(
         if final is not None and _head_reproduces(head, final[:, -1:], out.logits[:, -1:]):
             del out, hidden_states  # under no_grad this frees the other layers' states now
             # Position t predicts token t + 1: the K completion tokens come from positions -K-1 .. -2.
-            return token_logprobs(final[:, -K - 1 : -1], labels, lm_head=head, **options)
+            head_options = _head_options(model, head, {**options, "backward_into_grad": backward_into_grad})
+            return token_logprobs(final[:, -K - 1 : -1], labels, lm_head=head, **head_options)
         _LOGITS_ONLY.add(model)
         warnings.warn(
             f"{type(model).__name__}: the LM head applied to the last hidden state does not reproduce the "
@@ -204,4 +222,5 @@ def _shared_prompt_pass(
         )
         hidden.append(rest.hidden_states[-1])
         del rest
-    return token_logprobs(torch.cat(hidden, dim=1), input_ids[:, L:], lm_head=head, **options)
+    head_options = _head_options(model, head, options)
+    return token_logprobs(torch.cat(hidden, dim=1), input_ids[:, L:], lm_head=head, **head_options)

@@ -390,3 +390,22 @@ def test_the_real_model_speed_figures_quote_their_committed_run():
     assert_quotes("memory ratio", said[7], float(ratios[3]))
     assert_quotes("x floor", said[8], float(floors["grpo_lightning[default]"]))
     assert_quotes("TRL x floor", said[9], float(floors["trl"]))
+
+
+def test_the_real_model_memory_figures_quote_their_committed_run():
+    # The last run in the file is the code now; its raw lines are JSON, one per variant.
+    out = (RESULTS / "memory-smollm2-cpu-1thread.txt").read_text()
+    runs = [json.loads(line) for line in out.rsplit("# raw\n", 1)[1].splitlines() if line.startswith("{")]
+    by_variant = {run["variant"]: run for run in runs}
+    said = prose(
+        r"peaks at ([\d.]+) GB resident: ([\d.]+) GB of weights, gradients and AdamW state, ([\d.]+) GB of "
+        r"Python and libraries, and one row's activations \(([\d.]+)x the state; ([\d.]+)x with beta 0.04",
+        README.read_text(),
+    )
+    full, beta = by_variant["full"], by_variant["full-beta"]
+    assert full["rows_per_backward_pass"] == [1]
+    assert_quotes("peak GB", said[1], full["peak_rss_mb"] * 2**20 / 1e9)
+    assert_quotes("state GB", said[2], full["floor_mb"] * 2**20 / 1e9)
+    assert_quotes("libraries GB", said[3], full["measured_mb"]["libraries"] * 2**20 / 1e9)
+    assert_quotes("ratio", said[4], full["peak_rss_mb"] / full["floor_mb"])
+    assert_quotes("ratio with beta", said[5], beta["peak_rss_mb"] / beta["floor_mb"])

@@ -58,7 +58,9 @@ def test_the_largest_divisor_within_what_the_target_leaves_beside_the_state():
     assert default_micro_batch_size(16, 10, 10, 400, target=1100) == 4  # 7 rows fit; 4 is the divisor below
     assert default_micro_batch_size(12, 10, 10, 400, target=1100) == 6
     assert default_micro_batch_size(16, 10, 10, 400, target=450) == 1  # not even one row fits: one row
-    assert default_micro_batch_size(16, 10, 10, 4000, target=450) == 1  # the state alone is over the target
+    # The state alone is over the target: the activations may still take a tenth of it (4 rows).
+    assert default_micro_batch_size(16, 10, 10, 4000, target=450) == 4
+    assert default_micro_batch_size(16, 10, 10, 400, target=440) == 1  # 40 left, 40 a tenth: no row fits
     assert default_micro_batch_size(16, 10, None, 400, target=1) == 16  # unknown model: the whole mini-batch
     # A CUDA device's budget (its free memory's share) replaces target - state: 350 bytes fit 3 rows -> 2.
     assert default_micro_batch_size(16, 10, 10, 4000, target=450, budget=350) == 2
@@ -95,6 +97,14 @@ def test_the_quickstart_keeps_one_micro_batch_and_a_135m_model_is_split():
     assert default_micro_batch_size(16, 40 + 96, smol, smollm2_state()) == 1
     # LoRA trains a few adapters: the frozen base leaves room for 4 rows.
     assert default_micro_batch_size(16, 40 + 96, smol, smollm2_state(lora=True)) == 4
+    # Two layers of Qwen2.5-0.5B's shape (152k x 896 tied embeddings), beta > 0: 3.3 GB of state,
+    # more than the target, but a row of 30 + 64 tokens takes 17 MB: 16 rows, not 1.
+    two_layers = Configured(Qwen2Config(num_hidden_layers=2, hidden_size=896))
+    params = 151_936 * 896 + 2 * (2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864)
+    state = 4 * params * 4 + params * 4
+    per_token = activation_bytes_per_token(two_layers, checkpointing=False)
+    assert state > micro_batch.STEP_MEMORY_TARGET
+    assert default_micro_batch_size(32, 30 + 64, per_token, state) == 16
     # Activation checkpointing keeps each layer's input and one layer's activations: 8 rows fit.
     checkpointed = activation_bytes_per_token(smollm2_135m(), checkpointing=True)
     assert default_micro_batch_size(16, 40 + 96, checkpointed, smollm2_state()) == 8
@@ -116,6 +126,7 @@ def test_the_update_runs_the_chosen_micro_batches(monkeypatch, target, per_step)
     """A target no row fits cuts each step's 8 rows into 8 forward passes; the default target keeps one."""
     if target is not None:
         monkeypatch.setattr(micro_batch, "STEP_MEMORY_TARGET", target)
+        monkeypatch.setattr(micro_batch, "STATE_SHARE", 0.0)
     calls = []
     original = update.shared_prefix_logprobs
 

@@ -12,6 +12,12 @@ at least one row. Small models keep the whole mini-batch (the built-in tiny mode
 most 84 tokens: 1.1 GB of 2.2 GiB left); a 135M model in float32 (2 GiB of state) takes one row
 at a time, which keeps its peak near 1.5x its state.
 
+Where the state alone is near or over the target, the activations may still take
+:data:`STATE_SHARE` of the state: each pass also makes and adds a full set of gradients (for a large
+vocabulary, a [V, H] embedding gradient per pass), so a model with a big state but small activations
+must not be cut to one row per pass: two layers of Qwen2.5-0.5B's shape (152k vocabulary, 3.3 GB of
+state with its reference) get 16 rows per pass, not 1.
+
 On a CUDA device the budget is instead a share (:data:`CUDA_FREE_SHARE`) of the memory the device has
 free when the update starts (the state is already there): a fixed host-sized target would cut a GPU's
 micro-batches to a row or two and waste the device.
@@ -31,6 +37,10 @@ ACTIVATION_VALUES_PER_UNIT = 25
 CHECKPOINTED_VALUES_PER_UNIT = 1
 #: Training state plus one default micro-batch's estimated activations (bytes), on the CPU.
 STEP_MEMORY_TARGET = 9 * 2**28  # 2.25 GiB
+#: The share of the training state the activations may take whatever the target leaves: small enough
+#: that a 135M model in float32 still takes one row per pass (0.2 GB of 2.2 GB; a row of 136 tokens
+#: takes 0.24 GB), large enough that a large-vocabulary model with few layers keeps most of its rows.
+STATE_SHARE = 0.1
 #: On a CUDA device, the share of its free memory the activations of one micro-batch may take (the
 #: rest is headroom for the logits chunks, the allocator's fragmentation and the optimizer step).
 CUDA_FREE_SHARE = 0.6
@@ -69,7 +79,8 @@ def default_micro_batch_size(
     budget: int | None = None,
 ) -> int:
     """The largest divisor ``d`` of ``mini_batch_size`` with ``d * row_tokens * bytes_per_token`` within
-    ``target - state_bytes`` (at least 1); the whole mini-batch when ``bytes_per_token`` is None (unknown model).
+    ``max(target - state_bytes, STATE_SHARE * state_bytes)`` (at least 1); the whole mini-batch when
+    ``bytes_per_token`` is None (unknown model).
 
     ``row_tokens``: the rows' padded width (prompt + completion), the same for every row of a rollout.
     ``state_bytes``: :func:`training_state_bytes`. ``target``: bytes (default :data:`STEP_MEMORY_TARGET`).
@@ -79,7 +90,8 @@ def default_micro_batch_size(
     if bytes_per_token is None:
         return mini_batch_size
     if budget is None:
-        budget = (STEP_MEMORY_TARGET if target is None else target) - state_bytes
+        left = (STEP_MEMORY_TARGET if target is None else target) - state_bytes
+        budget = max(left, int(STATE_SHARE * state_bytes))
     fits = max(budget // max(row_tokens * bytes_per_token, 1), 1)
     return max(d for d in range(1, mini_batch_size + 1) if mini_batch_size % d == 0 and d <= fits)
 

@@ -116,8 +116,8 @@ class GRPOModule(LightningModule):
         micro_batch_size: Rows per forward/backward; the gradient does not depend on it. None (the
             default): the most rows whose activations, estimated from the rollout's padded width and
             the model's layers and hidden size, fit beside the training state (weights, gradients,
-            AdamW, reference) in 2.25 GiB on the CPU, or in 60% of a CUDA device's free memory, and at
-            least one (:mod:`~grpo_lightning.algorithm.micro_batch`: the whole mini-batch for small
+            AdamW, reference) in 2.25 GiB (or a tenth of the state, when that is more) on the CPU, or
+            in 60% of a CUDA device's free memory, and at least one (:mod:`~grpo_lightning.algorithm.micro_batch`: the whole mini-batch for small
             models, one row for a 135M model in float32 on the CPU). With
             ``loss_type="bnpo"``, whose loss is a mean per micro-batch, None is the whole mini-batch.
         mask_truncated_completions: Leave completions that hit the length limit without EOS out of the loss.

@@ -203,7 +203,9 @@ def trl_comparison() -> dict[tuple[str, str, str], dict[str, float]]:
 def test_the_speed_table_quotes_the_committed_trl_comparison():
     cases = trl_comparison()
     rows = [
-        row for row in markdown_rows(readme_section("## Speed")) if row[0].startswith(tuple(SPEED_WORKLOADS))
+        row
+        for row in markdown_rows(readme_section("## Speed"))
+        if row[0].startswith(tuple(SPEED_WORKLOADS)) and len(row) == 6
     ]
     assert len(rows) == 3 and len(cases) == 10
     for row in rows:
@@ -370,28 +372,6 @@ def test_the_real_model_recipe_table_quotes_its_committed_run():
             assert_quotes("mean@4 / pass@4 / maj@4", value, float(row[index]))
 
 
-def test_the_real_model_speed_figures_quote_their_committed_run():
-    out = (RESULTS / "vs-trl-smollm2-cpu-2core.txt").read_text()
-    step = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(r"^(trl|grpo_lightning\[default\])\s+([\d.]+)\s+[\d.]+"
-                                                                  r"\s+[\d.]+\s+\d+\s+(\d+)", out, re.MULTILINE)}  # fmt: skip
-    ratios = re.search(r"([\d.]+)x faster .* by CPU time ([\d.]+)x.*peak RSS ([\d.]+)x", out)
-    floors = dict(re.findall(r"^(trl|grpo_lightning\[default\]) .* ([\d.]+)\s+sampling=", out, re.MULTILINE))
-    said = prose(
-        r"TRL ([\d.]+) s/step, grpo-lightning ([\d.]+) \(([\d.]+)x; ([\d.]+)x by CPU time\), peak memory "
-        r"([\d.]+) GB against TRL's ([\d.]+) GB \(([\d.]+)x\), ([\d.]+)x of the floor against TRL's ([\d.]+)x",
-        README.read_text(),
-    )
-    assert_quotes("TRL s/step", said[1], step["trl"][0])
-    assert_quotes("grpo-lightning s/step", said[2], step["grpo_lightning[default]"][0])
-    assert_quotes("speed-up", said[3], float(ratios[1]))
-    assert_quotes("speed-up by CPU time", said[4], float(ratios[2]))
-    assert_quotes("peak memory", said[5], step["grpo_lightning[default]"][1] / 1000)
-    assert_quotes("TRL's peak memory", said[6], step["trl"][1] / 1000)
-    assert_quotes("memory ratio", said[7], float(ratios[3]))
-    assert_quotes("x floor", said[8], float(floors["grpo_lightning[default]"]))
-    assert_quotes("TRL x floor", said[9], float(floors["trl"]))
-
-
 def test_the_real_model_memory_figures_quote_their_committed_run():
     # The last run in the file is the code now; its raw lines are JSON, one per variant.
     out = (RESULTS / "memory-smollm2-cpu-1thread.txt").read_text()
@@ -409,3 +389,66 @@ def test_the_real_model_memory_figures_quote_their_committed_run():
     assert_quotes("libraries GB", said[3], full["measured_mb"]["libraries"] * 2**20 / 1e9)
     assert_quotes("ratio", said[4], full["peak_rss_mb"] / full["floor_mb"])
     assert_quotes("ratio with beta", said[5], beta["peak_rss_mb"] / beta["floor_mb"])
+
+
+# Idle and busy: the README's table against the last case of each workload in vs-trl-idle-busy-cpu-2core.txt.
+IDLE_BUSY_WORKLOADS = {"3M": "3m", "23M": "23m", "Qwen2.5-0.5B shape": "real-vocab", "SmolLM2": "smollm2"}
+
+
+def idle_busy_cases() -> dict[tuple[str, bool], dict[str, float]]:
+    """By (workload, busy): both systems' s/step, the speed-up and CPU-time speed-up, the RSS ratio,
+    grpo_lightning's x floor; the last run of each case in the file wins (later runs supersede)."""
+    raw = (RESULTS / "vs-trl-idle-busy-cpu-2core.txt").read_text()
+    cases = {}
+    for block in raw.split("=== ")[1:]:
+        head = block.split(" ===", 1)[0]
+        workload, busy = head.split(" ", 1)[0], "beside 2 busy processes" in head
+        row = r"\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+\d+\s+\d+\s+([\d.]+)"  # s/step, cpu s, (steps/s, tok/s, RSS), x floor
+        trl = re.search(r"^trl" + row, block, re.MULTILINE).groups()
+        ours = re.search(r"^grpo_lightning\[default\]" + row, block, re.MULTILINE).groups()
+        ratio = re.search(r"vs trl: ([\d.]+)x faster .*by CPU time ([\d.]+)x.*peak RSS ([\d.]+)x of TRL's", block)
+        cases[workload, busy] = {
+            "trl": float(trl[0]),
+            "ours": float(ours[0]),
+            "speedup": float(ratio[1]),
+            "cpu_speedup": float(ratio[2]),
+            "memory": float(ratio[3]),
+            "ours_floor": float(ours[2]),
+            "trl_cpu": float(trl[1]),
+            "ours_cpu": float(ours[1]),
+        }
+    return cases
+
+
+def test_the_idle_and_busy_table_quotes_the_committed_run():
+    cases = idle_busy_cases()
+    rows = [
+        row
+        for row in markdown_rows(readme_section("## Speed"))
+        if row[0].startswith(tuple(IDLE_BUSY_WORKLOADS)) and len(row) == 7
+    ]
+    assert len(rows) == len(IDLE_BUSY_WORKLOADS)
+    for row in rows:
+        workload = next(IDLE_BUSY_WORKLOADS[start] for start in IDLE_BUSY_WORKLOADS if row[0].startswith(start))
+        for busy, (times, speedup) in ((False, row[1:3]), (True, row[3:5])):
+            if (workload, busy) not in cases:  # not measured: the table must say so
+                assert (times, speedup) == ("-", "-"), f"{workload} busy={busy} has no committed run"
+                continue
+            case = cases[workload, busy]
+            trl, ours = times.split(" / ")
+            assert_quotes(f"{workload} busy={busy} TRL s/step", trl, case["trl"])
+            assert_quotes(f"{workload} busy={busy} s/step", ours, case["ours"])
+            fast, cpu = re.fullmatch(r"\**([\d.]+)x\** \(([\d.]+)x\)", speedup).groups()
+            assert_quotes(f"{workload} busy={busy} speed-up", fast, case["speedup"])
+            assert_quotes(f"{workload} busy={busy} CPU-time speed-up", cpu, case["cpu_speedup"])
+        assert_quotes(f"{workload} memory", number(row[5]), cases[workload, False]["memory"])
+        assert_quotes(f"{workload} x floor", number(row[6]), cases[workload, False]["ours_floor"])
+    said = prose(
+        r"3M: ([\d.]+) CPU-s idle, ([\d.]+) busy; 23M: ([\d.]+) and ([\d.]+); the large vocabulary ([\d.]+) and "
+        r"([\d.]+)\) where TRL's grows \(([\d.]+) to ([\d.]+); ([\d.]+) to ([\d.]+)\)",
+        readme_section("## Speed"),
+    )
+    ours = [cases[w, busy]["ours_cpu"] for w in ("3m", "23m", "real-vocab") for busy in (False, True)]
+    trl = [cases[w, busy]["trl_cpu"] for w in ("3m", "23m") for busy in (False, True)]
+    for i, value in enumerate(ours + trl):
+        assert_quotes(f"CPU seconds per step, figure {i + 1}", said[i + 1], value)

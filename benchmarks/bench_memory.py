@@ -53,7 +53,7 @@ import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import PhaseTimer, peak_rss_mb  # noqa: E402
+from workloads import PhaseTimer, measuring_trainer, peak_rss_mb  # noqa: E402
 
 ALIAS = "builtin:smollm2-135m-instruct"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -173,18 +173,8 @@ def run_variant(variant: str, steps: int, settings: dict[str, Any]) -> dict[str,
         Dataset.from_list(rows), tokenizer=tokenizer, batch_size=4, prompt_template="{question}",
         val_fraction=0, data_seed=0,
     )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator="cpu",
-        default_root_dir=tempfile.mkdtemp(prefix="bench-memory-"),  # an interrupted run saves last.ckpt there
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[StepClock()],
-    )
+    # An interrupted run saves last.ckpt in default_root_dir.
+    trainer = measuring_trainer(steps, StepClock(), default_root_dir=tempfile.mkdtemp(prefix="bench-memory-"))
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     step_s = [b - a for a, b in zip([start, *step_ends], step_ends, strict=False)]

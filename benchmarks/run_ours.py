@@ -28,6 +28,7 @@ from workloads import (  # noqa: E402
     digit_reward,
     emit,
     make_prompts,
+    measuring_trainer,
     peak_rss_mb,
     set_threads,
 )
@@ -112,18 +113,8 @@ def main(case: Case, variant: str) -> None:
             if len(marks) == case.rollouts_warmup:
                 timer.reset()  # phases count only the measured steps
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=rollouts * case.num_iterations,  # counts optimizer steps
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[StepClock()],
-    )
+    # max_steps counts optimizer steps
+    trainer = measuring_trainer(rollouts * case.num_iterations, StepClock(), devices=1)
     trainer.fit(module, train_dataloaders=loader)
 
     seconds = marks[-1] - marks[case.rollouts_warmup - 1]

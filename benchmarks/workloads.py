@@ -261,6 +261,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def measuring_trainer(max_steps: int, callback: Any, **options: Any) -> Any:
+    """A CPU Lightning ``Trainer`` that only trains: no logger, checkpoint, progress bar, summary or
+    validation, so a benchmark times the steps alone; ``callback`` (a Lightning callback) clocks them.
+    Lightning is imported here: the TRL worker imports this module too and must not pay for it."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[callback],
+        **options,
+    )
+
+
 def emit(result: dict[str, Any]) -> None:
     """One JSON line the orchestrator parses out of the worker's stdout."""
     print("BENCH_RESULT " + json.dumps(result), flush=True)

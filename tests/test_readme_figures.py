@@ -183,6 +183,22 @@ SPEED_WORKLOADS = {"3M parameters": "3m", "23M parameters": "23m", "Qwen2.5-0.5B
 CASE_FIGURES = ("trl", "ours", "speedup", "trl_floor", "ours_floor", "trl_rss", "ours_rss", "memory")
 
 
+# A system's row of a bench_vs_trl case: s/step, cpu s, (steps/s, tok/s), RSS MB, x floor.
+SYSTEM_ROW = r"\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+\d+\s+(\d+)\s+([\d.]+)"
+
+
+def system_figures(block: str, system: str) -> dict[str, float]:
+    """``system``'s (``trl``, ``grpo_lightning[default]``) figures in one case of a bench_vs_trl output."""
+    found = re.search("^" + re.escape(system) + SYSTEM_ROW, block, re.MULTILINE)
+    return dict(zip(("step", "cpu", "rss", "floor"), map(float, found.groups()), strict=True))
+
+
+def ratio_figures(block: str) -> dict[str, float]:
+    """The case's summary: speed-up (median of per-pair ratios), by CPU time, and the peak RSS ratio."""
+    found = re.search(r"vs trl: ([\d.]+)x faster .*by CPU time ([\d.]+)x.*peak RSS ([\d.]+)x of TRL's", block)
+    return dict(zip(("speedup", "cpu_speedup", "memory"), map(float, found.groups()), strict=True))
+
+
 def trl_comparison() -> dict[tuple[str, str, str], dict[str, float]]:
     """Each case of the run the docs quote, by (workload, beta, mu): both systems' s/step, x floor and
     peak RSS (MB), the speed-up (median of per-pair ratios) and grpo_lightning's peak RSS over TRL's."""
@@ -191,12 +207,10 @@ def trl_comparison() -> dict[tuple[str, str, str], dict[str, float]]:
     cases = {}
     for block in run.split("\n# ", 1)[0].split("=== ")[1:]:
         case = re.match(r"(\S+) beta=(\S+) mu=(\d+):", block).groups()
-        row = r"\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+([\d.]+)"  # s/step, cpu s, steps/s, tok/s, RSS, x floor
-        trl = re.search(r"^trl" + row, block, re.MULTILINE).groups()
-        ours = re.search(r"^grpo_lightning\[default\]" + row, block, re.MULTILINE).groups()
-        ratio = re.search(r"vs trl: ([\d.]+)x faster .*peak RSS ([\d.]+)x of TRL's", block).groups()
-        values = (trl[0], ours[0], ratio[0], trl[2], ours[2], trl[1], ours[1], ratio[1])
-        cases[case] = dict(zip(CASE_FIGURES, map(float, values), strict=True))
+        trl, ours = system_figures(block, "trl"), system_figures(block, "grpo_lightning[default]")
+        ratio = ratio_figures(block)
+        values = (trl["step"], ours["step"], ratio["speedup"], trl["floor"], ours["floor"], trl["rss"], ours["rss"])
+        cases[case] = dict(zip(CASE_FIGURES, (*values, ratio["memory"]), strict=True))
     return cases
 
 
@@ -403,19 +417,14 @@ def idle_busy_cases() -> dict[tuple[str, bool], dict[str, float]]:
     for block in raw.split("=== ")[1:]:
         head = block.split(" ===", 1)[0]
         workload, busy = head.split(" ", 1)[0], "beside 2 busy processes" in head
-        row = r"\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+\d+\s+\d+\s+([\d.]+)"  # s/step, cpu s, (steps/s, tok/s, RSS), x floor
-        trl = re.search(r"^trl" + row, block, re.MULTILINE).groups()
-        ours = re.search(r"^grpo_lightning\[default\]" + row, block, re.MULTILINE).groups()
-        ratio = re.search(r"vs trl: ([\d.]+)x faster .*by CPU time ([\d.]+)x.*peak RSS ([\d.]+)x of TRL's", block)
+        trl, ours = system_figures(block, "trl"), system_figures(block, "grpo_lightning[default]")
         cases[workload, busy] = {
-            "trl": float(trl[0]),
-            "ours": float(ours[0]),
-            "speedup": float(ratio[1]),
-            "cpu_speedup": float(ratio[2]),
-            "memory": float(ratio[3]),
-            "ours_floor": float(ours[2]),
-            "trl_cpu": float(trl[1]),
-            "ours_cpu": float(ours[1]),
+            "trl": trl["step"],
+            "ours": ours["step"],
+            **ratio_figures(block),
+            "ours_floor": ours["floor"],
+            "trl_cpu": trl["cpu"],
+            "ours_cpu": ours["cpu"],
         }
     return cases
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 from helpers import PeakMemory
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from grpo_lightning.hf.tiny import build_char_tokenizer, build_tiny_model
-from grpo_lightning.logprobs import sequence_logprobs
+from grpo_lightning.logprobs import sequence_logprobs, shared_prefix_logprobs
 
 VOCAB, HIDDEN, K = 4096, 32, 5
 
@@ -83,17 +85,47 @@ def test_the_hook_sees_the_whole_gradient_of_the_backward() -> None:
         assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_one_vocabulary_sized_buffer_less_in_the_backward() -> None:
-    peaks = {}
-    for into_grad in (True, False):
-        model = _model(True)
-        (ids, mask, w), *_ = _micro_batches()
-        logp, _ = sequence_logprobs(model, ids, mask, K, with_entropy=True, entropy_grad=False)
-        (logp * w).sum().backward()  # the first micro-batch: .grad now exists
-        logp, _ = sequence_logprobs(
-            model, ids, mask, K, with_entropy=True, entropy_grad=False, backward_into_grad=into_grad
+class VocabularyBuffers(TorchDispatchMode):
+    """Counts the [V, H] results of the ops run inside it (in-place ones included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.count += sum(
+            isinstance(t, torch.Tensor) and tuple(t.shape) == (VOCAB, HIDDEN) for t in tree_flatten(out)[0]
         )
-        with PeakMemory() as peaks[into_grad]:
-            (logp * w).sum().backward()
+        return out
+
+
+def _second_backward(logprobs, shared_prompt: bool, into_grad: bool, mode: TorchDispatchMode) -> None:
+    """Two micro-batches through ``logprobs`` on a tied model; the second one's backward runs in ``mode``."""
+    model = _model(True)
+    (ids, mask, w), *_ = _micro_batches()
+    if shared_prompt:  # both rows sample one prompt, so the pass that computes it once runs
+        ids[1, :4], mask[1] = ids[0, :4], mask[0]
+    logp, _ = logprobs(model, ids, mask, K, with_entropy=True, entropy_grad=False)
+    (logp * w).sum().backward()  # the first micro-batch: .grad now exists
+    logp, _ = logprobs(model, ids, mask, K, with_entropy=True, entropy_grad=False, backward_into_grad=into_grad)
+    with mode:
+        (logp * w).sum().backward()
+
+
+@pytest.mark.parametrize("shared_prompt", [False, True])
+def test_the_head_makes_no_vocabulary_sized_gradient(shared_prompt: bool) -> None:
+    logprobs = shared_prefix_logprobs if shared_prompt else sequence_logprobs
+    counts = {}
+    for into_grad in (True, False):
+        _second_backward(logprobs, shared_prompt, into_grad, counts.setdefault(into_grad, VocabularyBuffers()))
+    # Without it the head's backward makes its own [V, H] gradient (zeros, then its sum with the embedding's).
+    assert counts[True].count < counts[False].count
+
+
+def test_one_vocabulary_sized_buffer_less_in_the_backward() -> None:
+    peaks = {into_grad: PeakMemory() for into_grad in (True, False)}
+    for into_grad, peak in peaks.items():
+        _second_backward(sequence_logprobs, False, into_grad, peak)
     # Without it the head's [V, H] gradient waits for the embedding's, then both are summed.
     assert peaks[False].peak - peaks[True].peak >= VOCAB * HIDDEN * 4

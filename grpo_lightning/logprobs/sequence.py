@@ -56,16 +56,11 @@ def _head_reproduces(head: nn.Module, last_hidden: Tensor, last_logits: Tensor) 
     return mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=1e-3, atol=1e-5)
 
 
-def _head_options(model: nn.Module, head: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` for :func:`token_logprobs` with ``backward_into_grad`` turned into its
-    ``accumulate_head_grad``, which holds only when the head's weight is the input embedding's (tied)."""
-    options = dict(options)
-    into_grad = options.pop("backward_into_grad", False)
+def _tied_to_input(model: nn.Module, head: nn.Module) -> bool:
+    """Whether ``head``'s weight is ``model``'s input embedding (tied embeddings)."""
     get_input = getattr(model, "get_input_embeddings", None)
     embedding = get_input() if callable(get_input) else None
-    tied = getattr(embedding, "weight", None) is getattr(head, "weight", False)
-    options["accumulate_head_grad"] = bool(into_grad and tied)
-    return options
+    return getattr(embedding, "weight", None) is getattr(head, "weight", False)
 
 
 def _valid_shapes(input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int) -> bool:
@@ -139,8 +134,10 @@ def sequence_logprobs(
         if final is not None and _head_reproduces(head, final[:, -1:], out.logits[:, -1:]):
             del out, hidden_states  # under no_grad this frees the other layers' states now
             # Position t predicts token t + 1: the K completion tokens come from positions -K-1 .. -2.
-            head_options = _head_options(model, head, {**options, "backward_into_grad": backward_into_grad})
-            return token_logprobs(final[:, -K - 1 : -1], labels, lm_head=head, **head_options)
+            into_grad = backward_into_grad and _tied_to_input(model, head)
+            return token_logprobs(
+                final[:, -K - 1 : -1], labels, lm_head=head, accumulate_head_grad=into_grad, **options
+            )
         _LOGITS_ONLY.add(model)
         warnings.warn(
             f"{type(model).__name__}: the LM head applied to the last hidden state does not reproduce the "
@@ -180,6 +177,7 @@ def _shared_prompt_pass(
     attention_mask: Tensor,
     K: int,
     from_hidden: bool = True,
+    backward_into_grad: bool = False,
     **options: Any,
 ) -> tuple[Tensor, Tensor | None] | None:
     """The shared-prompt computation of :func:`shared_prefix_logprobs`, or None where it cannot apply."""
@@ -222,5 +220,6 @@ def _shared_prompt_pass(
         )
         hidden.append(rest.hidden_states[-1])
         del rest
-    head_options = _head_options(model, head, options)
-    return token_logprobs(torch.cat(hidden, dim=1), input_ids[:, L:], lm_head=head, **head_options)
+    into_grad = backward_into_grad and _tied_to_input(model, head)
+    hidden_states = torch.cat(hidden, dim=1)
+    return token_logprobs(hidden_states, input_ids[:, L:], lm_head=head, accumulate_head_grad=into_grad, **options)

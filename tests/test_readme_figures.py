@@ -199,6 +199,12 @@ def ratio_figures(block: str) -> dict[str, float]:
     return dict(zip(("speedup", "cpu_speedup", "memory"), map(float, found.groups()), strict=True))
 
 
+def speed_rows(workloads: dict[str, str], cells: int) -> list[list[str]]:
+    """The rows of the README's Speed tables with ``cells`` cells whose model starts as a key of ``workloads``."""
+    rows = markdown_rows(readme_section("## Speed"))
+    return [row for row in rows if row[0].startswith(tuple(workloads)) and len(row) == cells]
+
+
 def trl_comparison() -> dict[tuple[str, str, str], dict[str, float]]:
     """Each case of the run the docs quote, by (workload, beta, mu): both systems' s/step, x floor and
     peak RSS (MB), the speed-up (median of per-pair ratios) and grpo_lightning's peak RSS over TRL's."""
@@ -216,11 +222,7 @@ def trl_comparison() -> dict[tuple[str, str, str], dict[str, float]]:
 
 def test_the_speed_table_quotes_the_committed_trl_comparison():
     cases = trl_comparison()
-    rows = [
-        row
-        for row in markdown_rows(readme_section("## Speed"))
-        if row[0].startswith(tuple(SPEED_WORKLOADS)) and len(row) == 6
-    ]
+    rows = speed_rows(SPEED_WORKLOADS, 6)
     assert len(rows) == 3 and len(cases) == 10
     for row in rows:
         workload = next(SPEED_WORKLOADS[start] for start in SPEED_WORKLOADS if row[0].startswith(start))
@@ -431,11 +433,7 @@ def idle_busy_cases() -> dict[tuple[str, bool], dict[str, float]]:
 
 def test_the_idle_and_busy_table_quotes_the_committed_run():
     cases = idle_busy_cases()
-    rows = [
-        row
-        for row in markdown_rows(readme_section("## Speed"))
-        if row[0].startswith(tuple(IDLE_BUSY_WORKLOADS)) and len(row) == 7
-    ]
+    rows = speed_rows(IDLE_BUSY_WORKLOADS, 7)
     assert len(rows) == len(IDLE_BUSY_WORKLOADS)
     for row in rows:
         workload = next(IDLE_BUSY_WORKLOADS[start] for start in IDLE_BUSY_WORKLOADS if row[0].startswith(start))
